@@ -1,0 +1,82 @@
+package bus
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the subject prefix when none is configured.
+const DefaultPrefix = "tasks"
+
+// Stream and bucket names.
+const (
+	EventStream   = "TASK_EVENTS"
+	TargetsBucket = "targets"
+	TasksBucket   = "tasks"
+)
+
+// Subjects builds every subject taskselector uses under one prefix. Host and
+// target names are encoded with EncodeName.
+type Subjects struct {
+	Prefix string
+}
+
+// NewSubjects returns the subjects under prefix, or under DefaultPrefix when
+// prefix is empty.
+func NewSubjects(prefix string) Subjects {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Subjects{Prefix: prefix}
+}
+
+// Launch is the request subject of host's launches.
+func (s Subjects) Launch(host string) string { return s.Prefix + ".launch." + EncodeName(host) }
+
+// Kill is the request subject of host's kills.
+func (s Subjects) Kill(host string) string { return s.Prefix + ".kill." + EncodeName(host) }
+
+// Ps is the request subject of host's process listings.
+func (s Subjects) Ps(host string) string { return s.Prefix + ".ps." + EncodeName(host) }
+
+// Heartbeat is the subject a task on host publishes its heartbeats to.
+func (s Subjects) Heartbeat(host, target string) string {
+	return s.Prefix + ".heartbeat." + EncodeName(host) + "." + EncodeName(target)
+}
+
+// Heartbeats matches every heartbeat.
+func (s Subjects) Heartbeats() string { return s.Prefix + ".heartbeat.>" }
+
+// Host is the subject host publishes its HostStatus to.
+func (s Subjects) Host(host string) string { return s.Prefix + ".host." + EncodeName(host) }
+
+// Hosts matches every host status.
+func (s Subjects) Hosts() string { return s.Prefix + ".host.*" }
+
+// Event is the subject of target's task events, captured by the EventStream.
+func (s Subjects) Event(target string) string { return s.Prefix + ".event." + EncodeName(target) }
+
+// Events matches every task event.
+func (s Subjects) Events() string { return s.Prefix + ".event.>" }
+
+// Status is the request subject of the selector's status snapshot.
+func (s Subjects) Status() string { return s.Prefix + ".selector.status" }
+
+// ParseHeartbeat returns the host and target a heartbeat subject names.
+func (s Subjects) ParseHeartbeat(subject string) (host, target string, err error) {
+	rest, ok := strings.CutPrefix(subject, s.Prefix+".heartbeat.")
+	if !ok {
+		return "", "", fmt.Errorf("bus: %q is not a heartbeat subject", subject)
+	}
+	h, t, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(t, ".") {
+		return "", "", fmt.Errorf("bus: %q is not a heartbeat subject", subject)
+	}
+	if host, err = DecodeName(h); err != nil {
+		return "", "", err
+	}
+	if target, err = DecodeName(t); err != nil {
+		return "", "", err
+	}
+	return host, target, nil
+}

@@ -1,0 +1,309 @@
+// Package schemas holds taskselector's wire format, version 1: the Go types of
+// every message that crosses NATS or is stored in JetStream KV, strict decoders
+// for them, and a JSON Schema file per message.
+//
+// All messages are JSON and carry "v": 1. RAM is an integer number of MiB in
+// fields ending in _mib. Times are RFC 3339 UTC with nanoseconds. Host, target
+// and type names are UTF-8 strings of 1 to 256 bytes.
+package schemas
+
+import "time"
+
+// Version is the wire format version every message carries in its "v" field.
+const Version = 1
+
+// MaxMessageBytes is the largest message a decoder accepts.
+const MaxMessageBytes = 64 << 10
+
+// MaxNameBytes is the longest host, target or type name, in bytes.
+const MaxNameBytes = 256
+
+// Launch reply error codes.
+const (
+	CodeInsufficientRAM = "insufficient_ram"
+	CodeUnknownType     = "unknown_type"
+	CodeInvalid         = "invalid"
+	CodeDraining        = "draining"
+)
+
+// Task event kinds.
+const (
+	EventDone   = "done"
+	EventFailed = "failed"
+)
+
+// Failure reasons carried by a failed TaskEvent. Other reasons are allowed.
+const (
+	ReasonHelpersUnavailable = "helpers_unavailable"
+	ReasonExited             = "exited"
+	ReasonKilled             = "killed"
+	ReasonCrashed            = "crashed"
+)
+
+// Target profiles.
+const (
+	ProfileDeclared = "declared"
+	ProfileHacking  = "hacking"
+)
+
+// Persisted task states.
+const (
+	TaskLaunching = "launching"
+	TaskActive    = "active"
+	TaskSuspect   = "suspect"
+)
+
+// TaskRAM is the RAM a launch asks for: the wrapper and its helpers.
+type TaskRAM struct {
+	WrapperMiB int64 `json:"wrapper_mib"`
+	HelpersMiB int64 `json:"helpers_mib"`
+}
+
+// LaunchRequest asks a worker, on tasks.launch.<host>, to start a task.
+type LaunchRequest struct {
+	V      int            `json:"v"`
+	TaskID string         `json:"task_id"`
+	Epoch  uint64         `json:"epoch"`
+	Target string         `json:"target"`
+	Type   string         `json:"type"`
+	RAM    TaskRAM        `json:"ram"`
+	Args   map[string]any `json:"args"`
+}
+
+// ReplyError is the error half of a reply.
+type ReplyError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// LaunchReply answers a LaunchRequest: a PID on success, or an error.
+type LaunchReply struct {
+	V      int         `json:"v"`
+	TaskID string      `json:"task_id"`
+	PID    int64       `json:"pid,omitempty"`
+	Error  *ReplyError `json:"error,omitempty"`
+}
+
+// HeartbeatRAM is a task's budget and what it really uses.
+type HeartbeatRAM struct {
+	BudgetMiB int64 `json:"budget_mib"`
+	UsedMiB   int64 `json:"used_mib"`
+}
+
+// Heartbeat is published by a running task (or its worker) on
+// tasks.heartbeat.<host>.<target>. Every heartbeat carries enough to restore
+// the task after a selector restart.
+type Heartbeat struct {
+	V        int          `json:"v"`
+	TaskID   string       `json:"task_id"`
+	Epoch    uint64       `json:"epoch"`
+	PID      int64        `json:"pid"`
+	Host     string       `json:"host"`
+	Target   string       `json:"target"`
+	Type     string       `json:"type"`
+	Seq      uint64       `json:"seq"`
+	RAM      HeartbeatRAM `json:"ram"`
+	Progress *float64     `json:"progress,omitempty"`
+	SentAt   time.Time    `json:"sent_at"`
+}
+
+// TaskEvent reports that a task finished (done) or failed. Events go through
+// the TASK_EVENTS stream so that none is lost.
+type TaskEvent struct {
+	V       int            `json:"v"`
+	TaskID  string         `json:"task_id"`
+	Epoch   uint64         `json:"epoch"`
+	PID     int64          `json:"pid"`
+	Host    string         `json:"host"`
+	Target  string         `json:"target"`
+	Type    string         `json:"type"`
+	Kind    string         `json:"kind"`
+	Reason  string         `json:"reason,omitempty"`
+	Metrics map[string]any `json:"metrics,omitempty"`
+	At      time.Time      `json:"at"`
+}
+
+// KillRequest asks a worker to stop a task.
+type KillRequest struct {
+	V      int    `json:"v"`
+	TaskID string `json:"task_id"`
+	PID    int64  `json:"pid"`
+	Reason string `json:"reason"`
+}
+
+// KillReply reports whether the task still runs; Running is false once it is gone.
+type KillReply struct {
+	V       int    `json:"v"`
+	TaskID  string `json:"task_id"`
+	PID     int64  `json:"pid"`
+	Running bool   `json:"running"`
+}
+
+// PsRequest asks a worker which tasks it runs, optionally only the given PIDs.
+type PsRequest struct {
+	V    int     `json:"v"`
+	PIDs []int64 `json:"pids,omitempty"`
+}
+
+// PsTask is one running task in a PsReply.
+type PsTask struct {
+	TaskID    string    `json:"task_id"`
+	Epoch     uint64    `json:"epoch"`
+	PID       int64     `json:"pid"`
+	Target    string    `json:"target"`
+	Type      string    `json:"type"`
+	RAM       TaskRAM   `json:"ram"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// PsReply lists the tasks a host runs.
+type PsReply struct {
+	V     int      `json:"v"`
+	Host  string   `json:"host"`
+	Tasks []PsTask `json:"tasks"`
+}
+
+// HostRAM is a host's capacity and current use.
+type HostRAM struct {
+	TotalMiB int64 `json:"total_mib"`
+	UsedMiB  int64 `json:"used_mib"`
+}
+
+// HostStatus is published by every worker on tasks.host.<host> each interval.
+type HostStatus struct {
+	V        int       `json:"v"`
+	Host     string    `json:"host"`
+	RAM      HostRAM   `json:"ram"`
+	Tasks    []string  `json:"tasks"`
+	Draining bool      `json:"draining"`
+	SentAt   time.Time `json:"sent_at"`
+}
+
+// Phase is one lifecycle phase of a declared target.
+type Phase struct {
+	Type           string  `json:"type"`
+	WrapperMiB     int64   `json:"wrapper_mib"`
+	HelpersMinMiB  int64   `json:"helpers_min_mib"`
+	HelpersFullMiB int64   `json:"helpers_full_mib"`
+	WorkS          float64 `json:"work_s"`
+	Repeat         bool    `json:"repeat,omitempty"`
+}
+
+// HackingMetrics describe a target of the hacking profile
+// (see the hacking model reference).
+type HackingMetrics struct {
+	Security              float64 `json:"security"`
+	MinSecurity           float64 `json:"min_security"`
+	Money                 float64 `json:"money"`
+	MaxMoney              float64 `json:"max_money"`
+	GrowthLogPerThread    float64 `json:"growth_log_per_thread"`
+	HackFractionPerThread float64 `json:"hack_fraction_per_thread"`
+	HackChance            float64 `json:"hack_chance"`
+	HackTimeMS            float64 `json:"hack_time_ms"`
+}
+
+// TargetSpec is what an operator declares for a target, stored in the
+// targets KV bucket under the target's key.
+type TargetSpec struct {
+	V       int             `json:"v"`
+	Profile string          `json:"profile"`
+	Value   *float64        `json:"value,omitempty"`
+	Phases  []Phase         `json:"phases,omitempty"`
+	Metrics *HackingMetrics `json:"metrics,omitempty"`
+}
+
+// TaskRecord is the task half of a TaskState.
+type TaskRecord struct {
+	TaskID      string     `json:"task_id"`
+	PID         int64      `json:"pid"`
+	Type        string     `json:"type"`
+	Host        string     `json:"host"`
+	State       string     `json:"state"`
+	BudgetMiB   int64      `json:"budget_mib"`
+	WrapperMiB  int64      `json:"wrapper_mib,omitempty"`
+	LaunchedAt  time.Time  `json:"launched_at"`
+	ConfirmedAt *time.Time `json:"confirmed_at,omitempty"`
+}
+
+// TaskState is what the selector persists per target in the tasks KV bucket.
+type TaskState struct {
+	V         int         `json:"v"`
+	Target    string      `json:"target"`
+	Phase     string      `json:"phase"`
+	Epoch     uint64      `json:"epoch"`
+	Task      *TaskRecord `json:"task"`
+	UpdatedAt time.Time   `json:"updated_at"`
+}
+
+// Backoff is the global launch backoff as status shows it.
+type Backoff struct {
+	Level        int       `json:"level"`
+	NextLaunchAt time.Time `json:"next_launch_at"`
+}
+
+// TargetStatus is one target's line in SelectorStatus.
+type TargetStatus struct {
+	Target         string `json:"target"`
+	Phase          string `json:"phase"`
+	State          string `json:"state"`
+	TaskID         string `json:"task_id,omitempty"`
+	Epoch          uint64 `json:"epoch"`
+	PID            int64  `json:"pid,omitempty"`
+	Host           string `json:"host,omitempty"`
+	BudgetMiB      int64  `json:"budget_mib,omitempty"`
+	FullMiB        int64  `json:"full_mib,omitempty"`
+	HeartbeatAgeMS int64  `json:"heartbeat_age_ms"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// HostStatusLine is one host's line in SelectorStatus.
+type HostStatusLine struct {
+	Host        string `json:"host"`
+	TotalMiB    int64  `json:"total_mib"`
+	UsedMiB     int64  `json:"used_mib"`
+	ReservedMiB int64  `json:"reserved_mib"`
+	FreeMiB     int64  `json:"free_mib"`
+	Tasks       int    `json:"tasks"`
+	Stale       bool   `json:"stale"`
+	Lost        bool   `json:"lost,omitempty"`
+	Draining    bool   `json:"draining,omitempty"`
+	Avoided     bool   `json:"avoided,omitempty"`
+}
+
+// Counters are the selector's cumulative counts since it started.
+type Counters struct {
+	Launches          uint64            `json:"launches"`
+	Confirmed         uint64            `json:"confirmed"`
+	Failures          map[string]uint64 `json:"failures"`
+	Timeouts          uint64            `json:"timeouts"`
+	Stale             uint64            `json:"stale"`
+	Kills             uint64            `json:"kills"`
+	Requeues          uint64            `json:"requeues"`
+	Adoptions         uint64            `json:"adoptions"`
+	FencedHeartbeats  uint64            `json:"fenced_heartbeats"`
+	Heartbeats        uint64            `json:"heartbeats"`
+	Events            uint64            `json:"events"`
+	DuplicateEvents   uint64            `json:"duplicate_events"`
+	PhasesCompleted   uint64            `json:"phases_completed"`
+	HostsLost         uint64            `json:"hosts_lost"`
+	MalformedMessages map[string]uint64 `json:"malformed_messages"`
+	SlowConsumerDrops uint64            `json:"slow_consumer_drops,omitempty"`
+	StoreErrors       uint64            `json:"store_errors,omitempty"`
+}
+
+// SelectorStatus is the snapshot the selector answers on tasks.selector.status.
+type SelectorStatus struct {
+	V               int              `json:"v"`
+	Ready           bool             `json:"ready"`
+	Connected       bool             `json:"connected"`
+	Degraded        bool             `json:"degraded"`
+	DegradedReason  string           `json:"degraded_reason,omitempty"`
+	Recovering      bool             `json:"recovering"`
+	LaunchesStopped string           `json:"launches_stopped,omitempty"`
+	Backoff         Backoff          `json:"backoff"`
+	PendingLaunches int              `json:"pending_launches"`
+	Targets         []TargetStatus   `json:"targets"`
+	Hosts           []HostStatusLine `json:"hosts"`
+	Counters        Counters         `json:"counters"`
+	At              time.Time        `json:"at"`
+}

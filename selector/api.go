@@ -1,0 +1,182 @@
+package selector
+
+import (
+	"time"
+
+	"github.com/taskselector/taskselector/schemas"
+)
+
+// Event is an input to the Engine. The concrete types below are the only
+// events; pass them as pointers.
+type Event interface{ isEvent() }
+
+// TargetUpserted declares a target or changes its spec.
+type TargetUpserted struct {
+	Target string
+	Spec   schemas.TargetSpec
+}
+
+// TargetDeleted removes a target: its task is killed and its state deleted.
+type TargetDeleted struct{ Target string }
+
+// HeartbeatReceived carries one decoded heartbeat.
+type HeartbeatReceived struct{ Heartbeat *schemas.Heartbeat }
+
+// LaunchReplied carries a worker's answer to a Launch command.
+type LaunchReplied struct {
+	Host  string
+	Reply schemas.LaunchReply
+}
+
+// LaunchUnanswered reports that a Launch command got no reply: either the
+// reply timed out (the worker may still have started the task) or NATS had
+// no responders for the host (nothing started).
+type LaunchUnanswered struct {
+	Host         string
+	TaskID       string
+	NoResponders bool
+}
+
+// PsReplied carries a worker's answer to a Ps command.
+type PsReplied struct {
+	Host  string
+	Reply schemas.PsReply
+}
+
+// PsUnanswered reports that a Ps command timed out or found no responders.
+type PsUnanswered struct {
+	Host         string
+	NoResponders bool
+}
+
+// KillReplied carries a worker's answer to a Kill command.
+type KillReplied struct {
+	Host  string
+	Reply schemas.KillReply
+}
+
+// KillUnanswered reports that a Kill command timed out or found no responders.
+type KillUnanswered struct {
+	Host         string
+	TaskID       string
+	NoResponders bool
+}
+
+// TaskEventReceived carries a task's done or failed event.
+type TaskEventReceived struct{ Event *schemas.TaskEvent }
+
+// HostStatusReceived carries a worker's periodic status.
+type HostStatusReceived struct{ Status *schemas.HostStatus }
+
+// Tick lets time pass: timeouts, staleness and launches are evaluated.
+type Tick struct{}
+
+// Disconnected reports that the bus connection is down: nothing is declared
+// stale and nothing is launched until Reconnected.
+type Disconnected struct{}
+
+// Reconnected reports that the bus connection is back; a grace period of
+// RecoveryGrace follows before anything is declared stale.
+type Reconnected struct{}
+
+// StoreConflict reports that a compare-and-swap write of a target's state
+// failed: another writer exists, so the engine stops launching.
+type StoreConflict struct {
+	Target string
+	Err    string
+}
+
+// Malformed reports a message that could not be decoded, for the counters.
+type Malformed struct{ Source string }
+
+// ShutdownRequested stops all further launches; in-flight work still settles.
+type ShutdownRequested struct{}
+
+func (*TargetUpserted) isEvent()     {}
+func (*TargetDeleted) isEvent()      {}
+func (*HeartbeatReceived) isEvent()  {}
+func (*LaunchReplied) isEvent()      {}
+func (*LaunchUnanswered) isEvent()   {}
+func (*PsReplied) isEvent()          {}
+func (*PsUnanswered) isEvent()       {}
+func (*KillReplied) isEvent()        {}
+func (*KillUnanswered) isEvent()     {}
+func (*TaskEventReceived) isEvent()  {}
+func (*HostStatusReceived) isEvent() {}
+func (*Tick) isEvent()               {}
+func (*Disconnected) isEvent()       {}
+func (*Reconnected) isEvent()        {}
+func (*StoreConflict) isEvent()      {}
+func (*Malformed) isEvent()          {}
+func (*ShutdownRequested) isEvent()  {}
+
+// CommandKind names what a Command asks the edge to do.
+type CommandKind uint8
+
+// Command kinds.
+const (
+	// CmdLaunch: send Launch to tasks.launch.<Host>, then feed back
+	// LaunchReplied or LaunchUnanswered.
+	CmdLaunch CommandKind = iota + 1
+	// CmdKill: send Kill to tasks.kill.<Host>, then feed back KillReplied or
+	// KillUnanswered.
+	CmdKill
+	// CmdPs: send Ps to tasks.ps.<Host>, then feed back PsReplied or PsUnanswered.
+	CmdPs
+	// CmdPersist: write State to the tasks bucket under State.Target
+	// (compare-and-swap on the last revision seen); on failure feed back
+	// StoreConflict.
+	CmdPersist
+	// CmdDelete: delete Target's key from the tasks bucket.
+	CmdDelete
+)
+
+func (k CommandKind) String() string {
+	switch k {
+	case CmdLaunch:
+		return "launch"
+	case CmdKill:
+		return "kill"
+	case CmdPs:
+		return "ps"
+	case CmdPersist:
+		return "persist"
+	case CmdDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// Command is an output of the Engine. Exactly the fields of its Kind are set.
+// Commands that address one key (a target's state) must be carried out in the
+// order they are returned.
+type Command struct {
+	Kind   CommandKind
+	Host   string                 // launch, kill, ps
+	Target string                 // persist, delete, and the target of launch/kill
+	Launch *schemas.LaunchRequest // CmdLaunch
+	Kill   *schemas.KillRequest   // CmdKill
+	Ps     *schemas.PsRequest     // CmdPs
+	State  *schemas.TaskState     // CmdPersist
+}
+
+// Config holds every timer and limit of the engine. Zero fields take the
+// defaults of DefaultConfig when passed through WithDefaults.
+type Config struct {
+	LaunchTimeout      time.Duration // no first heartbeat by then: ps the host [3s]
+	ReplyTimeout       time.Duration // a request reply is late after this [1s]; also the ps/kill retry period
+	HeartbeatStale     time.Duration // an active task is stale after this without a heartbeat [5s]
+	HostStale          time.Duration // a host is stale after this without a HostStatus [10s]
+	RecoveryGrace      time.Duration // no launches and no staleness after a start or reconnect [= HeartbeatStale]
+	BackoffBase        time.Duration // first global backoff wait [500ms]
+	BackoffFactor      float64       // growth per level [2]
+	BackoffMax         time.Duration // cap on any wait [10s]
+	BackoffJitter      float64       // ± fraction applied before the cap [0.2]
+	MaxPendingLaunches int           // launches awaiting a first heartbeat [1]
+	HostHeadroomMiB    int64         // RAM kept free on every host [0]
+	RestartDelayBase   time.Duration // first per-target delay after a crash [1s]
+	RestartDelayMax    time.Duration // cap of the per-target crash delay [5m]
+	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
+	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
+	Seed               int64         // seed of the jitter source
+}
