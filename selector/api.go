@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/workload"
 )
 
 // Event is an input to the Engine. The concrete types below are the only
@@ -22,10 +23,13 @@ type TargetDeleted struct{ Target string }
 // HeartbeatReceived carries one decoded heartbeat.
 type HeartbeatReceived struct{ Heartbeat *schemas.Heartbeat }
 
-// LaunchReplied carries a worker's answer to a Launch command.
+// LaunchReplied carries a worker's answer to a Launch command. Target and
+// Epoch are copied from the request the edge sent.
 type LaunchReplied struct {
-	Host  string
-	Reply schemas.LaunchReply
+	Host   string
+	Target string
+	Epoch  uint64
+	Reply  schemas.LaunchReply
 }
 
 // LaunchUnanswered reports that a Launch command got no reply: either the
@@ -33,13 +37,17 @@ type LaunchReplied struct {
 // no responders for the host (nothing started).
 type LaunchUnanswered struct {
 	Host         string
+	Target       string
 	TaskID       string
 	NoResponders bool
 }
 
-// PsReplied carries a worker's answer to a Ps command.
+// PsReplied carries a worker's answer to a Ps command. PIDs is copied from
+// the request (nil when it asked for every task): a task whose PID the request
+// did not name is not judged by the reply.
 type PsReplied struct {
 	Host  string
+	PIDs  []int64
 	Reply schemas.PsReply
 }
 
@@ -163,20 +171,21 @@ type Command struct {
 // Config holds every timer and limit of the engine. Zero fields take the
 // defaults of DefaultConfig when passed through WithDefaults.
 type Config struct {
-	LaunchTimeout      time.Duration // no first heartbeat by then: ps the host [3s]
-	ReplyTimeout       time.Duration // a request reply is late after this [1s]; also the ps/kill retry period
-	HeartbeatStale     time.Duration // an active task is stale after this without a heartbeat [5s]
-	HostStale          time.Duration // a host is stale after this without a HostStatus [10s]
-	RecoveryGrace      time.Duration // no launches and no staleness after a start or reconnect [= HeartbeatStale]
-	BackoffBase        time.Duration // first global backoff wait [500ms]
-	BackoffFactor      float64       // growth per level [2]
-	BackoffMax         time.Duration // cap on any wait [10s]
-	BackoffJitter      float64       // ± fraction applied before the cap [0.2]
-	MaxPendingLaunches int           // launches awaiting a first heartbeat [1]
-	HostHeadroomMiB    int64         // RAM kept free on every host [0]
-	RestartDelayBase   time.Duration // first per-target delay after a crash [1s]
-	RestartDelayMax    time.Duration // cap of the per-target crash delay [5m]
-	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
-	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
-	Seed               int64         // seed of the jitter source
+	LaunchTimeout      time.Duration   // no first heartbeat by then: ps the host [3s]
+	ReplyTimeout       time.Duration   // a request reply is late after this [1s]; also the ps/kill retry period
+	HeartbeatStale     time.Duration   // an active task is stale after this without a heartbeat [5s]
+	HostStale          time.Duration   // a host is stale after this without a HostStatus [10s]
+	RecoveryGrace      time.Duration   // no launches and no staleness after a start or reconnect [= HeartbeatStale]
+	BackoffBase        time.Duration   // first global backoff wait [500ms]
+	BackoffFactor      float64         // growth per level [2]
+	BackoffMax         time.Duration   // cap on any wait [10s]
+	BackoffJitter      float64         // ± fraction applied before the cap [0.2]
+	MaxPendingLaunches int             // launches awaiting a first heartbeat [1]
+	HostHeadroomMiB    int64           // RAM kept free on every host [0]
+	RestartDelayBase   time.Duration   // first per-target delay after a crash [1s]
+	RestartDelayMax    time.Duration   // cap of the per-target crash delay [5m]
+	RestartDelayReset  time.Duration   // healthy run that resets the crash delay [10m]
+	MaxSkips           int             // pending targets passed over per decision when the best does not fit [64]
+	Seed               uint64          // seed of the jitter source
+	Workload           workload.Params // estimator constants [workload.DefaultParams()]
 }

@@ -1,0 +1,1288 @@
+// Package selector is taskselector's decision engine: a deterministic state
+// machine that decides which tasks run, and where, on hosts whose RAM is
+// scarce.
+//
+// The engine has no goroutines, no I/O and no clock. The edge feeds it events
+// (heartbeats, replies, task events, host statuses, ticks) together with the
+// current time, and carries out the commands it returns (launch, kill, ps,
+// persist, delete), feeding the results back as events. The same sequence of
+// events and times always yields the same commands. Every timeout is measured
+// between the times the edge passes in, so a monotonic clock at the edge
+// makes every timeout monotonic.
+package selector
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/workload"
+)
+
+// Snapshot is what a starting engine rebuilds from: the declared targets and
+// the task states persisted by an earlier run.
+type Snapshot struct {
+	Targets map[string]schemas.TargetSpec
+	Tasks   []schemas.TaskState
+}
+
+// Target states shown in status.
+const (
+	StatePending   = "pending"
+	StateLaunching = "launching"
+	StateActive    = "active"
+	StateSuspect   = "suspect"
+	StateBlocked   = "blocked"
+	StateComplete  = "complete"
+)
+
+// Failure causes counted in status.
+const (
+	FailInsufficientRAM    = schemas.CodeInsufficientRAM
+	FailUnknownType        = schemas.CodeUnknownType
+	FailInvalid            = schemas.CodeInvalid
+	FailDraining           = schemas.CodeDraining
+	FailNoResponders       = "no_responders"
+	FailLaunchTimeout      = "launch_timeout"
+	FailSilent             = "silent"
+	FailHelpersUnavailable = schemas.ReasonHelpersUnavailable
+	FailCrashed            = schemas.ReasonCrashed
+	FailHostLost           = "host_lost"
+)
+
+// taskPhase is where a task stands in its life.
+type taskPhase uint8
+
+const (
+	// tLaunching: launch sent; neither its reply nor its first heartbeat came.
+	tLaunching taskPhase = iota + 1
+	// tLaunched: the reply gave a PID; no heartbeat yet.
+	tLaunched
+	// tActive: confirmed by a heartbeat.
+	tActive
+	// tSuspect: timed out, stale or unconfirmed after a restart; a ps of
+	// its host decides.
+	tSuspect
+	// tKilling: a kill was sent; the target is requeued once it is confirmed.
+	tKilling
+)
+
+// why a task became suspect or is being killed.
+type suspicion uint8
+
+const (
+	suspectLaunch    suspicion = iota + 1 // no first heartbeat within LaunchTimeout
+	suspectStale                          // active, then no heartbeat within HeartbeatStale
+	suspectRecovered                      // recorded by an earlier run and not yet confirmed
+	suspectDeleted                        // its target was deleted
+)
+
+type task struct {
+	id      string
+	epoch   uint64
+	t       *target
+	host    *host
+	typ     string
+	pid     int64
+	budget  int64
+	wrapper int64
+	used    int64
+
+	phase      taskPhase
+	why        suspicion
+	confirmed  bool // a heartbeat has been seen (or it was adopted)
+	countedPen bool // counts against MaxPendingLaunches
+
+	launchedAt  time.Time
+	confirmedAt time.Time
+	lastHB      time.Time
+
+	probeOut  bool      // a ps or kill request is outstanding
+	probeAt   time.Time // when the last ps or kill was sent
+	psMissing bool      // the last ps of this task went unanswered
+
+	idx     int // index in Engine.tasks
+	hostIdx int // index in host.tasks
+}
+
+// accounted is the RAM a task holds in the ledger: the larger of its budget
+// and what it reports using.
+func (k *task) accounted() int64 { return max(k.budget, k.used) }
+
+type target struct {
+	name     string
+	spec     schemas.TargetSpec
+	hasSpec  bool
+	phase    string
+	est      workload.Estimate
+	estErr   error
+	priority float64
+
+	epoch       uint64 // the last epoch issued (or recorded)
+	closedEpoch uint64 // every epoch up to this one is closed
+	task        *task
+
+	blocked  string // reason; launches wait until the spec changes
+	complete bool
+	deleted  bool // deleted while its task still runs
+
+	restartDelay time.Duration
+	readyAt      time.Time
+
+	qidx, didx int
+}
+
+type host struct {
+	name       string
+	total      int64
+	used       int64 // reported by the host
+	reserved   int64 // sum of accounted() of its tasks
+	taskUsed   int64 // sum of used of its tasks
+	seen       bool  // a HostStatus has arrived
+	lastStatus time.Time
+	draining   bool
+	avoided    bool // a launch found no responders; until the next status
+	lost       bool
+	lostAt     time.Time
+	tasks      []*task
+}
+
+// free is the RAM a new task may take on h.
+func (h *host) free(headroom int64) int64 {
+	foreign := max(h.used-h.taskUsed, 0)
+	return h.total - headroom - h.reserved - foreign
+}
+
+// Engine is the decision engine. It is not safe for concurrent use: the edge
+// serializes every call.
+type Engine struct {
+	cfg Config
+
+	targets map[string]*target
+	hosts   map[string]*host
+	hostSeq []*host // in order of first sight, for deterministic placement
+	tasks   []*task // every live task
+	byID    map[string]*task
+
+	pending targetHeap
+	delayed targetHeap
+
+	pendingLaunches int
+	pendingByPID    map[pidKey]*task
+
+	backoff backoff
+
+	start        time.Time
+	graceUntil   time.Time // no launches and no staleness before this
+	recovering   bool      // the start-up grace is running
+	recorded     int       // tasks recorded at start
+	recordedOK   int       // of those, confirmed by a heartbeat
+	connected    bool
+	staleBase    time.Time // staleness is measured from no earlier than this
+	degraded     string
+	degradedExit time.Time // when the degraded condition cleared; zero while it holds
+	conflict     string
+	shutdown     bool
+	startPs      bool // the first Step asks hosts of recorded tasks for ps
+
+	fenced   map[string]time.Time // fenced task ids, when last killed
+	counters schemas.Counters
+	idSeq    uint64
+	out      []Command
+	skipped  []*target
+}
+
+type pidKey struct {
+	host string
+	pid  int64
+}
+
+// New builds an engine at time now from a snapshot of declared targets and
+// persisted task states. Recorded tasks start unconfirmed; launches wait for
+// the recovery grace.
+func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:          cfg,
+		targets:      make(map[string]*target, len(snap.Targets)),
+		hosts:        make(map[string]*host),
+		byID:         make(map[string]*task),
+		pending:      newPendingQueue(),
+		delayed:      newDelayQueue(),
+		pendingByPID: make(map[pidKey]*task),
+		backoff:      newBackoff(cfg),
+		start:        now,
+		graceUntil:   now.Add(cfg.RecoveryGrace),
+		recovering:   true,
+		connected:    true,
+		staleBase:    now,
+		fenced:       make(map[string]time.Time),
+		counters: schemas.Counters{
+			Failures:          map[string]uint64{},
+			MalformedMessages: map[string]uint64{},
+		},
+	}
+	names := make([]string, 0, len(snap.Targets))
+	for name := range snap.Targets {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		t := e.newTarget(name)
+		e.setSpec(t, snap.Targets[name])
+	}
+	for i := range snap.Tasks {
+		e.restore(now, &snap.Tasks[i])
+	}
+	for _, name := range names {
+		if t := e.targets[name]; t.task == nil {
+			e.requeue(now, t)
+		}
+	}
+	e.startPs = e.recorded > 0
+	return e, nil
+}
+
+func (e *Engine) newTarget(name string) *target {
+	t := &target{name: name, qidx: -1, didx: -1}
+	e.targets[name] = t
+	return t
+}
+
+// restore rebuilds one target's persisted state.
+func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
+	t := e.targets[st.Target]
+	if t == nil {
+		// State for a target that is no longer declared: its task must go.
+		t = e.newTarget(st.Target)
+		t.deleted = true
+	}
+	t.epoch = max(t.epoch, st.Epoch)
+	if st.Phase != "" && t.hasSpec && st.Phase != t.phase {
+		t.phase = st.Phase
+		e.estimate(t)
+	}
+	if st.Task == nil {
+		t.closedEpoch = max(t.closedEpoch, st.Epoch)
+		if t.deleted {
+			delete(e.targets, t.name)
+			e.emit(Command{Kind: CmdDelete, Target: t.name})
+		}
+		return
+	}
+	if st.Epoch > 0 {
+		t.closedEpoch = max(t.closedEpoch, st.Epoch-1)
+	}
+	r := st.Task
+	h := e.hostNamed(now, r.Host)
+	k := &task{
+		id:         r.TaskID,
+		epoch:      st.Epoch,
+		t:          t,
+		typ:        r.Type,
+		pid:        r.PID,
+		budget:     r.BudgetMiB,
+		wrapper:    r.WrapperMiB,
+		phase:      tSuspect,
+		why:        suspectRecovered,
+		launchedAt: now,
+	}
+	e.attach(k, h)
+	e.recorded++
+}
+
+// hostNamed returns the host called name, creating it unseen.
+func (e *Engine) hostNamed(now time.Time, name string) *host {
+	h := e.hosts[name]
+	if h == nil {
+		h = &host{name: name, lastStatus: now}
+		e.hosts[name] = h
+		e.hostSeq = append(e.hostSeq, h)
+	}
+	return h
+}
+
+// attach makes k its target's task, on host h, and books its RAM.
+func (e *Engine) attach(k *task, h *host) {
+	k.host = h
+	k.t.task = k
+	k.idx = len(e.tasks)
+	e.tasks = append(e.tasks, k)
+	k.hostIdx = len(h.tasks)
+	h.tasks = append(h.tasks, k)
+	h.reserved += k.accounted()
+	h.taskUsed += k.used
+	e.byID[k.id] = k
+	if k.pid != 0 && !k.confirmed {
+		e.pendingByPID[pidKey{h.name, k.pid}] = k
+	}
+}
+
+// detach removes k from every index and frees its RAM.
+func (e *Engine) detach(k *task) {
+	h := k.host
+	h.reserved -= k.accounted()
+	h.taskUsed -= k.used
+	last := len(h.tasks) - 1
+	h.tasks[k.hostIdx] = h.tasks[last]
+	h.tasks[k.hostIdx].hostIdx = k.hostIdx
+	h.tasks[last] = nil
+	h.tasks = h.tasks[:last]
+	last = len(e.tasks) - 1
+	e.tasks[k.idx] = e.tasks[last]
+	e.tasks[k.idx].idx = k.idx
+	e.tasks[last] = nil
+	e.tasks = e.tasks[:last]
+	delete(e.byID, k.id)
+	if k.pid != 0 {
+		if e.pendingByPID[pidKey{h.name, k.pid}] == k {
+			delete(e.pendingByPID, pidKey{h.name, k.pid})
+		}
+	}
+	if k.countedPen {
+		k.countedPen = false
+		e.pendingLaunches--
+	}
+	if k.t.task == k {
+		k.t.task = nil
+	}
+	if k.epoch > k.t.closedEpoch {
+		k.t.closedEpoch = k.epoch
+	}
+}
+
+// setUsed changes the RAM a task reports using, keeping the ledger in step.
+func (e *Engine) setUsed(k *task, used int64) {
+	if used == k.used {
+		return
+	}
+	h := k.host
+	h.reserved -= k.accounted()
+	h.taskUsed += used - k.used
+	k.used = used
+	h.reserved += k.accounted()
+}
+
+// setSpec records a target's spec, its phase and its estimate.
+func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
+	changed := !t.hasSpec || !specEqual(t.spec, spec)
+	t.spec = spec
+	t.hasSpec = true
+	if !changed {
+		return
+	}
+	t.blocked = ""
+	t.complete = false
+	if err := workload.Validate(&t.spec); err != nil {
+		t.blocked = "invalid spec: " + err.Error()
+		return
+	}
+	phase, err := workload.InitialPhase(&t.spec)
+	if err != nil {
+		t.blocked = "invalid spec: " + err.Error()
+		return
+	}
+	if t.spec.Profile == schemas.ProfileDeclared && t.phase != "" && hasPhase(&t.spec, t.phase) {
+		phase = t.phase // a declared target keeps its place in the lifecycle
+	}
+	t.phase = phase
+	e.estimate(t)
+}
+
+// specEqual reports whether two specs declare the same thing.
+func specEqual(a, b schemas.TargetSpec) bool { return reflect.DeepEqual(a, b) }
+
+func hasPhase(spec *schemas.TargetSpec, typ string) bool {
+	for _, p := range spec.Phases {
+		if p.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// estimate refreshes a target's estimate and priority for its phase.
+func (e *Engine) estimate(t *target) {
+	t.est, t.estErr = e.cfg.Workload.Estimate(&t.spec, t.phase)
+	if t.estErr != nil {
+		t.blocked = "no estimate: " + t.estErr.Error()
+		t.priority = 0
+		return
+	}
+	if full := t.est.FullMiB(); full > 0 {
+		t.priority = t.est.Value / float64(full)
+	} else {
+		t.priority = t.est.Value
+	}
+}
+
+// Step applies one event at time now and returns the commands it leads to.
+// The returned slice is reused by the next call.
+func (e *Engine) Step(now time.Time, ev Event) []Command {
+	e.out = e.out[:0]
+	if e.startPs {
+		e.startPs = false
+		e.probeRecordedHosts(now)
+	}
+	switch ev := ev.(type) {
+	case *HeartbeatReceived:
+		if e.heartbeat(now, ev.Heartbeat) {
+			e.schedule(now)
+		}
+		return e.out
+	case *Tick:
+		e.tick(now)
+	case *TargetUpserted:
+		e.upsertTarget(now, ev)
+	case *TargetDeleted:
+		e.deleteTarget(now, ev.Target)
+	case *LaunchReplied:
+		e.launchReplied(now, ev)
+	case *LaunchUnanswered:
+		e.launchUnanswered(now, ev)
+	case *PsReplied:
+		e.psReplied(now, ev)
+	case *PsUnanswered:
+		e.psUnanswered(now, ev)
+	case *KillReplied:
+		e.killReplied(now, ev)
+	case *KillUnanswered:
+		e.killUnanswered(now, ev)
+	case *TaskEventReceived:
+		e.taskEvent(now, ev.Event)
+	case *HostStatusReceived:
+		e.hostStatus(now, ev.Status)
+	case *Disconnected:
+		e.connected = false
+	case *Reconnected:
+		e.connected = true
+		e.staleBase = now
+		e.graceUntil = maxTime(e.graceUntil, now.Add(e.cfg.RecoveryGrace))
+	case *StoreConflict:
+		if e.conflict == "" {
+			e.conflict = fmt.Sprintf("compare-and-swap on %q failed: another writer exists (%s)", ev.Target, ev.Err)
+		}
+	case *Malformed:
+		e.counters.MalformedMessages[ev.Source]++
+	case *ShutdownRequested:
+		e.shutdown = true
+	default:
+		panic(fmt.Sprintf("selector: unknown event %T", ev))
+	}
+	e.schedule(now)
+	return e.out
+}
+
+func (e *Engine) emit(c Command) { e.out = append(e.out, c) }
+
+// probeRecordedHosts asks every host of a recorded task what it runs, so that
+// dead tasks are found before the recovery grace ends.
+func (e *Engine) probeRecordedHosts(now time.Time) {
+	for _, h := range e.hostSeq {
+		if len(h.tasks) == 0 {
+			continue
+		}
+		for _, k := range h.tasks {
+			k.probeOut = true
+			k.probeAt = now
+		}
+		e.emit(Command{Kind: CmdPs, Host: h.name, Ps: &schemas.PsRequest{V: schemas.Version}})
+	}
+}
+
+// persist records t's current state.
+func (e *Engine) persist(now time.Time, t *target) {
+	st := &schemas.TaskState{
+		V:         schemas.Version,
+		Target:    t.name,
+		Phase:     t.phase,
+		Epoch:     t.epoch,
+		UpdatedAt: now.UTC(),
+	}
+	if k := t.task; k != nil {
+		r := &schemas.TaskRecord{
+			TaskID:     k.id,
+			PID:        k.pid,
+			Type:       k.typ,
+			Host:       k.host.name,
+			State:      persistedState(k),
+			BudgetMiB:  k.budget,
+			WrapperMiB: k.wrapper,
+			LaunchedAt: k.launchedAt.UTC(),
+		}
+		if k.confirmed && !k.confirmedAt.IsZero() {
+			c := k.confirmedAt.UTC()
+			r.ConfirmedAt = &c
+		}
+		st.Task = r
+	}
+	e.emit(Command{Kind: CmdPersist, Target: t.name, State: st})
+}
+
+func persistedState(k *task) string {
+	switch k.phase {
+	case tLaunching, tLaunched:
+		return schemas.TaskLaunching
+	case tActive:
+		return schemas.TaskActive
+	}
+	return schemas.TaskSuspect
+}
+
+// ----- targets -----
+
+func (e *Engine) upsertTarget(now time.Time, ev *TargetUpserted) {
+	t := e.targets[ev.Target]
+	if t == nil {
+		t = e.newTarget(ev.Target)
+	}
+	wasDeleted := t.deleted
+	t.deleted = false
+	wasBlocked := t.blocked != "" || t.complete
+	e.setSpec(t, ev.Spec)
+	if k := t.task; k != nil && wasDeleted && k.why == suspectDeleted && (k.phase == tLaunching || k.phase == tLaunched) {
+		// Declared again before its kill was sent: keep the task.
+		k.why = 0
+	}
+	if t.task == nil && (wasBlocked || !e.queued(t)) {
+		e.requeue(now, t)
+	}
+	if t.blocked != "" || t.complete {
+		e.pending.remove(t)
+		e.delayed.remove(t)
+	} else if e.pending.contains(t) {
+		e.pending.remove(t)
+		e.pending.push(t) // priority may have changed
+	}
+}
+
+func (e *Engine) queued(t *target) bool { return e.pending.contains(t) || e.delayed.contains(t) }
+
+func (e *Engine) deleteTarget(now time.Time, name string) {
+	t := e.targets[name]
+	if t == nil {
+		return
+	}
+	e.pending.remove(t)
+	e.delayed.remove(t)
+	t.deleted = true
+	k := t.task
+	if k == nil {
+		delete(e.targets, name)
+		e.emit(Command{Kind: CmdDelete, Target: name})
+		return
+	}
+	switch k.phase {
+	case tLaunching:
+		// No PID yet: the reply, a heartbeat or the launch timeout brings it.
+		k.why = suspectDeleted
+	case tKilling:
+	default:
+		k.why = suspectDeleted
+		e.kill(now, k, "target deleted")
+	}
+}
+
+// requeue puts a target without a task back in line, unless it waits for a
+// spec change or has been deleted.
+func (e *Engine) requeue(now time.Time, t *target) {
+	if t.task != nil || !t.hasSpec || t.blocked != "" || t.complete || t.deleted || e.queued(t) {
+		return
+	}
+	if t.readyAt.After(now) {
+		e.delayed.push(t)
+		return
+	}
+	e.pending.push(t)
+}
+
+// ----- launches -----
+
+// canLaunch reports whether the global gates allow a launch now.
+func (e *Engine) canLaunch(now time.Time) bool {
+	return e.connected && !e.recovering && !now.Before(e.graceUntil) && e.degraded == "" &&
+		e.conflict == "" && !e.shutdown && e.pendingLaunches < e.cfg.MaxPendingLaunches &&
+		e.backoff.open(now)
+}
+
+// schedule launches as many pending targets as the gates and RAM allow.
+func (e *Engine) schedule(now time.Time) {
+	for e.pending.len() > 0 && e.canLaunch(now) {
+		if !e.launchOne(now) {
+			return
+		}
+	}
+}
+
+// eligible reports whether a new task may be placed on h.
+func (e *Engine) eligible(now time.Time, h *host) bool {
+	return h.seen && !h.lost && !h.draining && !h.avoided && now.Sub(h.lastStatus) < e.cfg.HostStale
+}
+
+// launchOne takes the best pending target that fits somewhere and launches
+// it. Targets that fit nowhere even at their minimum wait; up to MaxSkips of
+// them are passed over so that a large target does not hold back small ones.
+func (e *Engine) launchOne(now time.Time) bool {
+	var most *host
+	var mostFree int64
+	for _, h := range e.hostSeq {
+		if !e.eligible(now, h) {
+			continue
+		}
+		if f := h.free(e.cfg.HostHeadroomMiB); most == nil || f > mostFree {
+			most, mostFree = h, f
+		}
+	}
+	if most == nil {
+		return false
+	}
+	defer func() {
+		for _, t := range e.skipped {
+			e.pending.push(t)
+		}
+		clear(e.skipped)
+		e.skipped = e.skipped[:0]
+	}()
+	for e.pending.len() > 0 && len(e.skipped) <= e.cfg.MaxSkips {
+		t := e.pending.pop()
+		lo, full := t.est.MinMiB(), t.est.FullMiB()
+		if lo > mostFree || lo <= 0 && full <= 0 {
+			e.skipped = append(e.skipped, t)
+			continue
+		}
+		h, budget := most, min(full, mostFree)
+		if full <= mostFree {
+			h = e.bestFit(now, full)
+			budget = full
+		}
+		e.launch(now, t, h, budget)
+		return true
+	}
+	return false
+}
+
+// bestFit returns the eligible host with the least free RAM that still holds
+// need.
+func (e *Engine) bestFit(now time.Time, need int64) *host {
+	var best *host
+	var bestFree int64
+	for _, h := range e.hostSeq {
+		if !e.eligible(now, h) {
+			continue
+		}
+		if f := h.free(e.cfg.HostHeadroomMiB); f >= need && (best == nil || f < bestFree) {
+			best, bestFree = h, f
+		}
+	}
+	return best
+}
+
+func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
+	t.epoch++
+	e.idSeq++
+	wrapper := min(t.est.WrapperMiB, budget)
+	k := &task{
+		id:         t.name + "#" + strconv.FormatUint(t.epoch, 10) + "." + strconv.FormatUint(e.backoff.rng.Uint64()>>16, 36),
+		epoch:      t.epoch,
+		t:          t,
+		typ:        t.phase,
+		budget:     budget,
+		wrapper:    wrapper,
+		phase:      tLaunching,
+		launchedAt: now,
+		countedPen: true,
+	}
+	e.pendingLaunches++
+	e.attach(k, h)
+	e.counters.Launches++
+	spec := t.spec
+	e.persist(now, t) // write-ahead: the state names the task before it exists
+	e.emit(Command{
+		Kind:   CmdLaunch,
+		Host:   h.name,
+		Target: t.name,
+		Launch: &schemas.LaunchRequest{
+			V:      schemas.Version,
+			TaskID: k.id,
+			Epoch:  k.epoch,
+			Target: t.name,
+			Type:   k.typ,
+			RAM:    schemas.TaskRAM{WrapperMiB: wrapper, HelpersMiB: budget - wrapper},
+			Args:   map[string]any{"spec": &spec},
+		},
+	})
+}
+
+func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
+	k := e.byID[ev.Reply.TaskID]
+	if k == nil {
+		// A reply for a task already closed. If it started after all, it
+		// is an impostor now.
+		if ev.Reply.Error == nil && ev.Reply.PID > 0 {
+			e.fence(now, ev.Host, ev.Reply.TaskID, ev.Reply.PID, "late launch reply")
+		}
+		return
+	}
+	if re := ev.Reply.Error; re != nil {
+		if k.confirmed {
+			return // it heartbeats: the error is stale
+		}
+		t := k.t
+		e.counters.Failures[re.Code]++
+		switch re.Code {
+		case schemas.CodeInsufficientRAM:
+			e.close(now, k, closeRAM)
+		case schemas.CodeDraining:
+			k.host.draining = true
+			e.close(now, k, closeRequeue)
+		default: // unknown_type, invalid, or a code this version does not know
+			e.close(now, k, closeRequeue)
+			t.blocked = fmt.Sprintf("launch refused: %s: %s", re.Code, re.Message)
+			e.pending.remove(t)
+			e.delayed.remove(t)
+		}
+		return
+	}
+	if k.pid == 0 && ev.Reply.PID > 0 {
+		k.pid = ev.Reply.PID
+		if !k.confirmed {
+			e.pendingByPID[pidKey{k.host.name, k.pid}] = k
+		}
+	}
+	if k.phase == tLaunching {
+		k.phase = tLaunched
+	}
+	if k.why == suspectDeleted && k.phase != tKilling && k.phase != tSuspect {
+		e.kill(now, k, "target deleted")
+	}
+}
+
+func (e *Engine) launchUnanswered(now time.Time, ev *LaunchUnanswered) {
+	k := e.byID[ev.TaskID]
+	if k == nil || k.confirmed {
+		return
+	}
+	if ev.NoResponders {
+		// Nobody received the request, so nothing started.
+		e.counters.Failures[FailNoResponders]++
+		k.host.avoided = true
+		e.close(now, k, closeRequeue)
+	}
+	// A timed-out reply leaves the launch pending: the worker may have
+	// started it and lost only the reply. The launch timeout decides.
+}
+
+// ----- heartbeats -----
+
+// heartbeat handles one heartbeat and reports whether it may enable a launch.
+func (e *Engine) heartbeat(now time.Time, hb *schemas.Heartbeat) bool {
+	e.counters.Heartbeats++
+	t := e.targets[hb.Target]
+	if t == nil {
+		e.fence(now, hb.Host, hb.TaskID, hb.PID, "target not declared")
+		return false
+	}
+	k := t.task
+	if k == nil {
+		if !t.deleted && hb.Epoch > t.epoch && hb.Epoch > t.closedEpoch {
+			e.adopt(now, t, hb)
+			return true
+		}
+		e.fence(now, hb.Host, hb.TaskID, hb.PID, "stale epoch")
+		return false
+	}
+	if k.id != hb.TaskID || k.epoch != hb.Epoch || k.host.name != hb.Host {
+		e.fence(now, hb.Host, hb.TaskID, hb.PID, "not the target's task")
+		return false
+	}
+	k.lastHB = now
+	if hb.RAM.UsedMiB != k.used {
+		e.setUsed(k, hb.RAM.UsedMiB)
+	}
+	if k.phase == tActive && !t.deleted {
+		return false
+	}
+	return e.confirm(now, k, hb.PID)
+}
+
+// confirm handles the first heartbeat of a task that was not active.
+func (e *Engine) confirm(now time.Time, k *task, pid int64) bool {
+	if k.pid == 0 && pid > 0 {
+		k.pid = pid
+	}
+	if k.phase == tKilling {
+		return false // it was judged already; the kill stands
+	}
+	if k.t.deleted {
+		e.kill(now, k, "target deleted")
+		return false
+	}
+	first := !k.confirmed
+	k.phase = tActive
+	k.probeOut = false
+	k.psMissing = false
+	if first {
+		k.confirmed = true
+		k.confirmedAt = now
+		if k.why == suspectRecovered {
+			e.recordedOK++
+		}
+		if k.pid != 0 && e.pendingByPID[pidKey{k.host.name, k.pid}] == k {
+			delete(e.pendingByPID, pidKey{k.host.name, k.pid})
+		}
+		if k.countedPen {
+			k.countedPen = false
+			e.pendingLaunches--
+			e.counters.Confirmed++
+			e.backoff.reset()
+		}
+	}
+	k.why = 0
+	e.persist(now, k.t)
+	return true
+}
+
+// adopt takes over a running task that no record names: the tasks bucket
+// was lost, or the launch was sent just before a crash.
+func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
+	e.pending.remove(t)
+	e.delayed.remove(t)
+	t.epoch = hb.Epoch
+	if hb.Type != "" && hb.Type != t.phase && t.hasSpec {
+		t.phase = hb.Type
+		e.estimate(t)
+		t.blocked = ""
+	}
+	k := &task{
+		id:          hb.TaskID,
+		epoch:       hb.Epoch,
+		t:           t,
+		typ:         hb.Type,
+		pid:         hb.PID,
+		budget:      hb.RAM.BudgetMiB,
+		used:        hb.RAM.UsedMiB,
+		phase:       tActive,
+		confirmed:   true,
+		launchedAt:  now,
+		confirmedAt: now,
+		lastHB:      now,
+	}
+	k.wrapper = min(t.est.WrapperMiB, k.budget)
+	e.attach(k, e.hostNamed(now, hb.Host))
+	e.counters.Adoptions++
+	e.persist(now, t)
+}
+
+// fence answers an impostor's heartbeat with a kill, at most once per reply
+// timeout per task.
+func (e *Engine) fence(now time.Time, hostName, taskID string, pid int64, reason string) {
+	e.counters.FencedHeartbeats++
+	if last, ok := e.fenced[taskID]; ok && now.Sub(last) < e.cfg.ReplyTimeout {
+		return
+	}
+	e.fenced[taskID] = now
+	e.counters.Kills++
+	e.emit(Command{Kind: CmdKill, Host: hostName, Kill: &schemas.KillRequest{
+		V: schemas.Version, TaskID: taskID, PID: pid, Reason: "fenced: " + reason,
+	}})
+}
+
+// ----- probes: ps and kill -----
+
+// suspect marks k suspect and asks its host whether it runs.
+func (e *Engine) suspect(now time.Time, k *task, why suspicion) {
+	k.phase = tSuspect
+	k.why = why
+	e.ps(now, k)
+	e.persist(now, k.t)
+}
+
+func (e *Engine) ps(now time.Time, k *task) {
+	k.probeOut = true
+	k.probeAt = now
+	req := &schemas.PsRequest{V: schemas.Version}
+	if k.pid != 0 {
+		req.PIDs = []int64{k.pid}
+	}
+	e.emit(Command{Kind: CmdPs, Host: k.host.name, Target: k.t.name, Ps: req})
+}
+
+func (e *Engine) kill(now time.Time, k *task, reason string) {
+	k.phase = tKilling
+	k.probeOut = true
+	k.probeAt = now
+	e.counters.Kills++
+	e.emit(Command{Kind: CmdKill, Host: k.host.name, Target: k.t.name, Kill: &schemas.KillRequest{
+		V: schemas.Version, TaskID: k.id, PID: k.pid, Reason: reason,
+	}})
+}
+
+func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
+	h := e.hosts[ev.Host]
+	if h == nil {
+		return
+	}
+	running := make(map[string]*schemas.PsTask, len(ev.Reply.Tasks))
+	for i := range ev.Reply.Tasks {
+		running[ev.Reply.Tasks[i].TaskID] = &ev.Reply.Tasks[i]
+	}
+	for _, k := range slices.Clone(h.tasks) {
+		if k.phase != tSuspect || !k.probeOut {
+			continue
+		}
+		if ev.PIDs != nil && (k.pid == 0 || !slices.Contains(ev.PIDs, k.pid)) {
+			continue // this reply does not speak of k
+		}
+		k.probeOut = false
+		k.psMissing = false
+		if p := running[k.id]; p != nil {
+			if k.pid == 0 {
+				k.pid = p.PID
+			}
+			if k.why == suspectRecovered && e.recovering {
+				continue // alive; its heartbeat will confirm it
+			}
+			e.kill(now, k, silentReason(k.why))
+			continue
+		}
+		e.close(now, k, goneCause(k))
+	}
+}
+
+func silentReason(w suspicion) string {
+	switch w {
+	case suspectLaunch:
+		return "no first heartbeat"
+	case suspectDeleted:
+		return "target deleted"
+	}
+	return "heartbeat stale"
+}
+
+func (e *Engine) psUnanswered(now time.Time, ev *PsUnanswered) {
+	h := e.hosts[ev.Host]
+	if h == nil {
+		return
+	}
+	for _, k := range h.tasks {
+		if k.phase == tSuspect && k.probeOut {
+			k.probeOut = false
+			k.psMissing = true
+		}
+	}
+}
+
+func (e *Engine) killReplied(now time.Time, ev *KillReplied) {
+	k := e.byID[ev.Reply.TaskID]
+	if k == nil || k.phase != tKilling {
+		return
+	}
+	k.probeOut = false
+	if ev.Reply.Running {
+		return // retried after ReplyTimeout
+	}
+	e.close(now, k, killedCause(k))
+}
+
+func (e *Engine) killUnanswered(now time.Time, ev *KillUnanswered) {
+	if k := e.byID[ev.TaskID]; k != nil && k.phase == tKilling {
+		k.probeOut = false
+	}
+}
+
+// ----- closing tasks -----
+
+type closeCause uint8
+
+const (
+	closeRequeue closeCause = iota + 1 // requeue at once, no penalty
+	closeRAM                           // RAM pressure: raise the global backoff
+	closeCrash                         // the target's task died: per-target restart delay
+	closeDone                          // finished its phase
+)
+
+// goneCause is how a suspect task that its host says is gone is closed.
+func goneCause(k *task) closeCause {
+	switch k.why {
+	case suspectLaunch:
+		if k.confirmed {
+			return closeCrash
+		}
+		return closeRAM // a launch that died before its first heartbeat
+	case suspectStale:
+		return closeCrash
+	}
+	return closeRequeue
+}
+
+// killedCause is how a task killed for silence is closed.
+func killedCause(k *task) closeCause {
+	if k.why == suspectDeleted {
+		return closeRequeue
+	}
+	return closeCrash
+}
+
+// close ends k: its RAM is freed, its epoch closed and its target requeued
+// (or deleted, blocked, advanced) according to cause.
+func (e *Engine) close(now time.Time, k *task, cause closeCause) {
+	t := k.t
+	switch k.why {
+	case suspectLaunch:
+		if cause == closeRAM {
+			e.counters.Failures[FailLaunchTimeout]++
+		} else {
+			e.counters.Failures[FailSilent]++
+		}
+	case suspectStale:
+		e.counters.Failures[FailCrashed]++
+	}
+	e.detach(k)
+	e.counters.Requeues++
+	switch cause {
+	case closeRAM:
+		e.backoff.raise(now)
+	case closeCrash:
+		switch {
+		case k.confirmed && now.Sub(k.confirmedAt) >= e.cfg.RestartDelayReset:
+			t.restartDelay = e.cfg.RestartDelayBase
+		case t.restartDelay == 0:
+			t.restartDelay = e.cfg.RestartDelayBase
+		default:
+			t.restartDelay = min(2*t.restartDelay, e.cfg.RestartDelayMax)
+		}
+		t.readyAt = now.Add(t.restartDelay)
+	}
+	if t.deleted {
+		delete(e.targets, t.name)
+		e.emit(Command{Kind: CmdDelete, Target: t.name})
+		return
+	}
+	e.persist(now, t)
+	e.requeue(now, t)
+}
+
+// ----- task events -----
+
+func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
+	e.counters.Events++
+	t := e.targets[ev.Target]
+	if t == nil || ev.Epoch <= t.closedEpoch {
+		e.counters.DuplicateEvents++
+		return
+	}
+	k := t.task
+	if k == nil || k.id != ev.TaskID || k.epoch != ev.Epoch {
+		if k == nil && ev.Epoch > t.epoch {
+			// A task no record names ended: close its epoch and learn
+			// from it, so that a replay of it changes nothing.
+			t.epoch = ev.Epoch
+			t.closedEpoch = ev.Epoch
+			if ev.Kind == schemas.EventDone && ev.Type == t.phase {
+				e.advance(t, ev)
+			}
+			e.persist(now, t)
+			e.pending.remove(t)
+			e.delayed.remove(t)
+			e.requeue(now, t)
+		}
+		return
+	}
+	if ev.Kind == schemas.EventDone {
+		e.advance(t, ev)
+		e.close(now, k, closeDone)
+		return
+	}
+	e.counters.Failures[ev.Reason]++
+	switch {
+	case ev.Reason == schemas.ReasonHelpersUnavailable:
+		e.close(now, k, closeRAM)
+	case k.phase == tKilling || ev.Reason == schemas.ReasonKilled:
+		e.close(now, k, killedCause(k))
+	case k.confirmed:
+		e.close(now, k, closeCrash)
+	default:
+		e.close(now, k, closeRequeue)
+	}
+}
+
+// advance moves t to the phase after the one its task finished.
+func (e *Engine) advance(t *target, ev *schemas.TaskEvent) {
+	e.counters.PhasesCompleted++
+	next, complete, updated, err := workload.AfterDone(&t.spec, t.phase, ev.Metrics)
+	if err != nil {
+		t.blocked = "lifecycle: " + err.Error()
+		return
+	}
+	if updated != nil {
+		t.spec = *updated
+	}
+	t.restartDelay = 0
+	t.readyAt = time.Time{}
+	if complete {
+		t.complete = true
+		return
+	}
+	t.phase = next
+	e.estimate(t)
+}
+
+// ----- hosts -----
+
+func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
+	h := e.hostNamed(now, st.Host)
+	h.seen = true
+	h.lastStatus = now
+	h.total = st.RAM.TotalMiB
+	h.used = st.RAM.UsedMiB
+	h.draining = st.Draining
+	h.avoided = false
+	h.lost = false
+}
+
+// ----- time -----
+
+func (e *Engine) tick(now time.Time) {
+	if e.recovering {
+		// The grace ends early only when every recorded task is confirmed.
+		early := e.recorded > 0 && e.recordedOK == e.recorded
+		if early || !now.Before(e.graceUntil) {
+			e.recovering = false
+			if early {
+				e.graceUntil = minTime(e.graceUntil, now)
+			}
+		}
+	}
+	for e.delayed.len() > 0 && !e.delayed.peek().readyAt.After(now) {
+		e.requeue(now, e.delayed.pop())
+	}
+	if !e.connected {
+		return // nothing is declared stale while the bus is away
+	}
+	watch := !now.Before(e.graceUntil)
+	suspectsMissing, watched := 0, 0
+	for i := 0; i < len(e.tasks); i++ {
+		k := e.tasks[i]
+		switch k.phase {
+		case tLaunching, tLaunched:
+			if now.Sub(k.launchedAt) >= e.cfg.LaunchTimeout {
+				e.counters.Timeouts++
+				why := suspectLaunch
+				if k.why == suspectDeleted {
+					why = suspectDeleted
+				}
+				e.suspect(now, k, why)
+			}
+		case tActive:
+			watched++
+			if watch && now.Sub(maxTime(k.lastHB, e.staleBase)) >= e.cfg.HeartbeatStale {
+				e.counters.Stale++
+				e.suspect(now, k, suspectStale)
+			}
+		case tSuspect:
+			watched++
+			if k.psMissing {
+				suspectsMissing++
+			}
+			if k.why == suspectRecovered && e.recovering {
+				continue
+			}
+			if !k.probeOut && now.Sub(k.probeAt) >= e.cfg.ReplyTimeout {
+				e.ps(now, k)
+			}
+		case tKilling:
+			if !k.probeOut && now.Sub(k.probeAt) >= e.cfg.ReplyTimeout {
+				e.kill(now, k, silentReason(k.why))
+			}
+		}
+	}
+	e.checkHosts(now, suspectsMissing, watched)
+	if len(e.fenced) > 0 && len(e.fenced) >= 1024 {
+		for id, at := range e.fenced {
+			if now.Sub(at) >= e.cfg.ReplyTimeout {
+				delete(e.fenced, id)
+			}
+		}
+	}
+}
+
+// checkHosts declares stale hosts lost, unless so many went stale at once
+// that the fault is more likely the selector's own (the mass-stale guard).
+func (e *Engine) checkHosts(now time.Time, suspectsMissing, watched int) {
+	if now.Before(e.graceUntil) {
+		return
+	}
+	var stale []*host
+	live, recent := 0, 0
+	for _, h := range e.hostSeq {
+		if h.lost {
+			if now.Sub(h.lostAt) < e.cfg.HostStale {
+				recent++
+			}
+			continue
+		}
+		live++
+		if now.Sub(maxTime(h.lastStatus, e.staleBase)) >= e.cfg.HostStale {
+			stale = append(stale, h)
+		}
+	}
+	n := len(stale) + recent
+	reason := ""
+	switch {
+	case n >= 2 && 2*n > live+recent:
+		reason = fmt.Sprintf("%d of %d hosts went stale within %v", n, live+recent, e.cfg.HostStale)
+	case suspectsMissing >= 3 && 2*suspectsMissing > watched:
+		reason = fmt.Sprintf("%d of %d tasks went stale and their hosts do not answer", suspectsMissing, watched)
+	}
+	if reason != "" {
+		e.degraded = reason
+		e.degradedExit = time.Time{}
+		return
+	}
+	if e.degraded != "" {
+		if e.degradedExit.IsZero() {
+			e.degradedExit = now.Add(e.cfg.HeartbeatStale)
+		}
+		if now.Before(e.degradedExit) {
+			return
+		}
+		e.degraded = ""
+		e.degradedExit = time.Time{}
+	}
+	for _, h := range stale {
+		e.loseHost(now, h)
+	}
+}
+
+// loseHost declares h lost: all of its tasks are gone and their targets
+// requeued.
+func (e *Engine) loseHost(now time.Time, h *host) {
+	h.lost = true
+	h.lostAt = now
+	e.counters.HostsLost++
+	for len(h.tasks) > 0 {
+		k := h.tasks[len(h.tasks)-1]
+		e.counters.Failures[FailHostLost]++
+		e.close(now, k, closeRequeue)
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,140 @@
+package selector
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/taskselector/taskselector/schemas"
+)
+
+// Status returns a snapshot for operators. It allocates; call it at the rate
+// a person reads it, not per message.
+func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
+	st := schemas.SelectorStatus{
+		V:               schemas.Version,
+		Ready:           e.Ready(now),
+		Connected:       e.connected,
+		Degraded:        e.degraded != "",
+		DegradedReason:  e.degraded,
+		Recovering:      e.recovering,
+		LaunchesStopped: e.stopReason(now),
+		Backoff:         schemas.Backoff{Level: e.backoff.level},
+		PendingLaunches: e.pendingLaunches,
+		Targets:         make([]schemas.TargetStatus, 0, len(e.targets)),
+		Hosts:           make([]schemas.HostStatusLine, 0, len(e.hostSeq)),
+		Counters:        e.counters,
+		At:              now.UTC(),
+	}
+	if !e.backoff.next.IsZero() {
+		st.Backoff.NextLaunchAt = e.wall(now, e.backoff.next)
+	}
+	st.Counters.Failures = maps.Clone(e.counters.Failures)
+	st.Counters.MalformedMessages = maps.Clone(e.counters.MalformedMessages)
+	for _, t := range e.targets {
+		st.Targets = append(st.Targets, e.targetStatus(now, t))
+	}
+	slices.SortFunc(st.Targets, func(a, b schemas.TargetStatus) int { return strings.Compare(a.Target, b.Target) })
+	for _, h := range e.hostSeq {
+		st.Hosts = append(st.Hosts, schemas.HostStatusLine{
+			Host:        h.name,
+			TotalMiB:    h.total,
+			UsedMiB:     h.used,
+			ReservedMiB: h.reserved,
+			FreeMiB:     max(h.free(e.cfg.HostHeadroomMiB), 0),
+			Tasks:       len(h.tasks),
+			Stale:       now.Sub(h.lastStatus) >= e.cfg.HostStale,
+			Lost:        h.lost,
+			Draining:    h.draining,
+			Avoided:     h.avoided,
+		})
+	}
+	slices.SortFunc(st.Hosts, func(a, b schemas.HostStatusLine) int { return strings.Compare(a.Host, b.Host) })
+	return st
+}
+
+// wall turns an engine time into wall-clock UTC for display, relative to now.
+func (e *Engine) wall(now, t time.Time) time.Time { return now.UTC().Add(t.Sub(now)) }
+
+// Ready reports whether the engine is connected and past its recovery grace.
+func (e *Engine) Ready(now time.Time) bool {
+	return e.connected && !e.recovering && !now.Before(e.graceUntil)
+}
+
+func (e *Engine) stopReason(now time.Time) string {
+	switch {
+	case e.shutdown:
+		return "shutting down"
+	case e.conflict != "":
+		return e.conflict
+	case !e.connected:
+		return "disconnected"
+	case e.recovering || now.Before(e.graceUntil):
+		return "recovery grace"
+	case e.degraded != "":
+		return "degraded: " + e.degraded
+	}
+	return ""
+}
+
+func (e *Engine) targetStatus(now time.Time, t *target) schemas.TargetStatus {
+	ts := schemas.TargetStatus{
+		Target:  t.name,
+		Phase:   t.phase,
+		Epoch:   t.epoch,
+		FullMiB: t.est.FullMiB(),
+		State:   StatePending,
+		Reason:  t.blocked,
+	}
+	switch {
+	case t.task != nil:
+		k := t.task
+		ts.TaskID, ts.PID, ts.Host, ts.BudgetMiB = k.id, k.pid, k.host.name, k.budget
+		if !k.lastHB.IsZero() {
+			ts.HeartbeatAgeMS = now.Sub(k.lastHB).Milliseconds()
+		} else {
+			ts.HeartbeatAgeMS = -1
+		}
+		switch k.phase {
+		case tLaunching, tLaunched:
+			ts.State = StateLaunching
+		case tActive:
+			ts.State = StateActive
+		default:
+			ts.State = StateSuspect
+			ts.Reason = suspectReason(k)
+		}
+	case t.blocked != "":
+		ts.State = StateBlocked
+	case t.complete:
+		ts.State = StateComplete
+	case t.readyAt.After(now):
+		ts.Reason = "restart delay until " + e.wall(now, t.readyAt).Format(time.RFC3339)
+	}
+	if t.deleted {
+		ts.Reason = "deleted; stopping its task"
+	}
+	return ts
+}
+
+func suspectReason(k *task) string {
+	var r string
+	switch k.why {
+	case suspectLaunch:
+		r = "no first heartbeat"
+	case suspectStale:
+		r = "heartbeat stale"
+	case suspectRecovered:
+		r = "recorded before restart; unconfirmed"
+	case suspectDeleted:
+		r = "target deleted"
+	}
+	if k.phase == tKilling {
+		return r + "; killing"
+	}
+	if k.psMissing {
+		return r + "; host does not answer"
+	}
+	return r + "; checking host"
+}
