@@ -1,0 +1,106 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/taskselector/taskselector/internal/envcfg"
+	"github.com/taskselector/taskselector/selector"
+)
+
+// config is the selector's configuration, read from the environment. The
+// README lists every variable with its default.
+type config struct {
+	NATSURL        string        `envconfig:"NATS_URL" form:"a NATS URL such as nats://127.0.0.1:4222, or empty for the embedded server"`
+	DataDir        string        `envconfig:"SELECTOR_DATA_DIR" default:"./data" form:"a directory path"`
+	Listen         string        `envconfig:"SELECTOR_LISTEN" default:"127.0.0.1:4222" form:"host:port for the embedded server's clients (port 0 picks a free one)"`
+	SubjectPrefix  string        `envconfig:"SELECTOR_SUBJECT_PREFIX" default:"tasks" form:"a NATS subject token of letters, digits, '-' and '_' (dots allowed between tokens)"`
+	LaunchTimeout  time.Duration `envconfig:"SELECTOR_LAUNCH_TIMEOUT" default:"3s" form:"a positive duration such as 3s, 500ms or 1m30s"`
+	ReplyTimeout   time.Duration `envconfig:"SELECTOR_REPLY_TIMEOUT" default:"1s" form:"a positive duration such as 3s, 500ms or 1m30s"`
+	HeartbeatStale time.Duration `envconfig:"SELECTOR_HEARTBEAT_STALE" default:"5s" form:"a positive duration such as 3s, 500ms or 1m30s"`
+	HostStale      time.Duration `envconfig:"SELECTOR_HOST_STALE" default:"10s" form:"a positive duration such as 3s, 500ms or 1m30s"`
+	RecoveryGrace  time.Duration `envconfig:"SELECTOR_RECOVERY_GRACE" form:"a positive duration such as 3s, 500ms or 1m30s (empty: the heartbeat stale threshold)"`
+	BackoffBase    time.Duration `envconfig:"SELECTOR_BACKOFF_BASE" default:"500ms" form:"a positive duration such as 3s, 500ms or 1m30s"`
+	BackoffMax     time.Duration `envconfig:"SELECTOR_BACKOFF_MAX" default:"10s" form:"a positive duration no smaller than SELECTOR_BACKOFF_BASE"`
+	MaxPending     int           `envconfig:"SELECTOR_MAX_PENDING_LAUNCHES" default:"1" form:"a whole number of at least 1"`
+	HeadroomMiB    int64         `envconfig:"SELECTOR_HOST_HEADROOM_MIB" default:"0" form:"a whole number of MiB, 0 or more"`
+	Tick           time.Duration `envconfig:"SELECTOR_TICK" default:"50ms" form:"a positive duration such as 50ms"`
+	LogLevel       string        `envconfig:"SELECTOR_LOG_LEVEL" default:"info" form:"one of debug, info, warn, error"`
+	SimSpeed       float64       `envconfig:"SIM_SPEED" default:"0" form:"a number of game seconds per real second, above 0 (0: the demo's default)"`
+}
+
+// loadConfig reads and checks the configuration.
+func loadConfig() (config, error) {
+	var c config
+	if err := envcfg.Load(&c); err != nil {
+		return c, err
+	}
+	return c, c.check()
+}
+
+func (c *config) check() error {
+	return errors.Join(
+		envcfg.Check(c, "LaunchTimeout", c.LaunchTimeout > 0),
+		envcfg.Check(c, "ReplyTimeout", c.ReplyTimeout > 0),
+		envcfg.Check(c, "HeartbeatStale", c.HeartbeatStale > 0),
+		envcfg.Check(c, "HostStale", c.HostStale > 0),
+		envcfg.Check(c, "RecoveryGrace", c.RecoveryGrace >= 0),
+		envcfg.Check(c, "BackoffBase", c.BackoffBase > 0),
+		envcfg.Check(c, "BackoffMax", c.BackoffMax > 0 && c.BackoffMax >= c.BackoffBase),
+		envcfg.Check(c, "MaxPending", c.MaxPending >= 1),
+		envcfg.Check(c, "HeadroomMiB", c.HeadroomMiB >= 0),
+		envcfg.Check(c, "Tick", c.Tick > 0),
+		envcfg.Check(c, "LogLevel", validLevel(c.LogLevel)),
+		envcfg.Check(c, "SubjectPrefix", validPrefix(c.SubjectPrefix)),
+		envcfg.Check(c, "SimSpeed", c.SimSpeed >= 0 && c.SimSpeed < 1e9),
+		envcfg.Check(c, "DataDir", c.NATSURL != "" || c.DataDir != ""),
+	)
+}
+
+func validLevel(s string) bool {
+	var l slog.Level
+	return l.UnmarshalText([]byte(s)) == nil
+}
+
+func validPrefix(p string) bool {
+	if p == "" {
+		return false
+	}
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" {
+			return false
+		}
+		for _, r := range tok {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// engine returns the decision engine's configuration.
+func (c *config) engine() selector.Config {
+	e := selector.DefaultConfig()
+	e.LaunchTimeout = c.LaunchTimeout
+	e.ReplyTimeout = c.ReplyTimeout
+	e.HeartbeatStale = c.HeartbeatStale
+	e.HostStale = c.HostStale
+	e.RecoveryGrace = c.RecoveryGrace
+	if e.RecoveryGrace == 0 {
+		e.RecoveryGrace = c.HeartbeatStale
+	}
+	e.BackoffBase = c.BackoffBase
+	e.BackoffMax = c.BackoffMax
+	e.MaxPendingLaunches = c.MaxPending
+	e.HostHeadroomMiB = c.HeadroomMiB
+	return e
+}
+
+func (c *config) level() slog.Level {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(c.LogLevel))
+	return l
+}
