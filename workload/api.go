@@ -3,14 +3,19 @@
 // for the declared and hacking profiles. It is pure (no I/O, no clock) and is
 // shared by the selector's estimators, the worker's sim executor and the
 // cluster simulator.
+//
+// The hacking profile follows the Bitburner batch-hacking model described in
+// the hacking model reference: a target goes through the phases till (weaken
+// security to its minimum), sow (grow money to its maximum) and harvest
+// (hack/weaken/grow/weaken batches forever). Its thread counts are integers
+// rounded up; its RAM figures are MiB, with the game's "GB" read as GiB.
+//
+// Invalid input is rejected, never clamped: a NaN, infinite or negative metric
+// is an error that names the metric. Every Estimate that is returned is
+// finite, non-negative and bounded by Params.MaxThreads and Params.MaxMiB.
 package workload
 
-import (
-	"errors"
-	"time"
-
-	"github.com/taskselector/taskselector/schemas"
-)
+import "errors"
 
 // Estimate is the RAM a task of one type needs for one target, in MiB, and
 // the value of running it. All fields are finite, non-negative and bounded.
@@ -29,8 +34,30 @@ func (e Estimate) MinMiB() int64 { return e.WrapperMiB + e.HelpersMinMiB }
 // FullMiB is the budget that runs everything at once.
 func (e Estimate) FullMiB() int64 { return e.WrapperMiB + e.HelpersFullMiB }
 
-// ErrNotImplemented is returned by placeholders.
-var ErrNotImplemented = errors.New("workload: not implemented")
+// Phase (task type) names of the hacking profile.
+const (
+	PhaseTill    = "till"
+	PhaseSow     = "sow"
+	PhaseHarvest = "harvest"
+)
 
-var _ = time.Second
-var _ schemas.TargetSpec
+// Errors returned by this package, always wrapped with a message that says
+// what is wrong (the selector shows it as a target's "blocked" reason). Test
+// for them with errors.Is.
+var (
+	// ErrInvalidSpec: the target spec is malformed (unknown profile, missing
+	// or non-finite metrics, bad phases, ...).
+	ErrInvalidSpec = errors.New("workload: invalid target spec")
+	// ErrUnknownPhase: the phase is not one of the target's task types.
+	ErrUnknownPhase = errors.New("workload: unknown phase")
+	// ErrCannotGrow: the target needs money grown but its growth is zero.
+	ErrCannotGrow = errors.New("workload: cannot grow")
+	// ErrCannotHarvest: the target has nothing to steal (no max money, or a
+	// hack fraction of zero, e.g. a hacking level below the target's).
+	ErrCannotHarvest = errors.New("workload: cannot harvest")
+	// ErrBelowMinimum: a run was asked for with fewer helper MiB than the
+	// phase's minimum.
+	ErrBelowMinimum = errors.New("workload: helpers below minimum")
+	// ErrInvalidParams: a Params field is out of range.
+	ErrInvalidParams = errors.New("workload: invalid params")
+)
