@@ -1,0 +1,118 @@
+// Command selector runs the taskselector service: it decides which tasks run,
+// and where, on a fleet of RAM-scarce worker hosts, over NATS.
+//
+// With no NATS_URL it starts an embedded NATS server with JetStream, storing
+// in SELECTOR_DATA_DIR. With --demo it runs the whole system on one machine:
+// the embedded server, the selector and three simulated workers, with a
+// status view redrawn every second.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/demo"
+)
+
+func main() {
+	demoMode := flag.Bool("demo", false, "run the demo: embedded NATS, the selector and three simulated workers")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: selector [--demo]\n\nConfiguration comes from environment variables; see the README.\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "selector: bad configuration:\n%v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *demoMode {
+		err = demo.Run(ctx, demo.Options{
+			Speed:  cfg.SimSpeed,
+			Engine: cfg.engine(),
+			Tick:   cfg.Tick,
+			Out:    os.Stdout,
+			ANSI:   isTerminal(os.Stdout),
+		})
+	} else {
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.level()}))
+		err = run(ctx, cfg, log)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(os.Stderr, "selector: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the service and blocks until ctx ends, then shuts down
+// gracefully: launches stop, in-flight work settles, writes are flushed.
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	started := time.Now()
+	url := cfg.NATSURL
+	if url == "" {
+		host, port, err := splitListen(cfg.Listen)
+		if err != nil {
+			return err
+		}
+		srv, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: cfg.DataDir, Host: host, Port: port})
+		if err != nil {
+			return fmt.Errorf("start embedded NATS server: %w", err)
+		}
+		defer bus.ShutdownEmbedded(srv)
+		url = srv.ClientURL()
+		log.Info("embedded NATS server started", "url", url, "store", cfg.DataDir)
+	}
+	nc, err := bus.Connect(ctx, url, "taskselector", log, nil, nil)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	defer nc.Close()
+	svc := bus.NewSelectorService(nc, bus.ServiceConfig{
+		Prefix:    cfg.SubjectPrefix,
+		Engine:    cfg.engine(),
+		Tick:      cfg.Tick,
+		StartedAt: started,
+	}, log)
+	go func() {
+		select {
+		case <-svc.Ready():
+			log.Info("selector ready", "restart_to_ready", svc.RestartToReady())
+		case <-ctx.Done():
+		}
+	}()
+	return svc.Run(ctx)
+}
+
+// splitListen parses SELECTOR_LISTEN.
+func splitListen(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	port, perr := strconv.Atoi(p)
+	if err != nil || perr != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("SELECTOR_LISTEN: want host:port such as 127.0.0.1:4222, got %q", s)
+	}
+	if port == 0 {
+		port = -1 // a free port
+	}
+	return host, port, nil
+}
+
+// isTerminal reports whether f is a character device, where the demo redraws
+// in place.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
