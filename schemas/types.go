@@ -5,6 +5,42 @@
 // All messages are JSON and carry "v": 1. RAM is an integer number of MiB in
 // fields ending in _mib. Times are RFC 3339 UTC with nanoseconds. Host, target
 // and type names are UTF-8 strings of 1 to 256 bytes.
+//
+// # Decoding
+//
+// DecodeLaunchRequest, DecodeHeartbeat and the other Decode functions are
+// strict where it matters and lenient where forward compatibility needs it:
+//   - a message over MaxMessageBytes (MaxStatusBytes for SelectorStatus), or
+//     that is not a JSON object, is refused;
+//   - "v" must be Version;
+//   - every field whose json tag has no omitempty is required: a missing key
+//     is an error even when the zero value would be valid; null stands for
+//     "none" only in pointer, slice and map fields;
+//   - integers are written without fraction or exponent and are never
+//     negative; floats are finite (1e400 is refused); names are 1 to
+//     MaxNameBytes bytes of valid UTF-8; enums (code, kind, state, profile)
+//     take only their known values; each message's Validate method lists its
+//     own rules (epoch, pid and seq >= 1, progress in 0..1, and so on);
+//   - unknown fields are ignored, and of duplicate keys the last one counts.
+//
+// Every error is a *FieldError naming the message and the field, such as
+// `schemas: heartbeat: field "ram.used_mib": negative`.
+//
+// DecodeHeartbeatInto applies the same rules as DecodeHeartbeat without
+// encoding/json and, for a task's successive heartbeats, without allocating;
+// it is the selector's hot path. AppendHeartbeat is its allocation-free
+// counterpart for workers.
+//
+// # Encoding
+//
+// Marshal sets a zero "v" to Version, writes every time in UTC, validates the
+// message and refuses one over its size limit.
+//
+// # JSON Schemas
+//
+// Schema returns the JSON Schema (draft 2020-12) of each message, with
+// examples; the files live in schemas/json and tests keep them in step with
+// the Go types.
 package schemas
 
 import "time"

@@ -1,0 +1,521 @@
+package schemas
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// msgCase ties a message name to its Go type and strict decoder.
+type msgCase struct {
+	name   string
+	typ    reflect.Type
+	decode func([]byte) (Message, error)
+}
+
+func dec[T Message](f func([]byte) (T, error)) func([]byte) (Message, error) {
+	return func(b []byte) (Message, error) {
+		m, err := f(b)
+		if err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+}
+
+var allMessages = []msgCase{
+	{nameLaunchRequest, reflect.TypeFor[LaunchRequest](), dec(DecodeLaunchRequest)},
+	{nameLaunchReply, reflect.TypeFor[LaunchReply](), dec(DecodeLaunchReply)},
+	{nameHeartbeat, reflect.TypeFor[Heartbeat](), dec(DecodeHeartbeat)},
+	{nameTaskEvent, reflect.TypeFor[TaskEvent](), dec(DecodeTaskEvent)},
+	{nameKillRequest, reflect.TypeFor[KillRequest](), dec(DecodeKillRequest)},
+	{nameKillReply, reflect.TypeFor[KillReply](), dec(DecodeKillReply)},
+	{namePsRequest, reflect.TypeFor[PsRequest](), dec(DecodePsRequest)},
+	{namePsReply, reflect.TypeFor[PsReply](), dec(DecodePsReply)},
+	{nameHostStatus, reflect.TypeFor[HostStatus](), dec(DecodeHostStatus)},
+	{nameTargetSpec, reflect.TypeFor[TargetSpec](), dec(DecodeTargetSpec)},
+	{nameTaskState, reflect.TypeFor[TaskState](), dec(DecodeTaskState)},
+	{nameSelectorStatus, reflect.TypeFor[SelectorStatus](), dec(DecodeSelectorStatus)},
+}
+
+func loadSchema(t testing.TB, name string) *jsonSchema {
+	t.Helper()
+	b, ok := Schema(name)
+	if !ok {
+		t.Fatalf("no schema for %s", name)
+	}
+	s, err := newJSONSchema(b)
+	if err != nil {
+		t.Fatalf("schema %s: %v", name, err)
+	}
+	return s
+}
+
+// examples returns the encoded examples of a message's schema.
+func examples(t testing.TB, name string) [][]byte {
+	t.Helper()
+	s := loadSchema(t, name)
+	exs, ok := s.root["examples"].([]any)
+	if !ok || len(exs) == 0 {
+		t.Fatalf("schema %s has no examples", name)
+	}
+	var out [][]byte
+	for _, ex := range exs {
+		b, err := json.Marshal(ex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// looseEqual compares two messages, treating nil and empty slices and maps
+// as equal (an omitempty field cannot tell them apart on the wire).
+func looseEqual(a, b any) bool {
+	return reflect.DeepEqual(emptyToNil(reflect.ValueOf(a)).Interface(), emptyToNil(reflect.ValueOf(b)).Interface())
+}
+
+func emptyToNil(v reflect.Value) reflect.Value {
+	switch v.Kind() {
+	case reflect.Slice:
+		if v.Len() == 0 {
+			return reflect.Zero(v.Type())
+		}
+		out := reflect.MakeSlice(v.Type(), v.Len(), v.Len())
+		for i := range v.Len() {
+			out.Index(i).Set(emptyToNil(v.Index(i)))
+		}
+		return out
+	case reflect.Map:
+		if v.Len() == 0 {
+			return reflect.Zero(v.Type())
+		}
+		out := reflect.MakeMapWithSize(v.Type(), v.Len())
+		for _, k := range v.MapKeys() {
+			out.SetMapIndex(k, emptyToNil(v.MapIndex(k)))
+		}
+		return out
+	case reflect.Pointer:
+		if v.IsNil() {
+			return v
+		}
+		out := reflect.New(v.Type().Elem())
+		out.Elem().Set(emptyToNil(v.Elem()))
+		return out
+	case reflect.Interface:
+		if v.IsNil() {
+			return v
+		}
+		e := emptyToNil(v.Elem())
+		out := reflect.New(v.Type()).Elem()
+		out.Set(e)
+		return out
+	case reflect.Struct:
+		if v.Type() == timeType {
+			return v
+		}
+		out := reflect.New(v.Type()).Elem()
+		for i := range v.NumField() {
+			if out.Field(i).CanSet() {
+				out.Field(i).Set(emptyToNil(v.Field(i)))
+			}
+		}
+		return out
+	}
+	return v
+}
+
+func TestSchemaFilesCoverEveryMessage(t *testing.T) {
+	var want []string
+	for _, m := range allMessages {
+		want = append(want, m.name)
+		if got := reflect.Zero(m.typ).Interface().(Message).MessageName(); got != m.name {
+			t.Errorf("%v.MessageName() = %q, want %q", m.typ, got, m.name)
+		}
+	}
+	slices.Sort(want)
+	if got := SchemaNames(); !slices.Equal(got, want) {
+		t.Fatalf("SchemaNames() = %v, want %v", got, want)
+	}
+	if _, ok := Schema("no_such_message"); ok {
+		t.Fatal("Schema found a schema for an unknown message")
+	}
+}
+
+// TestSchemaExamples validates every example against its schema, decodes it
+// with the strict decoder, and round-trips it through Marshal.
+func TestSchemaExamples(t *testing.T) {
+	for _, m := range allMessages {
+		t.Run(m.name, func(t *testing.T) {
+			s := loadSchema(t, m.name)
+			for i, ex := range examples(t, m.name) {
+				inst, _ := decodeJSON(ex)
+				if err := s.Validate(inst); err != nil {
+					t.Fatalf("example %d does not match its schema: %v", i, err)
+				}
+				m1, err := m.decode(ex)
+				if err != nil {
+					t.Fatalf("example %d: decode: %v", i, err)
+				}
+				if reflect.TypeOf(m1) != m.typ {
+					t.Fatalf("decoded %T, want %v", m1, m.typ)
+				}
+				enc1, err := Marshal(m1)
+				if err != nil {
+					t.Fatalf("example %d: marshal: %v", i, err)
+				}
+				encInst, _ := decodeJSON(enc1)
+				if err := s.Validate(encInst); err != nil {
+					t.Fatalf("example %d: Marshal output does not match the schema: %v\n%s", i, err, enc1)
+				}
+				m2, err := m.decode(enc1)
+				if err != nil {
+					t.Fatalf("example %d: decode of %s: %v", i, enc1, err)
+				}
+				if !looseEqual(m1, m2) {
+					t.Fatalf("example %d: round trip changed the message:\n%#v\n%#v", i, m1, m2)
+				}
+				enc2, _ := Marshal(m2)
+				if !bytes.Equal(enc1, enc2) {
+					t.Fatalf("example %d: encodings differ:\n%s\n%s", i, enc1, enc2)
+				}
+				// The example and the re-encoding carry the same JSON.
+				if !jsonEqual(inst, encInst) {
+					t.Fatalf("example %d: re-encoding differs from the example:\n%s\n%s", i, ex, enc1)
+				}
+			}
+		})
+	}
+}
+
+// TestSchemaMatchesGoTypes walks each schema and Go type together: every
+// object's properties are exactly the struct's json names, its required list
+// exactly the fields without omitempty, and every property's JSON type (and
+// nullability) matches the Go field's type.
+func TestSchemaMatchesGoTypes(t *testing.T) {
+	for _, m := range allMessages {
+		t.Run(m.name, func(t *testing.T) {
+			s := loadSchema(t, m.name)
+			var errs []string
+			driftCheck(s, m.typ, s.root, m.name, false, &errs)
+			for _, e := range errs {
+				t.Error(e)
+			}
+		})
+	}
+}
+
+func nodeTypes(node map[string]any) []string {
+	switch x := node["type"].(type) {
+	case string:
+		return []string{x}
+	case []any:
+		var out []string
+		for _, v := range x {
+			out = append(out, v.(string))
+		}
+		return out
+	}
+	var vals []any
+	if c, ok := node["const"]; ok {
+		vals = append(vals, c)
+	}
+	if e, ok := node["enum"].([]any); ok {
+		vals = append(vals, e...)
+	}
+	var out []string
+	for _, v := range vals {
+		if t := jsonType(v); !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path string, wantNull bool, errs *[]string) {
+	fail := func(format string, args ...any) {
+		*errs = append(*errs, path+": "+fmt.Sprintf(format, args...))
+	}
+	resolve := func(n map[string]any) map[string]any {
+		for {
+			ref, ok := n["$ref"].(string)
+			if !ok {
+				return n
+			}
+			r, err := s.resolve(ref)
+			if err != nil {
+				fail("%v", err)
+				return map[string]any{}
+			}
+			n = r
+		}
+	}
+	node = resolve(node)
+	nullable := false
+	if branches, ok := node["anyOf"].([]any); ok {
+		var nonNull []map[string]any
+		for _, b := range branches {
+			bm := resolve(b.(map[string]any))
+			if slices.Equal(nodeTypes(bm), []string{"null"}) {
+				nullable = true
+				continue
+			}
+			nonNull = append(nonNull, bm)
+		}
+		if len(nonNull) != 1 {
+			if typ.Kind() == reflect.Interface {
+				return
+			}
+			fail("anyOf with %d non-null branches for Go type %v", len(nonNull), typ)
+			return
+		}
+		node = nonNull[0]
+	}
+	types := nodeTypes(node)
+	if slices.Contains(types, "null") {
+		nullable = true
+		types = slices.DeleteFunc(types, func(s string) bool { return s == "null" })
+	}
+	if nullable != wantNull {
+		fail("schema nullable=%v, Go type %v nullable=%v", nullable, typ, wantNull)
+	}
+	if typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	want := ""
+	switch {
+	case typ == timeType:
+		want = "string"
+		if node["format"] != "date-time" {
+			fail("time without format date-time")
+		}
+	case typ.Kind() == reflect.Struct:
+		want = "object"
+	case typ.Kind() == reflect.String:
+		want = "string"
+	case typ.Kind() == reflect.Bool:
+		want = "boolean"
+	case typ.Kind() == reflect.Int || typ.Kind() == reflect.Int64 || typ.Kind() == reflect.Uint64:
+		want = "integer"
+		if _, isConst := node["const"]; !isConst {
+			if min, ok := rat(node["minimum"]); !ok || min.Sign() < 0 {
+				fail("integer without a non-negative minimum")
+			}
+		}
+	case typ.Kind() == reflect.Float64:
+		want = "number"
+	case typ.Kind() == reflect.Slice:
+		want = "array"
+	case typ.Kind() == reflect.Map:
+		want = "object"
+	case typ.Kind() == reflect.Interface:
+		return
+	default:
+		fail("unexpected Go type %v", typ)
+		return
+	}
+	if !slices.Equal(types, []string{want}) {
+		fail("schema type %v, Go type %v wants %q", types, typ, want)
+	}
+	switch {
+	case typ == timeType:
+	case typ.Kind() == reflect.Struct:
+		props, _ := node["properties"].(map[string]any)
+		var req []string
+		reqList, _ := node["required"].([]any)
+		for _, r := range reqList {
+			req = append(req, r.(string))
+		}
+		var names, wantReq []string
+		for _, f := range structFields(typ) {
+			names = append(names, f.name)
+			if f.required {
+				wantReq = append(wantReq, f.name)
+			}
+			ps, ok := props[f.name].(map[string]any)
+			if !ok {
+				fail("property %q of Go type %v missing from schema", f.name, typ)
+				continue
+			}
+			fk := typ.Field(f.index).Type.Kind()
+			fieldNull := f.required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
+			driftCheck(s, typ.Field(f.index).Type, ps, path+"."+f.name, fieldNull, errs)
+		}
+		for p := range props {
+			if !slices.Contains(names, p) {
+				fail("schema property %q not in Go type %v", p, typ)
+			}
+		}
+		slices.Sort(req)
+		slices.Sort(wantReq)
+		if !slices.Equal(req, wantReq) {
+			fail("required %v, Go type %v has required (no omitempty) %v", req, typ, wantReq)
+		}
+	case typ.Kind() == reflect.Slice:
+		items, ok := node["items"].(map[string]any)
+		if !ok {
+			fail("array without items")
+			return
+		}
+		driftCheck(s, typ.Elem(), items, path+"[]", false, errs)
+	case typ.Kind() == reflect.Map:
+		ap, ok := node["additionalProperties"].(map[string]any)
+		if typ.Elem().Kind() == reflect.Interface {
+			return // free-form object
+		}
+		if !ok {
+			fail("map without an additionalProperties schema")
+			return
+		}
+		driftCheck(s, typ.Elem(), ap, path+".*", false, errs)
+	}
+}
+
+// jsonPaths lists the paths of every object member in v, depth first,
+// except inside free-form "args" objects.
+func jsonPaths(v any, prefix []any, out *[][]any) {
+	switch x := v.(type) {
+	case map[string]any:
+		for _, k := range slices.Sorted(func(yield func(string) bool) {
+			for k := range x {
+				if !yield(k) {
+					return
+				}
+			}
+		}) {
+			p := append(slices.Clip(prefix), k)
+			*out = append(*out, p)
+			if k != "args" {
+				jsonPaths(x[k], p, out)
+			}
+		}
+	case []any:
+		for i, e := range x {
+			jsonPaths(e, append(slices.Clip(prefix), i), out)
+		}
+	}
+}
+
+// mutate returns a copy of the JSON in b with the member at path set to
+// value, or deleted when del is true.
+func mutate(t testing.TB, b []byte, path []any, value any, del bool) []byte {
+	t.Helper()
+	root, err := decodeJSON(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := root
+	for i, p := range path {
+		last := i == len(path)-1
+		switch c := cur.(type) {
+		case map[string]any:
+			k := p.(string)
+			if last {
+				if del {
+					delete(c, k)
+				} else {
+					c[k] = value
+				}
+			}
+			cur = c[k]
+		case []any:
+			idx := p.(int)
+			if last {
+				c[idx] = value
+			}
+			cur = c[idx]
+		}
+	}
+	out, err := json.Marshal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func pathString(p []any) string {
+	var sb strings.Builder
+	for i, e := range p {
+		switch x := e.(type) {
+		case string:
+			if i > 0 {
+				sb.WriteByte('.')
+			}
+			sb.WriteString(x)
+		case int:
+			fmt.Fprintf(&sb, "[%d]", x)
+		}
+	}
+	return sb.String()
+}
+
+// TestSchemaAndDecoderAgree mutates every example, field by field, and
+// checks that the schema and the Go decoder judge the result alike.
+func TestSchemaAndDecoderAgree(t *testing.T) {
+	for _, m := range allMessages {
+		t.Run(m.name, func(t *testing.T) {
+			s := loadSchema(t, m.name)
+			verdicts := func(b []byte) (schemaErr, goErr error) {
+				inst, err := decodeJSON(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, goErr = m.decode(b)
+				return s.Validate(inst), goErr
+			}
+			for i, ex := range examples(t, m.name) {
+				var paths [][]any
+				jsonPaths(mustDecodeJSON(t, ex), nil, &paths)
+				for _, p := range paths {
+					ps := pathString(p)
+					// Deleting a member: both accept or both reject.
+					b := mutate(t, ex, p, nil, true)
+					if se, ge := verdicts(b); (se == nil) != (ge == nil) {
+						t.Errorf("example %d without %s: schema error %v, Go error %v", i, ps, se, ge)
+					}
+					// -1 is wrong for every field outside "args".
+					b = mutate(t, ex, p, json.Number("-1"), false)
+					se, ge := verdicts(b)
+					if se == nil || ge == nil {
+						t.Errorf("example %d with %s = -1: schema error %v, Go error %v", i, ps, se, ge)
+					}
+					if fe, ok := ge.(*FieldError); ok && fe.Field != ps && !strings.HasPrefix(ps, fe.Field+".") {
+						// The error names the field or its container (the map of a metric).
+						if !strings.HasPrefix(ps, "metrics") {
+							t.Errorf("example %d with %s = -1: error names %q: %v", i, ps, fe.Field, ge)
+						}
+					}
+					// null: whatever the schema accepts, the decoder accepts too.
+					b = mutate(t, ex, p, nil, false)
+					if se, ge := verdicts(b); se == nil && ge != nil {
+						t.Errorf("example %d with %s = null: schema accepts, Go rejects: %v", i, ps, ge)
+					}
+				}
+				// An unknown version: both reject.
+				b := mutate(t, ex, []any{"v"}, json.Number("2"), false)
+				if se, ge := verdicts(b); se == nil || ge == nil {
+					t.Errorf("example %d with v=2: schema error %v, Go error %v", i, se, ge)
+				}
+				// An unknown extra field: both accept.
+				b = mutate(t, ex, []any{"zz_future"}, map[string]any{"a": []any{json.Number("1"), "x"}}, false)
+				if se, ge := verdicts(b); se != nil || ge != nil {
+					t.Errorf("example %d with an extra field: schema error %v, Go error %v", i, se, ge)
+				}
+			}
+		})
+	}
+}
+
+func mustDecodeJSON(t *testing.T, b []byte) any {
+	t.Helper()
+	v, err := decodeJSON(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
