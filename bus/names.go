@@ -37,7 +37,9 @@ func DecodeName(token string) (string, error) {
 		return "", fmt.Errorf("%w: empty", ErrBadName)
 	}
 	if rest, ok := strings.CutPrefix(token, "="); ok {
-		b, err := base64.RawURLEncoding.DecodeString(rest)
+		// Strict: the unused low bits of the last character must be zero,
+		// or "=00" and "=0w" would both decode to "\xd3".
+		b, err := base64.RawURLEncoding.Strict().DecodeString(rest)
 		if err != nil || len(b) == 0 {
 			return "", fmt.Errorf("%w: %q", ErrBadName, token)
 		}

@@ -64,7 +64,12 @@ func (s Subjects) Status() string { return s.Prefix + ".selector.status" }
 
 // ParseHeartbeat returns the host and target a heartbeat subject names.
 func (s Subjects) ParseHeartbeat(subject string) (host, target string, err error) {
-	rest, ok := strings.CutPrefix(subject, s.Prefix+".heartbeat.")
+	// Cut the prefix in two steps: concatenating it would allocate on the
+	// heartbeat hot path.
+	rest, ok := strings.CutPrefix(subject, s.Prefix)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ".heartbeat.")
+	}
 	if !ok {
 		return "", "", fmt.Errorf("bus: %q is not a heartbeat subject", subject)
 	}

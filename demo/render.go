@@ -34,7 +34,7 @@ func Render(w io.Writer, st *schemas.SelectorStatus, elapsed time.Duration) {
 				budget += "*"
 			}
 		}
-		if t.HeartbeatAgeMS >= 0 && t.TaskID != "" {
+		if t.TaskID != "" && t.State != schemas.TargetLaunching {
 			age = fmt.Sprintf("%.1fs", float64(t.HeartbeatAgeMS)/1000)
 		}
 		fmt.Fprintf(&b, "%-16s %-8s %-10s %-8s %10s %10s %7s  %s\n",

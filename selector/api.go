@@ -186,6 +186,6 @@ type Config struct {
 	RestartDelayMax    time.Duration   // cap of the per-target crash delay [5m]
 	RestartDelayReset  time.Duration   // healthy run that resets the crash delay [10m]
 	MaxSkips           int             // pending targets passed over per decision when the best does not fit [64]
-	Seed               uint64          // seed of the jitter source
+	Seed               uint64          // seed of the jitter and task-id sources; pass a random one per process start
 	Workload           workload.Params // estimator constants [workload.DefaultParams()]
 }

@@ -102,5 +102,8 @@ func (c Config) Validate() error {
 	case c.MaxSkips < 0:
 		return fmt.Errorf("selector: MaxSkips must not be negative, got %d", c.MaxSkips)
 	}
+	if err := c.Workload.Validate(); err != nil {
+		return fmt.Errorf("selector: Workload: %w", err)
+	}
 	return nil
 }

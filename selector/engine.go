@@ -13,10 +13,14 @@ package selector
 
 import (
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
@@ -48,9 +52,14 @@ const (
 	FailNoResponders       = "no_responders"
 	FailLaunchTimeout      = "launch_timeout"
 	FailSilent             = "silent"
+	FailStale              = "stale"
 	FailHelpersUnavailable = schemas.ReasonHelpersUnavailable
+	FailExited             = schemas.ReasonExited
+	FailKilled             = schemas.ReasonKilled
 	FailCrashed            = schemas.ReasonCrashed
 	FailHostLost           = "host_lost"
+	FailGoneAfterRestart   = "gone_after_restart"
+	FailOther              = "other"
 )
 
 // taskPhase is where a task stands in its life.
@@ -95,6 +104,7 @@ type task struct {
 	why        suspicion
 	confirmed  bool // a heartbeat has been seen (or it was adopted)
 	countedPen bool // counts against MaxPendingLaunches
+	placed     bool // placed by this engine (not restored, not adopted)
 
 	launchedAt  time.Time
 	confirmedAt time.Time
@@ -114,7 +124,8 @@ func (k *task) accounted() int64 { return max(k.budget, k.used) }
 
 type target struct {
 	name     string
-	spec     schemas.TargetSpec
+	declared schemas.TargetSpec // as the operator declared it
+	spec     schemas.TargetSpec // declared, with metrics learned from done events
 	hasSpec  bool
 	phase    string
 	est      workload.Estimate
@@ -147,13 +158,16 @@ type host struct {
 	avoided    bool // a launch found no responders; until the next status
 	lost       bool
 	lostAt     time.Time
+	strayPsAt  time.Time // last ps sent because a status named an unknown task
 	tasks      []*task
 }
 
+// foreign is the RAM in use on h that none of the engine's tasks accounts for.
+func (h *host) foreign() int64 { return max(h.used-h.taskUsed, 0) }
+
 // free is the RAM a new task may take on h.
 func (h *host) free(headroom int64) int64 {
-	foreign := max(h.used-h.taskUsed, 0)
-	return h.total - headroom - h.reserved - foreign
+	return h.total - headroom - h.reserved - h.foreign()
 }
 
 // Engine is the decision engine. It is not safe for concurrent use: the edge
@@ -166,6 +180,7 @@ type Engine struct {
 	hostSeq []*host // in order of first sight, for deterministic placement
 	tasks   []*task // every live task
 	byID    map[string]*task
+	tombs   map[string]uint64 // last epoch of deleted targets, so epochs never repeat
 
 	pending targetHeap
 	delayed targetHeap
@@ -174,6 +189,7 @@ type Engine struct {
 	pendingByPID    map[pidKey]*task
 
 	backoff backoff
+	ids     *rand.Rand // task id suffixes
 
 	start        time.Time
 	graceUntil   time.Time // no launches and no staleness before this
@@ -186,13 +202,14 @@ type Engine struct {
 	degradedExit time.Time // when the degraded condition cleared; zero while it holds
 	conflict     string
 	shutdown     bool
-	startPs      bool // the first Step asks hosts of recorded tasks for ps
+	started      bool // the first Step has run (it emits the start-up commands)
 
 	fenced   map[string]time.Time // fenced task ids, when last killed
 	counters schemas.Counters
-	idSeq    uint64
 	out      []Command
 	skipped  []*target
+	elig     []hostFree // scratch for launchOne
+	stale    []*host    // scratch for checkHosts
 }
 
 type pidKey struct {
@@ -200,9 +217,16 @@ type pidKey struct {
 	pid  int64
 }
 
+type hostFree struct {
+	h    *host
+	free int64
+}
+
 // New builds an engine at time now from a snapshot of declared targets and
 // persisted task states. Recorded tasks start unconfirmed; launches wait for
-// the recovery grace.
+// the recovery grace. Commands that the rebuild itself calls for (a ps of
+// every host named by a record, the deletion of records whose target is no
+// longer declared) are returned by the first Step.
 func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -212,17 +236,21 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 		cfg:          cfg,
 		targets:      make(map[string]*target, len(snap.Targets)),
 		hosts:        make(map[string]*host),
-		byID:         make(map[string]*task),
+		byID:         make(map[string]*task, len(snap.Tasks)),
+		tombs:        make(map[string]uint64),
 		pending:      newPendingQueue(),
 		delayed:      newDelayQueue(),
 		pendingByPID: make(map[pidKey]*task),
 		backoff:      newBackoff(cfg),
-		start:        now,
-		graceUntil:   now.Add(cfg.RecoveryGrace),
-		recovering:   true,
-		connected:    true,
-		staleBase:    now,
-		fenced:       make(map[string]time.Time),
+		// Task ids must not repeat across restarts, even when the same
+		// seed is configured: the start time is part of the id seed.
+		ids:        rand.New(rand.NewPCG(cfg.Seed, uint64(now.UnixNano())^0x6a09e667f3bcc909)),
+		start:      now,
+		graceUntil: now.Add(cfg.RecoveryGrace),
+		recovering: true,
+		connected:  true,
+		staleBase:  now,
+		fenced:     make(map[string]time.Time),
 		counters: schemas.Counters{
 			Failures:          map[string]uint64{},
 			MalformedMessages: map[string]uint64{},
@@ -233,30 +261,66 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	for _, name := range names {
-		t := e.newTarget(name)
+	ts := make([]target, len(names)) // one allocation for every target
+	for i, name := range names {
+		t := &ts[i]
+		t.name, t.qidx, t.didx = name, -1, -1
+		e.targets[name] = t
 		e.setSpec(t, snap.Targets[name])
 	}
+	recs := make([]*schemas.TaskState, 0, len(snap.Tasks))
 	for i := range snap.Tasks {
-		e.restore(now, &snap.Tasks[i])
+		recs = append(recs, &snap.Tasks[i])
 	}
+	// Records are applied in target order so that the rebuild does not
+	// depend on the order the store listed them in.
+	slices.SortStableFunc(recs, func(a, b *schemas.TaskState) int {
+		switch {
+		case a.Target < b.Target:
+			return -1
+		case a.Target > b.Target:
+			return 1
+		}
+		return 0
+	})
+	for _, st := range recs {
+		e.restore(now, st)
+	}
+	e.pending.items = slices.Grow(e.pending.items, len(names))
 	for _, name := range names {
 		if t := e.targets[name]; t.task == nil {
 			e.requeue(now, t)
 		}
 	}
-	e.startPs = e.recorded > 0
 	return e, nil
 }
 
 func (e *Engine) newTarget(name string) *target {
 	t := &target{name: name, qidx: -1, didx: -1}
+	if ep, ok := e.tombs[name]; ok {
+		// Declared again after a deletion: its epochs continue, so that a
+		// late message from a task of its earlier life is still fenced.
+		t.epoch, t.closedEpoch = ep, ep
+		delete(e.tombs, name)
+	}
 	e.targets[name] = t
 	return t
 }
 
+// forget removes a deleted target whose task is gone and deletes its state.
+func (e *Engine) forget(t *target) {
+	e.pending.remove(t)
+	e.delayed.remove(t)
+	delete(e.targets, t.name)
+	e.tombs[t.name] = max(t.epoch, t.closedEpoch)
+	e.emit(Command{Kind: CmdDelete, Target: t.name})
+}
+
 // restore rebuilds one target's persisted state.
 func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
+	if st.Target == "" {
+		return
+	}
 	t := e.targets[st.Target]
 	if t == nil {
 		// State for a target that is no longer declared: its task must go.
@@ -264,37 +328,51 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 		t.deleted = true
 	}
 	t.epoch = max(t.epoch, st.Epoch)
-	if st.Phase != "" && t.hasSpec && st.Phase != t.phase {
-		t.phase = st.Phase
-		e.estimate(t)
+	if st.Phase != "" && t.hasSpec && st.Phase != t.phase && t.task == nil {
+		e.setPhase(t, st.Phase)
 	}
-	if st.Task == nil {
+	if t.task != nil {
+		return // a second record for one target: the first one stands
+	}
+	r := st.Task
+	if r == nil || r.TaskID == "" || r.Host == "" || st.Epoch == 0 || e.byID[r.TaskID] != nil {
+		// No task (or a record this engine cannot use): every epoch so far
+		// is closed.
 		t.closedEpoch = max(t.closedEpoch, st.Epoch)
 		if t.deleted {
-			delete(e.targets, t.name)
-			e.emit(Command{Kind: CmdDelete, Target: t.name})
+			e.forget(t)
 		}
 		return
 	}
-	if st.Epoch > 0 {
-		t.closedEpoch = max(t.closedEpoch, st.Epoch-1)
-	}
-	r := st.Task
+	t.closedEpoch = max(t.closedEpoch, st.Epoch-1)
 	h := e.hostNamed(now, r.Host)
 	k := &task{
 		id:         r.TaskID,
 		epoch:      st.Epoch,
 		t:          t,
 		typ:        r.Type,
-		pid:        r.PID,
-		budget:     r.BudgetMiB,
-		wrapper:    r.WrapperMiB,
+		pid:        max(r.PID, 0),
+		budget:     max(r.BudgetMiB, 0),
+		wrapper:    min(max(r.WrapperMiB, 0), max(r.BudgetMiB, 0)),
 		phase:      tSuspect,
 		why:        suspectRecovered,
 		launchedAt: now,
 	}
 	e.attach(k, h)
 	e.recorded++
+}
+
+// setPhase moves t to phase if its spec has an estimate for it, and reports
+// whether it did.
+func (e *Engine) setPhase(t *target, phase string) bool {
+	est, err := e.cfg.Workload.Estimate(&t.spec, phase)
+	if err != nil {
+		return false
+	}
+	t.phase = phase
+	t.est, t.estErr = est, nil
+	t.priority = priorityOf(est)
+	return true
 }
 
 // hostNamed returns the host called name, creating it unseen.
@@ -359,6 +437,7 @@ func (e *Engine) detach(k *task) {
 
 // setUsed changes the RAM a task reports using, keeping the ledger in step.
 func (e *Engine) setUsed(k *task, used int64) {
+	used = max(used, 0)
 	if used == k.used {
 		return
 	}
@@ -369,14 +448,18 @@ func (e *Engine) setUsed(k *task, used int64) {
 	h.reserved += k.accounted()
 }
 
-// setSpec records a target's spec, its phase and its estimate.
+// setSpec records a target's spec, its phase and its estimate. A spec equal
+// to the one declared before changes nothing (the targets bucket may replay
+// it), so a hacking target keeps the metrics its done events taught it.
 func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
-	changed := !t.hasSpec || !specEqual(t.spec, spec)
-	t.spec = spec
-	t.hasSpec = true
-	if !changed {
+	if t.hasSpec && specEqual(t.declared, spec) {
 		return
 	}
+	wasComplete := t.complete
+	spec = cloneSpec(spec) // the engine keeps no reference into the caller's spec
+	t.declared = spec
+	t.spec = cloneSpec(spec)
+	t.hasSpec = true
 	t.blocked = ""
 	t.complete = false
 	if err := workload.Validate(&t.spec); err != nil {
@@ -388,11 +471,25 @@ func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
 		t.blocked = "invalid spec: " + err.Error()
 		return
 	}
-	if t.spec.Profile == schemas.ProfileDeclared && t.phase != "" && hasPhase(&t.spec, t.phase) {
+	if t.spec.Profile == schemas.ProfileDeclared && !wasComplete && t.phase != "" && hasPhase(&t.spec, t.phase) {
 		phase = t.phase // a declared target keeps its place in the lifecycle
 	}
 	t.phase = phase
 	e.estimate(t)
+}
+
+// cloneSpec copies a spec deeply.
+func cloneSpec(s schemas.TargetSpec) schemas.TargetSpec {
+	if s.Value != nil {
+		v := *s.Value
+		s.Value = &v
+	}
+	if s.Metrics != nil {
+		m := *s.Metrics
+		s.Metrics = &m
+	}
+	s.Phases = slices.Clone(s.Phases)
+	return s
 }
 
 // specEqual reports whether two specs declare the same thing.
@@ -407,27 +504,35 @@ func hasPhase(spec *schemas.TargetSpec, typ string) bool {
 	return false
 }
 
+const blockedNoEstimate = "no estimate: "
+
 // estimate refreshes a target's estimate and priority for its phase.
 func (e *Engine) estimate(t *target) {
 	t.est, t.estErr = e.cfg.Workload.Estimate(&t.spec, t.phase)
 	if t.estErr != nil {
-		t.blocked = "no estimate: " + t.estErr.Error()
+		t.blocked = blockedNoEstimate + t.estErr.Error()
 		t.priority = 0
 		return
 	}
-	if full := t.est.FullMiB(); full > 0 {
-		t.priority = t.est.Value / float64(full)
-	} else {
-		t.priority = t.est.Value
+	t.priority = priorityOf(t.est)
+}
+
+// priorityOf is a target's value per MiB at full size.
+func priorityOf(est workload.Estimate) float64 {
+	if full := est.FullMiB(); full > 0 {
+		return est.Value / float64(full)
 	}
+	return est.Value
 }
 
 // Step applies one event at time now and returns the commands it leads to.
 // The returned slice is reused by the next call.
 func (e *Engine) Step(now time.Time, ev Event) []Command {
-	e.out = e.out[:0]
-	if e.startPs {
-		e.startPs = false
+	if e.started {
+		e.out = e.out[:0]
+	} else {
+		// The first Step also returns what New queued.
+		e.started = true
 		e.probeRecordedHosts(now)
 	}
 	switch ev := ev.(type) {
@@ -544,22 +649,16 @@ func (e *Engine) upsertTarget(now time.Time, ev *TargetUpserted) {
 	}
 	wasDeleted := t.deleted
 	t.deleted = false
-	wasBlocked := t.blocked != "" || t.complete
 	e.setSpec(t, ev.Spec)
 	if k := t.task; k != nil && wasDeleted && k.why == suspectDeleted && (k.phase == tLaunching || k.phase == tLaunched) {
 		// Declared again before its kill was sent: keep the task.
 		k.why = 0
 	}
-	if t.task == nil && (wasBlocked || !e.queued(t)) {
-		e.requeue(now, t)
-	}
-	if t.blocked != "" || t.complete {
-		e.pending.remove(t)
-		e.delayed.remove(t)
-	} else if e.pending.contains(t) {
-		e.pending.remove(t)
-		e.pending.push(t) // priority may have changed
-	}
+	// Take it out of line and put it back: its priority may have changed,
+	// or it may now be blocked or complete.
+	e.pending.remove(t)
+	e.delayed.remove(t)
+	e.requeue(now, t)
 }
 
 func (e *Engine) queued(t *target) bool { return e.pending.contains(t) || e.delayed.contains(t) }
@@ -574,8 +673,7 @@ func (e *Engine) deleteTarget(now time.Time, name string) {
 	t.deleted = true
 	k := t.task
 	if k == nil {
-		delete(e.targets, name)
-		e.emit(Command{Kind: CmdDelete, Target: name})
+		e.forget(t)
 		return
 	}
 	switch k.phase {
@@ -628,67 +726,86 @@ func (e *Engine) eligible(now time.Time, h *host) bool {
 // launchOne takes the best pending target that fits somewhere and launches
 // it. Targets that fit nowhere even at their minimum wait; up to MaxSkips of
 // them are passed over so that a large target does not hold back small ones.
+// It costs one pass over the hosts, one over the eligible ones, and
+// O(log targets) per target it looks at.
 func (e *Engine) launchOne(now time.Time) bool {
+	elig := e.elig[:0]
 	var most *host
-	var mostFree int64
+	mostFree := int64(-1)
 	for _, h := range e.hostSeq {
 		if !e.eligible(now, h) {
 			continue
 		}
-		if f := h.free(e.cfg.HostHeadroomMiB); most == nil || f > mostFree {
+		f := h.free(e.cfg.HostHeadroomMiB)
+		if f < 0 {
+			continue
+		}
+		elig = append(elig, hostFree{h, f})
+		if f > mostFree {
 			most, mostFree = h, f
 		}
 	}
+	e.elig = elig
 	if most == nil {
 		return false
 	}
-	defer func() {
-		for _, t := range e.skipped {
-			e.pending.push(t)
-		}
-		clear(e.skipped)
-		e.skipped = e.skipped[:0]
-	}()
+	launched := false
 	for e.pending.len() > 0 && len(e.skipped) <= e.cfg.MaxSkips {
 		t := e.pending.pop()
 		lo, full := t.est.MinMiB(), t.est.FullMiB()
-		if lo > mostFree || lo <= 0 && full <= 0 {
+		if lo > mostFree {
 			e.skipped = append(e.skipped, t)
 			continue
 		}
-		h, budget := most, min(full, mostFree)
+		h, budget := most, mostFree
 		if full <= mostFree {
-			h = e.bestFit(now, full)
+			// Best fit: the host with the least free RAM that holds it all.
+			bestFree := mostFree
+			for _, c := range elig {
+				if c.free >= full && c.free < bestFree {
+					h, bestFree = c.h, c.free
+				}
+			}
 			budget = full
 		}
 		e.launch(now, t, h, budget)
-		return true
+		launched = true
+		break
 	}
-	return false
+	for _, t := range e.skipped {
+		e.pending.push(t)
+	}
+	clear(e.skipped)
+	e.skipped = e.skipped[:0]
+	return launched
 }
 
-// bestFit returns the eligible host with the least free RAM that still holds
-// need.
-func (e *Engine) bestFit(now time.Time, need int64) *host {
-	var best *host
-	var bestFree int64
-	for _, h := range e.hostSeq {
-		if !e.eligible(now, h) {
-			continue
+// maxTaskIDPrefix bounds the target-name part of a task id, so that the id
+// stays within schemas.MaxNameBytes.
+const maxTaskIDPrefix = 160
+
+// taskID names a new task: the target, its epoch and a random suffix. A long
+// target name is cut (on a rune boundary) and followed by a hash of the whole
+// name.
+func taskID(name string, epoch, rnd uint64) string {
+	prefix := name
+	if len(prefix) > maxTaskIDPrefix {
+		cut := maxTaskIDPrefix
+		for cut > 0 && !utf8.RuneStart(prefix[cut]) {
+			cut--
 		}
-		if f := h.free(e.cfg.HostHeadroomMiB); f >= need && (best == nil || f < bestFree) {
-			best, bestFree = h, f
-		}
+		h := fnv.New64a()
+		h.Write([]byte(name))
+		prefix = prefix[:cut] + "~" + strconv.FormatUint(h.Sum64(), 36)
 	}
-	return best
+	return prefix + "#" + strconv.FormatUint(epoch, 10) + "." + strconv.FormatUint(rnd>>16, 36)
 }
 
 func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 	t.epoch++
-	e.idSeq++
 	wrapper := min(t.est.WrapperMiB, budget)
 	k := &task{
-		id:         t.name + "#" + strconv.FormatUint(t.epoch, 10) + "." + strconv.FormatUint(e.backoff.rng.Uint64()>>16, 36),
+		id:         taskID(t.name, t.epoch, e.ids.Uint64()),
 		epoch:      t.epoch,
 		t:          t,
 		typ:        t.phase,
@@ -697,6 +814,7 @@ func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 		phase:      tLaunching,
 		launchedAt: now,
 		countedPen: true,
+		placed:     true,
 	}
 	e.pendingLaunches++
 	e.attach(k, h)
@@ -725,7 +843,7 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 		// A reply for a task already closed. If it started after all, it
 		// is an impostor now.
 		if ev.Reply.Error == nil && ev.Reply.PID > 0 {
-			e.fence(now, ev.Host, ev.Reply.TaskID, ev.Reply.PID, "late launch reply")
+			e.fence(now, ev.Host, ev.Target, ev.Reply.TaskID, ev.Reply.PID, "late launch reply")
 		}
 		return
 	}
@@ -734,18 +852,23 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 			return // it heartbeats: the error is stale
 		}
 		t := k.t
-		e.counters.Failures[re.Code]++
 		switch re.Code {
 		case schemas.CodeInsufficientRAM:
-			e.close(now, k, closeRAM)
+			e.close(now, k, closeRAM, FailInsufficientRAM)
 		case schemas.CodeDraining:
 			k.host.draining = true
-			e.close(now, k, closeRequeue)
+			e.close(now, k, closeRequeue, FailDraining)
 		default: // unknown_type, invalid, or a code this version does not know
-			e.close(now, k, closeRequeue)
-			t.blocked = fmt.Sprintf("launch refused: %s: %s", re.Code, re.Message)
-			e.pending.remove(t)
-			e.delayed.remove(t)
+			code := re.Code
+			if code != schemas.CodeUnknownType && code != schemas.CodeInvalid {
+				code = FailOther
+			}
+			e.close(now, k, closeRequeue, code)
+			if !t.deleted {
+				t.blocked = fmt.Sprintf("launch refused: %s: %s", re.Code, re.Message)
+				e.pending.remove(t)
+				e.delayed.remove(t)
+			}
 		}
 		return
 	}
@@ -770,9 +893,8 @@ func (e *Engine) launchUnanswered(now time.Time, ev *LaunchUnanswered) {
 	}
 	if ev.NoResponders {
 		// Nobody received the request, so nothing started.
-		e.counters.Failures[FailNoResponders]++
 		k.host.avoided = true
-		e.close(now, k, closeRequeue)
+		e.close(now, k, closeRequeue, FailNoResponders)
 	}
 	// A timed-out reply leaves the launch pending: the worker may have
 	// started it and lost only the reply. The launch timeout decides.
@@ -785,20 +907,22 @@ func (e *Engine) heartbeat(now time.Time, hb *schemas.Heartbeat) bool {
 	e.counters.Heartbeats++
 	t := e.targets[hb.Target]
 	if t == nil {
-		e.fence(now, hb.Host, hb.TaskID, hb.PID, "target not declared")
+		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "target not declared")
 		return false
 	}
 	k := t.task
 	if k == nil {
-		if !t.deleted && hb.Epoch > t.epoch && hb.Epoch > t.closedEpoch {
-			e.adopt(now, t, hb)
-			return true
+		if !t.deleted && hb.Epoch > t.epoch && hb.TaskID != "" && hb.Host != "" {
+			if h := e.hosts[hb.Host]; h == nil || !h.lost {
+				e.adopt(now, t, hb)
+				return true
+			}
 		}
-		e.fence(now, hb.Host, hb.TaskID, hb.PID, "stale epoch")
+		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "stale epoch")
 		return false
 	}
 	if k.id != hb.TaskID || k.epoch != hb.Epoch || k.host.name != hb.Host {
-		e.fence(now, hb.Host, hb.TaskID, hb.PID, "not the target's task")
+		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "not the target's task")
 		return false
 	}
 	k.lastHB = now
@@ -854,10 +978,9 @@ func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
 	e.pending.remove(t)
 	e.delayed.remove(t)
 	t.epoch = hb.Epoch
-	if hb.Type != "" && hb.Type != t.phase && t.hasSpec {
-		t.phase = hb.Type
-		e.estimate(t)
-		t.blocked = ""
+	if hb.Type != "" && hb.Type != t.phase && t.hasSpec && e.setPhase(t, hb.Type) &&
+		strings.HasPrefix(t.blocked, blockedNoEstimate) {
+		t.blocked = "" // the old phase had no estimate; the task's phase has one
 	}
 	k := &task{
 		id:          hb.TaskID,
@@ -865,8 +988,8 @@ func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
 		t:           t,
 		typ:         hb.Type,
 		pid:         hb.PID,
-		budget:      hb.RAM.BudgetMiB,
-		used:        hb.RAM.UsedMiB,
+		budget:      max(hb.RAM.BudgetMiB, 0),
+		used:        max(hb.RAM.UsedMiB, 0),
 		phase:       tActive,
 		confirmed:   true,
 		launchedAt:  now,
@@ -879,18 +1002,31 @@ func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
 	e.persist(now, t)
 }
 
-// fence answers an impostor's heartbeat with a kill, at most once per reply
-// timeout per task.
-func (e *Engine) fence(now time.Time, hostName, taskID string, pid int64, reason string) {
+// fence answers an impostor with a kill, at most once per reply timeout per
+// task.
+func (e *Engine) fence(now time.Time, hostName, targetName, taskID string, pid int64, reason string) {
 	e.counters.FencedHeartbeats++
 	if last, ok := e.fenced[taskID]; ok && now.Sub(last) < e.cfg.ReplyTimeout {
 		return
 	}
 	e.fenced[taskID] = now
 	e.counters.Kills++
-	e.emit(Command{Kind: CmdKill, Host: hostName, Kill: &schemas.KillRequest{
+	e.emit(Command{Kind: CmdKill, Host: hostName, Target: targetName, Kill: &schemas.KillRequest{
 		V: schemas.Version, TaskID: taskID, PID: pid, Reason: "fenced: " + reason,
 	}})
+}
+
+// wouldFence reports whether a message from the given task is answered with
+// a kill: it is neither the target's task nor a task the engine would adopt.
+func (e *Engine) wouldFence(targetName, taskID string, epoch uint64) bool {
+	t := e.targets[targetName]
+	switch {
+	case t == nil:
+		return true
+	case t.task != nil:
+		return t.task.id != taskID || t.task.epoch != epoch
+	}
+	return t.deleted || epoch <= t.epoch
 }
 
 // ----- probes: ps and kill -----
@@ -930,7 +1066,13 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 	}
 	running := make(map[string]*schemas.PsTask, len(ev.Reply.Tasks))
 	for i := range ev.Reply.Tasks {
-		running[ev.Reply.Tasks[i].TaskID] = &ev.Reply.Tasks[i]
+		p := &ev.Reply.Tasks[i]
+		running[p.TaskID] = p
+		if e.byID[p.TaskID] == nil && e.wouldFence(p.Target, p.TaskID, p.Epoch) {
+			// A task that is not its target's: a leftover of a lost host,
+			// a late launch, or another selector's. It must go.
+			e.fence(now, ev.Host, p.Target, p.TaskID, p.PID, "not the target's task")
+		}
 	}
 	for _, k := range slices.Clone(h.tasks) {
 		if k.phase != tSuspect || !k.probeOut {
@@ -942,16 +1084,22 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 		k.probeOut = false
 		k.psMissing = false
 		if p := running[k.id]; p != nil {
-			if k.pid == 0 {
+			if k.pid == 0 && p.PID > 0 {
 				k.pid = p.PID
 			}
-			if k.why == suspectRecovered && e.recovering {
+			switch {
+			case k.why == suspectRecovered && e.recovering:
 				continue // alive; its heartbeat will confirm it
+			case e.degraded != "" && k.why != suspectDeleted:
+				// Heartbeats may be what is failing: do not kill a
+				// running task on their account; ask again later.
+				continue
 			}
 			e.kill(now, k, silentReason(k.why))
 			continue
 		}
-		e.close(now, k, goneCause(k))
+		cause, fail := goneCause(k)
+		e.close(now, k, cause, fail)
 	}
 }
 
@@ -961,6 +1109,8 @@ func silentReason(w suspicion) string {
 		return "no first heartbeat"
 	case suspectDeleted:
 		return "target deleted"
+	case suspectRecovered:
+		return "no heartbeat since restart"
 	}
 	return "heartbeat stale"
 }
@@ -987,7 +1137,8 @@ func (e *Engine) killReplied(now time.Time, ev *KillReplied) {
 	if ev.Reply.Running {
 		return // retried after ReplyTimeout
 	}
-	e.close(now, k, killedCause(k))
+	cause, fail := killedCause(k)
+	e.close(now, k, cause, fail)
 }
 
 func (e *Engine) killUnanswered(now time.Time, ev *KillUnanswered) {
@@ -1007,44 +1158,46 @@ const (
 	closeDone                          // finished its phase
 )
 
-// goneCause is how a suspect task that its host says is gone is closed.
-func goneCause(k *task) closeCause {
+// goneCause is how a suspect task that its host says is gone is closed, and
+// the failure it counts as.
+func goneCause(k *task) (closeCause, string) {
 	switch k.why {
 	case suspectLaunch:
 		if k.confirmed {
-			return closeCrash
+			return closeCrash, FailCrashed
 		}
-		return closeRAM // a launch that died before its first heartbeat
+		return closeRAM, FailLaunchTimeout // a launch that died before its first heartbeat
 	case suspectStale:
-		return closeCrash
+		return closeCrash, FailCrashed
+	case suspectRecovered:
+		return closeRequeue, FailGoneAfterRestart
 	}
-	return closeRequeue
+	return closeRequeue, ""
 }
 
-// killedCause is how a task killed for silence is closed.
-func killedCause(k *task) closeCause {
-	if k.why == suspectDeleted {
-		return closeRequeue
+// killedCause is how a task killed for its silence is closed.
+func killedCause(k *task) (closeCause, string) {
+	switch k.why {
+	case suspectDeleted:
+		return closeRequeue, ""
+	case suspectLaunch:
+		return closeCrash, FailSilent
 	}
-	return closeCrash
+	return closeCrash, FailStale
 }
 
 // close ends k: its RAM is freed, its epoch closed and its target requeued
-// (or deleted, blocked, advanced) according to cause.
-func (e *Engine) close(now time.Time, k *task, cause closeCause) {
+// (or deleted, blocked, advanced) according to cause. fail, when set, is the
+// failure counted.
+func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 	t := k.t
-	switch k.why {
-	case suspectLaunch:
-		if cause == closeRAM {
-			e.counters.Failures[FailLaunchTimeout]++
-		} else {
-			e.counters.Failures[FailSilent]++
-		}
-	case suspectStale:
-		e.counters.Failures[FailCrashed]++
+	if fail != "" {
+		e.counters.Failures[fail]++
 	}
 	e.detach(k)
-	e.counters.Requeues++
+	if cause != closeDone {
+		e.counters.Requeues++
+	}
 	switch cause {
 	case closeRAM:
 		e.backoff.raise(now)
@@ -1060,8 +1213,7 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause) {
 		t.readyAt = now.Add(t.restartDelay)
 	}
 	if t.deleted {
-		delete(e.targets, t.name)
-		e.emit(Command{Kind: CmdDelete, Target: t.name})
+		e.forget(t)
 		return
 	}
 	e.persist(now, t)
@@ -1069,6 +1221,14 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause) {
 }
 
 // ----- task events -----
+
+func failReason(r string) string {
+	switch r {
+	case schemas.ReasonHelpersUnavailable, schemas.ReasonExited, schemas.ReasonKilled, schemas.ReasonCrashed:
+		return r
+	}
+	return FailOther
+}
 
 func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	e.counters.Events++
@@ -1084,7 +1244,7 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 			// from it, so that a replay of it changes nothing.
 			t.epoch = ev.Epoch
 			t.closedEpoch = ev.Epoch
-			if ev.Kind == schemas.EventDone && ev.Type == t.phase {
+			if ev.Kind == schemas.EventDone && ev.Type == t.phase && t.blocked == "" && !t.complete {
 				e.advance(t, ev)
 			}
 			e.persist(now, t)
@@ -1096,19 +1256,20 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	}
 	if ev.Kind == schemas.EventDone {
 		e.advance(t, ev)
-		e.close(now, k, closeDone)
+		e.close(now, k, closeDone, "")
 		return
 	}
-	e.counters.Failures[ev.Reason]++
+	reason := failReason(ev.Reason)
 	switch {
-	case ev.Reason == schemas.ReasonHelpersUnavailable:
-		e.close(now, k, closeRAM)
-	case k.phase == tKilling || ev.Reason == schemas.ReasonKilled:
-		e.close(now, k, killedCause(k))
-	case k.confirmed:
-		e.close(now, k, closeCrash)
+	case reason == schemas.ReasonHelpersUnavailable:
+		e.close(now, k, closeRAM, reason)
+	case k.phase == tKilling || reason == schemas.ReasonKilled:
+		cause, _ := killedCause(k)
+		e.close(now, k, cause, reason)
 	default:
-		e.close(now, k, closeRequeue)
+		// A crash, whether or not the task had heartbeated: the target
+		// alone waits before its next launch.
+		e.close(now, k, closeCrash, reason)
 	}
 }
 
@@ -1137,13 +1298,33 @@ func (e *Engine) advance(t *target, ev *schemas.TaskEvent) {
 
 func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
 	h := e.hostNamed(now, st.Host)
+	back := h.lost || !h.seen
 	h.seen = true
 	h.lastStatus = now
-	h.total = st.RAM.TotalMiB
-	h.used = st.RAM.UsedMiB
+	h.total = max(st.RAM.TotalMiB, 0)
+	h.used = max(st.RAM.UsedMiB, 0)
 	h.draining = st.Draining
 	h.avoided = false
 	h.lost = false
+	if !e.connected || len(st.Tasks) == 0 {
+		return
+	}
+	// A task the engine does not know (left over from a time the host was
+	// lost, or a launch whose reply never came) may never heartbeat: ask
+	// the host, and fence what the reply shows.
+	if !back && now.Sub(h.strayPsAt) < e.cfg.HeartbeatStale {
+		return
+	}
+	for _, id := range st.Tasks {
+		if e.byID[id] == nil {
+			if last, ok := e.fenced[id]; ok && now.Sub(last) < e.cfg.ReplyTimeout {
+				continue
+			}
+			h.strayPsAt = now
+			e.emit(Command{Kind: CmdPs, Host: h.name, Ps: &schemas.PsRequest{V: schemas.Version}})
+			return
+		}
+	}
 }
 
 // ----- time -----
@@ -1166,6 +1347,7 @@ func (e *Engine) tick(now time.Time) {
 		return // nothing is declared stale while the bus is away
 	}
 	watch := !now.Before(e.graceUntil)
+	lost := 2 * e.cfg.ReplyTimeout // a probe this old is taken as unanswered
 	suspectsMissing, watched := 0, 0
 	for i := 0; i < len(e.tasks); i++ {
 		k := e.tasks[i]
@@ -1187,6 +1369,10 @@ func (e *Engine) tick(now time.Time) {
 			}
 		case tSuspect:
 			watched++
+			if k.probeOut && now.Sub(k.probeAt) >= lost {
+				k.probeOut = false
+				k.psMissing = true
+			}
 			if k.psMissing {
 				suspectsMissing++
 			}
@@ -1197,13 +1383,16 @@ func (e *Engine) tick(now time.Time) {
 				e.ps(now, k)
 			}
 		case tKilling:
+			if k.probeOut && now.Sub(k.probeAt) >= lost {
+				k.probeOut = false
+			}
 			if !k.probeOut && now.Sub(k.probeAt) >= e.cfg.ReplyTimeout {
 				e.kill(now, k, silentReason(k.why))
 			}
 		}
 	}
 	e.checkHosts(now, suspectsMissing, watched)
-	if len(e.fenced) > 0 && len(e.fenced) >= 1024 {
+	if len(e.fenced) >= 1024 {
 		for id, at := range e.fenced {
 			if now.Sub(at) >= e.cfg.ReplyTimeout {
 				delete(e.fenced, id)
@@ -1214,29 +1403,52 @@ func (e *Engine) tick(now time.Time) {
 
 // checkHosts declares stale hosts lost, unless so many went stale at once
 // that the fault is more likely the selector's own (the mass-stale guard).
+//
+// Hosts report on their own clocks, so the statuses of a fleet that stops
+// reporting at one moment run out over a spread of up to one status period.
+// So that the first hosts to run out are not declared lost before the rest
+// are seen to follow, a host silent for three quarters of HostStale counts
+// as going stale once some host is stale. Hosts known only from records and
+// never heard from since the start count only while no host has reported.
 func (e *Engine) checkHosts(now time.Time, suspectsMissing, watched int) {
 	if now.Before(e.graceUntil) {
 		return
 	}
-	var stale []*host
-	live, recent := 0, 0
+	stale := e.stale[:0]
+	anySeen := false
+	for _, h := range e.hostSeq {
+		if h.seen && !h.lost {
+			anySeen = true
+			break
+		}
+	}
+	near := e.cfg.HostStale - e.cfg.HostStale/4
+	known, going, recent := 0, 0, 0
 	for _, h := range e.hostSeq {
 		if h.lost {
-			if now.Sub(h.lostAt) < e.cfg.HostStale {
+			if now.Sub(h.lostAt) < e.cfg.HostStale && (h.seen || !anySeen) {
 				recent++
 			}
 			continue
 		}
-		live++
-		if now.Sub(maxTime(h.lastStatus, e.staleBase)) >= e.cfg.HostStale {
+		silent := now.Sub(maxTime(h.lastStatus, e.staleBase))
+		if silent >= e.cfg.HostStale {
 			stale = append(stale, h)
 		}
+		if !h.seen && anySeen {
+			continue // a dead record, not a sign of the selector's own fault
+		}
+		known++
+		if silent >= near {
+			going++
+		}
 	}
-	n := len(stale) + recent
+	e.stale = stale
+	n, all := going+recent, known+recent
 	reason := ""
 	switch {
-	case n >= 2 && 2*n > live+recent:
-		reason = fmt.Sprintf("%d of %d hosts went stale within %v", n, live+recent, e.cfg.HostStale)
+	case len(stale) > 0 && n >= 2 && 2*n > all:
+		reason = fmt.Sprintf("%d of %d hosts went stale within %v", n, all, e.cfg.HostStale)
 	case suspectsMissing >= 3 && 2*suspectsMissing > watched:
 		reason = fmt.Sprintf("%d of %d tasks went stale and their hosts do not answer", suspectsMissing, watched)
 	}
@@ -1258,6 +1470,7 @@ func (e *Engine) checkHosts(now time.Time, suspectsMissing, watched int) {
 	for _, h := range stale {
 		e.loseHost(now, h)
 	}
+	clear(e.stale)
 }
 
 // loseHost declares h lost: all of its tasks are gone and their targets
@@ -1268,9 +1481,58 @@ func (e *Engine) loseHost(now time.Time, h *host) {
 	e.counters.HostsLost++
 	for len(h.tasks) > 0 {
 		k := h.tasks[len(h.tasks)-1]
-		e.counters.Failures[FailHostLost]++
-		e.close(now, k, closeRequeue)
+		e.close(now, k, closeRequeue, FailHostLost)
 	}
+}
+
+// NextDeadline returns the earliest time at which a Tick may change
+// something, or the zero time when nothing waits on time. It costs a pass
+// over every task and host; call it when arming a timer, not per message.
+func (e *Engine) NextDeadline() time.Time {
+	var next time.Time
+	at := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	if e.recovering {
+		at(e.graceUntil)
+	}
+	if e.pending.len() > 0 {
+		at(e.graceUntil)
+		at(e.backoff.next)
+	}
+	if e.delayed.len() > 0 {
+		at(e.delayed.peek().readyAt)
+	}
+	at(e.degradedExit)
+	if !e.connected {
+		return next
+	}
+	for _, k := range e.tasks {
+		switch k.phase {
+		case tLaunching, tLaunched:
+			at(k.launchedAt.Add(e.cfg.LaunchTimeout))
+		case tActive:
+			at(maxTime(maxTime(k.lastHB, e.staleBase).Add(e.cfg.HeartbeatStale), e.graceUntil))
+		case tSuspect, tKilling:
+			if k.probeOut {
+				at(k.probeAt.Add(2 * e.cfg.ReplyTimeout))
+			} else {
+				at(k.probeAt.Add(e.cfg.ReplyTimeout))
+			}
+		}
+	}
+	for _, h := range e.hostSeq {
+		if h.lost {
+			if e.degraded != "" {
+				at(h.lostAt.Add(e.cfg.HostStale))
+			}
+			continue
+		}
+		at(maxTime(maxTime(h.lastStatus, e.staleBase).Add(e.cfg.HostStale), e.graceUntil))
+	}
+	return next
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -94,7 +94,7 @@ func (e *Engine) targetStatus(now time.Time, t *target) schemas.TargetStatus {
 		if !k.lastHB.IsZero() {
 			ts.HeartbeatAgeMS = now.Sub(k.lastHB).Milliseconds()
 		} else {
-			ts.HeartbeatAgeMS = -1
+			ts.HeartbeatAgeMS = 0 // the wire format has no negative ages; state launching says "none yet"
 		}
 		switch k.phase {
 		case tLaunching, tLaunched:
