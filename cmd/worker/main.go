@@ -1,0 +1,238 @@
+// Command worker runs the taskselector worker agent for one host: it answers
+// the selector's launch, kill and ps requests over NATS and runs the tasks
+// with an executor (the simulated "sim" executor by default).
+//
+// Configuration is read from the environment (run with -h for the list):
+//
+//	WORKER_HOST                host name (required)
+//	WORKER_RAM_MIB             RAM capacity in MiB (required, > 0)
+//	NATS_URL                   [nats://127.0.0.1:4222]
+//	WORKER_HEARTBEAT_INTERVAL  [1s]
+//	WORKER_EXECUTOR            [sim]
+//	WORKER_SUBJECT_PREFIX      [tasks]
+//	WORKER_KILL_ON_SHUTDOWN    [false]
+//	WORKER_FLUSH_TIMEOUT       [5s]
+//	WORKER_LOG_LEVEL           [info]
+//
+// plus the sim executor's SIM_* variables (SIM_SPEED [1] and the fault
+// knobs). A bad value stops startup with a message naming the variable and the
+// accepted form. SIGINT or SIGTERM shuts the agent down gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	"github.com/nats-io/nats.go"
+
+	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/worker"
+)
+
+// config is the agent's environment.
+type config struct {
+	Host              string        `envconfig:"WORKER_HOST" required:"true"`
+	RAMMiB            int64         `envconfig:"WORKER_RAM_MIB" required:"true"`
+	NATSURL           string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222"`
+	HeartbeatInterval time.Duration `envconfig:"WORKER_HEARTBEAT_INTERVAL" default:"1s"`
+	Executor          string        `envconfig:"WORKER_EXECUTOR" default:"sim"`
+	Prefix            string        `envconfig:"WORKER_SUBJECT_PREFIX" default:"tasks"`
+	KillOnShutdown    bool          `envconfig:"WORKER_KILL_ON_SHUTDOWN" default:"false"`
+	FlushTimeout      time.Duration `envconfig:"WORKER_FLUSH_TIMEOUT" default:"5s"`
+	LogLevel          string        `envconfig:"WORKER_LOG_LEVEL" default:"info"`
+}
+
+// vars lists the agent's variables with their accepted forms and defaults.
+var vars = []worker.EnvVar{
+	{Name: "WORKER_HOST", Form: "a host name of 1-256 bytes", Default: "(required)"},
+	{Name: "WORKER_RAM_MIB", Form: "a positive integer number of MiB", Default: "(required)"},
+	{Name: "NATS_URL", Form: "a NATS URL such as nats://127.0.0.1:4222 (comma-separated for several)", Default: "nats://127.0.0.1:4222"},
+	{Name: "WORKER_HEARTBEAT_INTERVAL", Form: "a positive Go duration such as 1s or 500ms", Default: "1s"},
+	{Name: "WORKER_EXECUTOR", Form: "an executor name (" + strings.Join(worker.Executors(), ", ") + ")", Default: "sim"},
+	{Name: "WORKER_SUBJECT_PREFIX", Form: "a NATS subject prefix of letters, digits, '-', '_' and inner dots", Default: "tasks"},
+	{Name: "WORKER_KILL_ON_SHUTDOWN", Form: "a boolean (true or false)", Default: "false"},
+	{Name: "WORKER_FLUSH_TIMEOUT", Form: "a positive Go duration such as 5s", Default: "5s"},
+	{Name: "WORKER_LOG_LEVEL", Form: "one of debug, info, warn, error", Default: "info"},
+}
+
+func form(name string) string {
+	for _, v := range vars {
+		if v.Name == name {
+			return v.Form
+		}
+	}
+	return "a valid value"
+}
+
+// loadConfig reads and checks the environment.
+func loadConfig() (config, error) {
+	var c config
+	if err := envconfig.Process("", &c); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return c, fmt.Errorf("%s: want %s, got %q", pe.KeyName, form(pe.KeyName), pe.Value)
+		}
+		msg := err.Error()
+		if key, ok := strings.CutPrefix(msg, "required key "); ok {
+			key, _, _ = strings.Cut(key, " ")
+			return c, fmt.Errorf("%s: required, want %s", key, form(key))
+		}
+		return c, fmt.Errorf("configuration: %w", err)
+	}
+	bad := func(name, got string) error { return fmt.Errorf("%s: want %s, got %q", name, form(name), got) }
+	switch {
+	case c.Host == "" || len(c.Host) > schemas.MaxNameBytes:
+		return c, bad("WORKER_HOST", c.Host)
+	case c.RAMMiB <= 0:
+		return c, bad("WORKER_RAM_MIB", fmt.Sprint(c.RAMMiB))
+	case c.HeartbeatInterval <= 0:
+		return c, bad("WORKER_HEARTBEAT_INTERVAL", c.HeartbeatInterval.String())
+	case c.FlushTimeout <= 0:
+		return c, bad("WORKER_FLUSH_TIMEOUT", c.FlushTimeout.String())
+	case !validPrefix(c.Prefix):
+		return c, bad("WORKER_SUBJECT_PREFIX", c.Prefix)
+	case strings.TrimSpace(c.NATSURL) == "":
+		return c, bad("NATS_URL", c.NATSURL)
+	}
+	if _, ok := logLevel(c.LogLevel); !ok {
+		return c, bad("WORKER_LOG_LEVEL", c.LogLevel)
+	}
+	known := false
+	for _, n := range worker.Executors() {
+		known = known || n == c.Executor
+	}
+	if !known {
+		return c, bad("WORKER_EXECUTOR", c.Executor)
+	}
+	return c, nil
+}
+
+// validPrefix accepts dot-separated tokens of letters, digits, '-' and '_'.
+func validPrefix(p string) bool {
+	if p == "" {
+		return false
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" {
+			return false
+		}
+		for _, r := range tok {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func logLevel(s string) (slog.Level, bool) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, true
+	case "info", "":
+		return slog.LevelInfo, true
+	case "warn", "warning":
+		return slog.LevelWarn, true
+	case "error":
+		return slog.LevelError, true
+	}
+	return 0, false
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: worker   (configured by environment variables)")
+	fmt.Fprintln(w)
+	for _, group := range [][]worker.EnvVar{vars, worker.SimEnvVars} {
+		for _, v := range group {
+			fmt.Fprintf(w, "  %-26s %s [%s]\n", v.Name, v.Form, v.Default)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func main() {
+	flag.Usage = func() { usage(os.Stderr) }
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+// run configures the agent from the environment and serves until ctx ends.
+func run(ctx context.Context, logOut io.Writer) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	level, _ := logLevel(cfg.LogLevel)
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	exec, err := worker.NewExecutor(cfg.Executor, worker.Env{
+		Host: cfg.Host, RAMMiB: cfg.RAMMiB, Log: log.With("executor", cfg.Executor), Lookup: os.LookupEnv,
+	})
+	if err != nil {
+		return err
+	}
+
+	nc, err := nats.Connect(cfg.NATSURL,
+		nats.Name("taskselector worker "+cfg.Host),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(500*time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected; reconnecting", "err", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("NATS reconnected", "url", c.ConnectedUrl())
+		}),
+		nats.ConnectHandler(func(c *nats.Conn) {
+			log.Info("NATS connected", "url", c.ConnectedUrl())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subject := ""
+			if s != nil {
+				subject = s.Subject
+			}
+			log.Error("NATS async error", "subject", subject, "err", err)
+		}),
+	)
+	if err != nil {
+		_ = exec.Close()
+		return fmt.Errorf("connecting to NATS at %s: %w", cfg.NATSURL, err)
+	}
+	defer nc.Close()
+
+	agent, err := worker.New(nc, worker.Config{
+		Host:              cfg.Host,
+		RAMMiB:            cfg.RAMMiB,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		Prefix:            cfg.Prefix,
+		Executor:          cfg.Executor,
+		KillOnShutdown:    cfg.KillOnShutdown,
+		FlushTimeout:      cfg.FlushTimeout,
+	}, exec, log)
+	if err != nil {
+		_ = exec.Close()
+		return err
+	}
+	if err := agent.Run(ctx); err != nil {
+		return fmt.Errorf("worker agent: %w", err)
+	}
+	return nil
+}
