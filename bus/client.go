@@ -1,0 +1,91 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/taskselector/taskselector/schemas"
+)
+
+// Client is the operator's handle on a running selector: it declares and
+// removes targets in the targets bucket and reads the selector's status.
+type Client struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	subj Subjects
+}
+
+// NewClient returns a Client on nc for the selector under prefix (empty means
+// DefaultPrefix).
+func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("bus: client: jetstream: %w", err)
+	}
+	return &Client{nc: nc, js: js, subj: NewSubjects(prefix)}, nil
+}
+
+func (c *Client) targets(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := c.js.KeyValue(ctx, TargetsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bus: client: open bucket %s (is a selector running?): %w", TargetsBucket, err)
+	}
+	return kv, nil
+}
+
+// PutTarget declares target with spec, or replaces its spec. The spec is
+// validated first (a zero version is set to the current one).
+func (c *Client) PutTarget(ctx context.Context, name string, spec schemas.TargetSpec) error {
+	if name == "" {
+		return errors.New("bus: client: empty target name")
+	}
+	data, err := schemas.Marshal(&spec)
+	if err != nil {
+		return fmt.Errorf("bus: client: spec of %q: %w", name, err)
+	}
+	return c.PutTargetRaw(ctx, name, data)
+}
+
+// PutTargetRaw stores data as target's spec as is, valid or not (for tests
+// and tools that bring their own encoding).
+func (c *Client) PutTargetRaw(ctx context.Context, name string, data []byte) error {
+	kv, err := c.targets(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, EncodeName(name), data); err != nil {
+		return fmt.Errorf("bus: client: put target %q: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteTarget removes target: the selector kills its task and forgets it.
+func (c *Client) DeleteTarget(ctx context.Context, name string) error {
+	kv, err := c.targets(ctx)
+	if err != nil {
+		return err
+	}
+	if err := kv.Delete(ctx, EncodeName(name)); err != nil {
+		return fmt.Errorf("bus: client: delete target %q: %w", name, err)
+	}
+	return nil
+}
+
+// Status asks the selector for its status snapshot. It fails with an error
+// wrapping nats.ErrNoResponders while no selector is listening.
+func (c *Client) Status(ctx context.Context) (schemas.SelectorStatus, error) {
+	var st schemas.SelectorStatus
+	msg, err := c.nc.RequestWithContext(ctx, c.subj.Status(), nil)
+	if err != nil {
+		return st, fmt.Errorf("bus: client: status request: %w", err)
+	}
+	if err := json.Unmarshal(msg.Data, &st); err != nil {
+		return st, fmt.Errorf("bus: client: decode status: %w", err)
+	}
+	return st, nil
+}

@@ -1,0 +1,133 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Reconnect backoff: the n-th wait is ReconnectBase*2^(n-1), capped at
+// ReconnectMax, then ±ReconnectJitter of itself at random, so that many
+// clients of a restarted server do not reconnect in lockstep.
+const (
+	ReconnectBase   = 100 * time.Millisecond
+	ReconnectMax    = 5 * time.Second
+	ReconnectJitter = 0.2
+)
+
+// ReconnectDelay is the wait before reconnect attempt n (n >= 1).
+func ReconnectDelay(n int) time.Duration {
+	d := ReconnectBase
+	for i := 1; i < n && d < ReconnectMax; i++ {
+		d *= 2
+	}
+	d = min(d, ReconnectMax)
+	j := 1 + ReconnectJitter*(2*rand.Float64()-1)
+	return time.Duration(float64(d) * j)
+}
+
+// ConnStats counts what happened to a connection made by Connect.
+type ConnStats struct {
+	// SlowConsumers counts slow-consumer episodes reported by the client
+	// (one per episode per subscription; sub.Dropped() counts the
+	// messages lost).
+	SlowConsumers atomic.Uint64
+	// AsyncErrors counts every asynchronous error, slow consumers included.
+	AsyncErrors atomic.Uint64
+	// Disconnects and Reconnects count connection losses and recoveries.
+	Disconnects atomic.Uint64
+	Reconnects  atomic.Uint64
+}
+
+var connStats sync.Map // *nats.Conn -> *ConnStats
+
+// StatsOf returns the counters of a connection made by Connect, or nil for
+// any other connection (or once it is closed).
+func StatsOf(nc *nats.Conn) *ConnStats {
+	if v, ok := connStats.Load(nc); ok {
+		return v.(*ConnStats)
+	}
+	return nil
+}
+
+// Connect connects to the NATS server at url as the client name and keeps
+// the connection up for good: the first connection is retried with backoff
+// until it succeeds or ctx ends, and a lost connection is re-established
+// forever, with exponential backoff and jitter (ReconnectDelay). While it is
+// down, publishes are buffered by the client.
+//
+// onDisconnect and onReconnect (either may be nil) are called, from the
+// client's callback goroutine, on each loss and recovery. Asynchronous errors
+// are logged and counted; see StatsOf.
+func Connect(ctx context.Context, url string, name string, log *slog.Logger, onDisconnect, onReconnect func()) (*nats.Conn, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	stats := &ConnStats{}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(ReconnectBase),
+		nats.ReconnectJitter(ReconnectBase/5, ReconnectBase/5),
+		nats.CustomReconnectDelay(ReconnectDelay),
+		nats.PingInterval(5 * time.Second),
+		nats.Timeout(2 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			stats.Disconnects.Add(1)
+			log.Warn("nats disconnected", "name", name, "err", err)
+			if onDisconnect != nil {
+				onDisconnect()
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			stats.Reconnects.Add(1)
+			log.Info("nats reconnected", "name", name, "url", nc.ConnectedUrlRedacted())
+			if onReconnect != nil {
+				onReconnect()
+			}
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			connStats.Delete(nc)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			stats.AsyncErrors.Add(1)
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				stats.SlowConsumers.Add(1)
+				dropped := 0
+				if sub != nil {
+					dropped, _ = sub.Dropped()
+				}
+				log.Warn("nats slow consumer: messages dropped", "name", name, "subject", subject, "dropped_total", dropped)
+				return
+			}
+			log.Warn("nats async error", "name", name, "subject", subject, "err", err)
+		}),
+	}
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			connStats.Store(nc, stats)
+			return nc, nil
+		}
+		wait := ReconnectDelay(attempt)
+		log.Warn("nats connect failed; retrying", "name", name, "url", url, "attempt", attempt, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("bus: connect to %s: %w (last error: %w)", url, ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/taskselector/taskselector/schemas"
+)
+
+func TestReconnectDelay(t *testing.T) {
+	prevMax := time.Duration(0)
+	for n := 1; n <= 30; n++ {
+		d := ReconnectDelay(n)
+		base := min(ReconnectBase<<min(n-1, 20), ReconnectMax)
+		lo := time.Duration(float64(base) * (1 - ReconnectJitter))
+		hi := time.Duration(float64(base) * (1 + ReconnectJitter))
+		if d < lo || d > hi {
+			t.Fatalf("ReconnectDelay(%d) = %v, want within [%v, %v]", n, d, lo, hi)
+		}
+		if hi < prevMax {
+			t.Fatalf("delays shrink at attempt %d", n)
+		}
+		prevMax = hi
+	}
+}
+
+// recordingHandler is a slog.Handler that remembers messages.
+type recordingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.msgs = append(h.msgs, r.Message)
+	h.mu.Unlock()
+	return nil
+}
+func (h *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
+func (h *recordingHandler) saw(prefix string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range h.msgs {
+		if strings.HasPrefix(m, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestConnectRetryAndServerRestart connects before the server exists, then
+// restarts the server (same port, same file store) under a running selector:
+// the client reconnects, the service is told of both changes, its
+// subscriptions and event consumer resume, and the KV state survives.
+func TestConnectRetryAndServerRestart(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	rec := &recordingHandler{}
+	var mu sync.Mutex
+	disc, reco := 0, 0
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	connected := make(chan result, 1)
+	ctx := testCtx(t, 60*time.Second)
+	go func() {
+		nc, err := Connect(ctx, url, "selector", slog.New(rec),
+			func() { mu.Lock(); disc++; mu.Unlock() },
+			func() { mu.Lock(); reco++; mu.Unlock() })
+		connected <- result{nc, err}
+	}()
+	waitFor(t, 10*time.Second, "a failed first connect", func() bool { return rec.saw("nats connect failed") })
+	srv := startServerAt(t, dir, port)
+	res := <-connected
+	if res.err != nil {
+		t.Fatalf("connect: %v", res.err)
+	}
+	defer res.nc.Close()
+	snc := connect(t, url)
+
+	r := startService(t, snc, ServiceConfig{})
+	client := connect(t, url)
+	c, err := NewClient(client, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutTarget(ctx, "keep.me", declaredSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if StatsOf(snc) == nil {
+		t.Fatalf("no stats for a connection made by Connect")
+	}
+
+	ShutdownEmbedded(srv)
+	waitFor(t, 10*time.Second, "service sees the disconnect", func() bool { return !r.svc.Status().Connected })
+	waitFor(t, 10*time.Second, "first client's disconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return disc == 1 })
+	startServerAt(t, dir, port)
+	waitFor(t, 10*time.Second, "service sees the reconnect", func() bool { return r.svc.Status().Connected })
+	waitFor(t, 10*time.Second, "first client's reconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return reco == 1 })
+	if st := StatsOf(snc); st.Disconnects.Load() != 1 || st.Reconnects.Load() != 1 {
+		t.Fatalf("stats: %d disconnects, %d reconnects", st.Disconnects.Load(), st.Reconnects.Load())
+	}
+
+	// Status answers again (the status subscription was restored).
+	waitFor(t, 10*time.Second, "status answers after the restart", func() bool {
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := c.Status(sctx)
+		return err == nil
+	})
+	// The target declared before the restart survived in the file store.
+	js, err := jetstream.New(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, TargetsBucket)
+	if err != nil {
+		t.Fatalf("targets bucket after restart: %v", err)
+	}
+	if _, err := kv.Get(ctx, EncodeName("keep.me")); err != nil {
+		t.Fatalf("target lost over the restart: %v", err)
+	}
+	if _, ok := targetLine(statusOf(t, c), "keep.me"); !ok {
+		t.Fatalf("service forgot the target")
+	}
+	// The event consumer resumed: a malformed event is counted.
+	waitFor(t, 15*time.Second, "event consumed after the restart", func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := js.Publish(pctx, NewSubjects("").Event("keep.me"), []byte("junk")); err != nil {
+			return false
+		}
+		return statusOf(t, c).Counters.MalformedMessages[SourceEvent] > 0
+	})
+	// A new target after the restart is picked up by the live watch.
+	if err := c.PutTarget(ctx, "new", schemas.TargetSpec{V: 1, Profile: schemas.ProfileDeclared, Phases: declaredSpec().Phases}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "target watch resumed after the restart", func() bool {
+		_, ok := targetLine(statusOf(t, c), "new")
+		return ok
+	})
+	if err := c.DeleteTarget(ctx, "keep.me"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "deleted target gone after the restart", func() bool {
+		_, ok := targetLine(statusOf(t, c), "keep.me")
+		return !ok
+	})
+	r.stop(t)
+}

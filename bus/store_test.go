@@ -1,0 +1,305 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/selector"
+)
+
+func TestTaskStoreCAS(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s.ClientURL())
+	kv := kvOf(t, nc, TasksBucket)
+	ctx := testCtx(t, 10*time.Second)
+	st := NewTaskStore(kv, testLog())
+
+	const target = "I.I.I.I"
+	v1 := mustMarshal(t, ptr(taskState(target, "t1", 1)))
+	v2 := mustMarshal(t, ptr(taskState(target, "t2", 2)))
+
+	// Unknown key: Create.
+	if err := st.Put(ctx, target, v1); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	rev1, ok := st.Revision(target)
+	if !ok || rev1 == 0 {
+		t.Fatalf("no revision after create")
+	}
+	e, err := kv.Get(ctx, EncodeName(target))
+	if err != nil || string(e.Value()) != string(v1) || e.Revision() != rev1 {
+		t.Fatalf("stored value/revision wrong: %v", err)
+	}
+
+	// Known key: Update at the revision seen.
+	if err := st.Put(ctx, target, v2); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	rev2, _ := st.Revision(target)
+	if rev2 <= rev1 {
+		t.Fatalf("revision did not advance: %d -> %d", rev1, rev2)
+	}
+
+	// Another writer changes the key: our next write is a conflict.
+	if _, err := kv.Put(ctx, EncodeName(target), v1); err != nil {
+		t.Fatal(err)
+	}
+	err = st.Put(ctx, target, v2)
+	if !errors.Is(err, ErrConflict) || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Fatalf("stale update: got %v, want ErrConflict wrapping ErrKeyRevisionMismatch", err)
+	}
+	// Delete at a stale revision is a conflict too, and deletes nothing.
+	err = st.Delete(ctx, target)
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("stale delete: got %v, want ErrConflict", err)
+	}
+	if _, err := kv.Get(ctx, EncodeName(target)); err != nil {
+		t.Fatalf("key gone after a refused delete: %v", err)
+	}
+
+	// A fresh store that never saw the key: Create fails as a conflict.
+	st2 := NewTaskStore(kv, testLog())
+	err = st2.Put(ctx, target, v2)
+	if !errors.Is(err, ErrConflict) || !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("create over an existing key: got %v, want ErrConflict wrapping ErrKeyExists", err)
+	}
+
+	// After a replay it knows the revision: update and delete work.
+	if _, err := st2.Replay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.Put(ctx, target, v2); err != nil {
+		t.Fatalf("update after replay: %v", err)
+	}
+	if err := st2.Delete(ctx, target); err != nil {
+		t.Fatalf("delete at revision: %v", err)
+	}
+	if _, err := kv.Get(ctx, EncodeName(target)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("get after delete: %v, want ErrKeyNotFound", err)
+	}
+	if _, ok := st2.Revision(target); ok {
+		t.Fatalf("revision still known after delete")
+	}
+	// Create over the delete marker.
+	if err := st2.Put(ctx, target, v1); err != nil {
+		t.Fatalf("create over a delete marker: %v", err)
+	}
+	// Deleting a key never seen does nothing.
+	if err := NewTaskStore(kv, testLog()).Delete(ctx, "never-seen"); err != nil {
+		t.Fatalf("delete of an unknown key: %v", err)
+	}
+}
+
+func TestTaskStoreReconcile(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s.ClientURL())
+	kv := kvOf(t, nc, TasksBucket)
+	ctx := testCtx(t, 10*time.Second)
+	a := NewTaskStore(kv, testLog())
+	v1 := mustMarshal(t, ptr(taskState("x", "t1", 1)))
+	v2 := mustMarshal(t, ptr(taskState("x", "t2", 2)))
+	if err := a.Put(ctx, "x", v1); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a write that landed but whose reply was lost: another
+	// handle writes v2; "a" still holds the old revision.
+	b := NewTaskStore(kv, testLog())
+	if _, err := b.Replay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(ctx, "x", v2); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Reconcile(ctx, "x", v1); err != nil || ok {
+		t.Fatalf("reconcile with other data = %v, %v; want false", ok, err)
+	}
+	if ok, err := a.Reconcile(ctx, "x", v2); err != nil || !ok {
+		t.Fatalf("reconcile with the stored data = %v, %v; want true", ok, err)
+	}
+	if err := a.Put(ctx, "x", v1); err != nil {
+		t.Fatalf("update after reconcile: %v", err)
+	}
+	if err := a.Delete(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Reconcile(ctx, "x", nil); err != nil || !ok {
+		t.Fatalf("reconcile of a delete = %v, %v; want true", ok, err)
+	}
+}
+
+func TestTaskStoreReplay(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s.ClientURL())
+	kv := kvOf(t, nc, TasksBucket)
+	ctx := testCtx(t, 20*time.Second)
+
+	// An empty bucket replays to nothing, at once.
+	if got, err := NewTaskStore(kv, testLog()).Replay(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("empty replay = %d states, %v", len(got), err)
+	}
+
+	const n = 500
+	w := NewTaskStore(kv, testLog())
+	want := map[string]uint64{}
+	for i := range n {
+		target := fmt.Sprintf("t%03d", i)
+		if i%7 == 0 {
+			target = fmt.Sprintf("srv.%d.x", i) // needs encoding
+		}
+		if err := w.Put(ctx, target, mustMarshal(t, ptr(taskState(target, fmt.Sprintf("id%d", i), uint64(i+1))))); err != nil {
+			t.Fatal(err)
+		}
+		want[target] = uint64(i + 1)
+	}
+	// Rewrite some, delete some: the replay sees only the latest values.
+	for i := 0; i < n; i += 10 {
+		target := fmt.Sprintf("t%03d", i)
+		if i%7 == 0 {
+			target = fmt.Sprintf("srv.%d.x", i)
+		}
+		if i%20 == 0 {
+			if err := w.Delete(ctx, target); err != nil {
+				t.Fatal(err)
+			}
+			delete(want, target)
+			continue
+		}
+		if err := w.Put(ctx, target, mustMarshal(t, ptr(taskState(target, "again", 1000)))); err != nil {
+			t.Fatal(err)
+		}
+		want[target] = 1000
+	}
+	// Garbage: a malformed value, a value under the wrong key, a key that
+	// is not an encoded name.
+	if _, err := kv.Put(ctx, "garbage", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "wrongkey", mustMarshal(t, ptr(taskState("other", "id", 1)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "=00", mustMarshal(t, ptr(taskState("x", "id", 1)))); err != nil {
+		t.Fatal(err)
+	}
+
+	r := NewTaskStore(kv, testLog())
+	states, err := r.Replay(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Malformed() != 3 {
+		t.Fatalf("malformed = %d, want 3", r.Malformed())
+	}
+	if len(states) != len(want) {
+		t.Fatalf("replayed %d states, want %d", len(states), len(want))
+	}
+	for _, st := range states {
+		if want[st.Target] != st.Epoch {
+			t.Fatalf("target %q replayed epoch %d, want %d", st.Target, st.Epoch, want[st.Target])
+		}
+		rw, _ := w.Revision(st.Target)
+		rr, ok := r.Revision(st.Target)
+		if !ok || rr != rw {
+			t.Fatalf("target %q: replay revision %d, writer revision %d", st.Target, rr, rw)
+		}
+	}
+	// The malformed key's revision is known, so the selector's next write
+	// of that target replaces the garbage instead of conflicting.
+	if err := r.Put(ctx, "garbage", mustMarshal(t, ptr(taskState("garbage", "id", 1)))); err != nil {
+		t.Fatalf("overwrite malformed value: %v", err)
+	}
+}
+
+func TestTargetsWatcher(t *testing.T) {
+	s := startServer(t)
+	nc := connect(t, s.ClientURL())
+	kv := kvOf(t, nc, TargetsBucket)
+	ctx := testCtx(t, 10*time.Second)
+	c, err := NewClient(nc, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutTarget(ctx, "a", declaredSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutTarget(ctx, "I.I.I.I", declaredSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutTarget(ctx, "gone", declaredSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteTarget(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutTargetRaw(ctx, "bad", []byte(`{"v":1,"profile":"nope"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// PutTarget validates.
+	if err := c.PutTarget(ctx, "x", schemas.TargetSpec{Profile: "declared"}); err == nil {
+		t.Fatalf("PutTarget accepted an invalid spec")
+	}
+
+	tw, specs, err := WatchTargets(ctx, kv, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Stop()
+	if len(specs) != 2 || specs["a"].Profile != schemas.ProfileDeclared || specs["I.I.I.I"].Profile != schemas.ProfileDeclared {
+		t.Fatalf("replayed specs = %v", specs)
+	}
+	if tw.Malformed() != 1 {
+		t.Fatalf("malformed = %d, want 1", tw.Malformed())
+	}
+
+	events := make(chan selector.Event, 16)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); tw.Run(runCtx, func(ev selector.Event) { events <- ev }) }()
+	next := func() selector.Event {
+		select {
+		case ev := <-events:
+			return ev
+		case <-ctx.Done():
+			t.Fatal("no event")
+			return nil
+		}
+	}
+	spec := declaredSpec()
+	spec.Phases[0].WorkS = 7
+	if err := c.PutTarget(ctx, "new one", spec); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := next().(*selector.TargetUpserted); !ok || ev.Target != "new one" || ev.Spec.Phases[0].WorkS != 7 {
+		t.Fatalf("want TargetUpserted for %q, got %#v", "new one", ev)
+	}
+	if err := c.PutTargetRaw(ctx, "a", []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := next().(*selector.Malformed); !ok || ev.Source != SourceTargets {
+		t.Fatalf("want Malformed, got %#v", ev)
+	}
+	if err := c.DeleteTarget(ctx, "I.I.I.I"); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := next().(*selector.TargetDeleted); !ok || ev.Target != "I.I.I.I" {
+		t.Fatalf("want TargetDeleted, got %#v", ev)
+	}
+	if err := kv.Purge(ctx, "new one"); err == nil {
+		t.Fatalf("purge of a raw (unencoded) key should fail in the client")
+	}
+	if err := kv.Purge(ctx, EncodeName("new one")); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := next().(*selector.TargetDeleted); !ok || ev.Target != "new one" {
+		t.Fatalf("want TargetDeleted after purge, got %#v", ev)
+	}
+	stop()
+	<-done
+}
+
+func ptr[T any](v T) *T { return &v }

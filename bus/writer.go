@@ -1,0 +1,171 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/taskselector/taskselector/selector"
+)
+
+// writeItem is one Step's batch for the store writer: its commands in order,
+// the ack to send once its writes are stored, or a flush marker.
+type writeItem struct {
+	cmds  []outCmd
+	ack   func()
+	flush chan struct{}
+}
+
+// storeWriter carries out the store commands of every Step, one at a time
+// and in order, from an unbounded in-memory queue: enqueueing never blocks
+// the engine's lock holder and nothing is dropped. Launch, kill and ps
+// commands of a batch are sent once the writes before them are stored.
+type storeWriter struct {
+	s *SelectorService
+
+	mu   sync.Mutex
+	q    []writeItem
+	wake chan struct{}
+}
+
+func newStoreWriter(s *SelectorService) *storeWriter {
+	return &storeWriter{s: s, wake: make(chan struct{}, 1)}
+}
+
+func (w *storeWriter) enqueue(it writeItem) {
+	w.mu.Lock()
+	w.q = append(w.q, it)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *storeWriter) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.q)
+}
+
+// flush waits until everything queued before it has been carried out.
+func (w *storeWriter) flush(ctx context.Context) error {
+	done := make(chan struct{})
+	w.enqueue(writeItem{flush: done})
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *storeWriter) run(ctx context.Context) {
+	var items []writeItem
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		}
+		for {
+			w.mu.Lock()
+			items, w.q = w.q, items[:0]
+			w.mu.Unlock()
+			if len(items) == 0 {
+				break
+			}
+			for i := range items {
+				w.process(ctx, &items[i])
+				items[i] = writeItem{}
+			}
+		}
+	}
+}
+
+func (w *storeWriter) process(ctx context.Context, it *writeItem) {
+	if it.flush != nil {
+		close(it.flush)
+		return
+	}
+	failed := false
+	for _, c := range it.cmds {
+		switch c.kind {
+		case selector.CmdPersist, selector.CmdDelete:
+			if err := w.write(ctx, c); err != nil {
+				failed = true
+			}
+		case selector.CmdLaunch:
+			if failed {
+				// Write-ahead: a launch whose state is not stored is not
+				// sent. The engine sees no reply and takes its timeout path.
+				w.s.log.Warn("launch not sent: its state could not be stored", "target", c.target, "host", c.host, "task_id", c.taskID)
+				continue
+			}
+			w.s.request(c)
+		default:
+			w.s.request(c)
+		}
+	}
+	if it.ack != nil && !failed {
+		it.ack()
+	}
+}
+
+// write carries out one persist or delete, retrying failures that are not a
+// lost compare-and-swap until ctx ends. A lost compare-and-swap is reported
+// to the engine as a StoreConflict.
+func (w *storeWriter) write(ctx context.Context, c outCmd) error {
+	s := w.s
+	ambiguous := false
+	for attempt := 1; ; attempt++ {
+		if s.beforeWrite != nil {
+			s.beforeWrite()
+		}
+		opCtx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+		var err error
+		if c.kind == selector.CmdPersist {
+			err = s.tasks.Put(opCtx, c.target, c.data)
+		} else {
+			err = s.tasks.Delete(opCtx, c.target)
+		}
+		if err != nil && ambiguous && errors.Is(err, ErrConflict) {
+			// An earlier attempt may have landed before its reply was
+			// lost: if the key holds what we wrote, it did.
+			if ok, rerr := s.tasks.Reconcile(opCtx, c.target, c.data); rerr == nil && ok {
+				err = nil
+			}
+		}
+		cancel()
+		if err == nil {
+			return nil
+		}
+		s.storeErrors.Add(1)
+		if errors.Is(err, ErrConflict) {
+			s.log.Error("store conflict: another writer changed the tasks bucket; launches stop", "target", c.target, "err", err)
+			s.step(&selector.StoreConflict{Target: c.target, Err: err.Error()}, nil)
+			return err
+		}
+		if ctx.Err() != nil {
+			s.log.Error("store write abandoned at shutdown", "target", c.target, "op", c.kind, "err", err)
+			return err
+		}
+		ambiguous = true
+		if s.logLimit.allow("store-write") {
+			s.log.Warn("store write failed; retrying", "target", c.target, "op", c.kind, "attempt", attempt, "err", err)
+		}
+		if !sleepCtx(ctx, writeRetryDelay(attempt)) {
+			s.log.Error("store write abandoned at shutdown", "target", c.target, "op", c.kind, "err", err)
+			return err
+		}
+	}
+}
+
+func writeRetryDelay(attempt int) time.Duration {
+	d := 20 * time.Millisecond
+	for i := 1; i < attempt && d < 2*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 2*time.Second)
+}
