@@ -1,0 +1,55 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.engine()
+	if e.LaunchTimeout != 3*time.Second || e.HeartbeatStale != 5*time.Second || e.BackoffMax != 10*time.Second ||
+		e.MaxPendingLaunches != 1 || e.RecoveryGrace != e.HeartbeatStale || c.SubjectPrefix != "tasks" || c.DataDir != "./data" {
+		t.Fatalf("unexpected defaults: %+v / %+v", c, e)
+	}
+	if err := e.Validate(); err != nil {
+		t.Fatalf("default engine config invalid: %v", err)
+	}
+}
+
+func TestConfigBadValuesNameTheVariable(t *testing.T) {
+	for _, tc := range []struct {
+		key, val, want string
+	}{
+		{"SELECTOR_LAUNCH_TIMEOUT", "soon", "SELECTOR_LAUNCH_TIMEOUT: want a positive duration"},
+		{"SELECTOR_LAUNCH_TIMEOUT", "-1s", "SELECTOR_LAUNCH_TIMEOUT: want a positive duration"},
+		{"SELECTOR_MAX_PENDING_LAUNCHES", "0", "SELECTOR_MAX_PENDING_LAUNCHES: want a whole number of at least 1"},
+		{"SELECTOR_MAX_PENDING_LAUNCHES", "two", "SELECTOR_MAX_PENDING_LAUNCHES: want a whole number of at least 1"},
+		{"SELECTOR_HOST_HEADROOM_MIB", "-5", "SELECTOR_HOST_HEADROOM_MIB: want a whole number of MiB, 0 or more"},
+		{"SELECTOR_BACKOFF_MAX", "100ms", "SELECTOR_BACKOFF_MAX: want a positive duration no smaller than SELECTOR_BACKOFF_BASE"},
+		{"SELECTOR_SUBJECT_PREFIX", "tasks.>", "SELECTOR_SUBJECT_PREFIX: want a NATS subject token"},
+		{"SELECTOR_LOG_LEVEL", "loud", "SELECTOR_LOG_LEVEL: want one of debug, info, warn, error"},
+		{"SIM_SPEED", "fast", "SIM_SPEED: want a number of game seconds per real second"},
+	} {
+		t.Run(tc.key+"="+tc.val, func(t *testing.T) {
+			t.Setenv(tc.key, tc.val)
+			_, err := loadConfig()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("loadConfig() = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSplitListen(t *testing.T) {
+	if h, p, err := splitListen("127.0.0.1:0"); err != nil || h != "127.0.0.1" || p != -1 {
+		t.Fatalf("splitListen(:0) = %q %d %v", h, p, err)
+	}
+	if _, _, err := splitListen("nohostport"); err == nil || !strings.Contains(err.Error(), "SELECTOR_LISTEN") {
+		t.Fatalf("splitListen(bad) = %v", err)
+	}
+}
