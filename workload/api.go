@@ -26,7 +26,18 @@ type Estimate struct {
 	// Value is the worth of the target's work per second at full size
 	// (income per second for hacking, the spec's value for declared); > 0.
 	Value float64
+	// Priority ranks pending targets: value per MiB of RAM, higher first.
+	// declared: Value / FullMiB. hacking: the best income per MiB-second a
+	// harvest of the target reaches (times spec.Value when set), weighted by
+	// PhaseWeight, so that a phase that earns now outranks one that only
+	// prepares to earn later.
+	Priority float64
 }
+
+// PhaseWeight discounts a hacking phase's priority: harvest earns now, sow
+// and till only lead to it. The steps are wide enough that any harvest
+// outranks any sow and any sow any till among early-game targets.
+var PhaseWeight = map[string]float64{PhaseHarvest: 1, PhaseSow: 1e-3, PhaseTill: 1e-6}
 
 // MinMiB is the smallest useful budget: wrapper plus minimum helpers.
 func (e Estimate) MinMiB() int64 { return e.WrapperMiB + e.HelpersMinMiB }

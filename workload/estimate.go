@@ -19,7 +19,7 @@ import (
 //     (at least 1), min = 1 weaken thread;
 //   - sow: full = the grow threads that take money to its maximum plus the
 //     weaken threads that cancel their security (at least 1 + 1), min = one
-//     12:1 grow:weaken step (fewer grows when fewer are needed);
+//     grow and one weaken thread;
 //   - harvest: full = overlap * batch RAM, min = one batch with one hack
 //     thread.
 //
@@ -50,12 +50,14 @@ func (p Params) Estimate(spec *schemas.TargetSpec, phase string) (Estimate, erro
 		if err := checkPhase(ph); err != nil {
 			return Estimate{}, err
 		}
-		return Estimate{
+		e := Estimate{
 			WrapperMiB:     min(ph.WrapperMiB, p.MaxMiB),
 			HelpersMinMiB:  min(ph.HelpersMinMiB, p.MaxMiB),
 			HelpersFullMiB: min(ph.HelpersFullMiB, p.MaxMiB),
 			Value:          p.clampValue(weight),
-		}, nil
+		}
+		e.Priority = e.Value / float64(max(e.FullMiB(), 1))
+		return e, nil
 	case schemas.ProfileHacking:
 		if spec.Metrics == nil {
 			return Estimate{}, fmt.Errorf("%w: hacking profile without metrics", ErrInvalidSpec)
@@ -68,11 +70,16 @@ func (p Params) Estimate(spec *schemas.TargetSpec, phase string) (Estimate, erro
 		if err != nil {
 			return Estimate{}, err
 		}
+		perMiB, err := p.IncomePerMiBSecond(m)
+		if err != nil {
+			perMiB = 0
+		}
 		return Estimate{
 			WrapperMiB:     p.WrapperMiB,
 			HelpersMinMiB:  minH,
 			HelpersFullMiB: fullH,
 			Value:          p.clampValue(weight * p.income(m)),
+			Priority:       p.clampValue(weight*perMiB) * PhaseWeight[phase],
 		}, nil
 	default:
 		return Estimate{}, fmt.Errorf("%w: unknown profile %q", ErrInvalidSpec, spec.Profile)
@@ -167,7 +174,12 @@ func (p Params) hackingHelpers(m schemas.HackingMetrics, phase string) (minMiB, 
 		g = max(g, 1)
 		w = max(w, 1)
 		full := p.growWeakenMiB(g, w)
-		step := p.growWeakenMiB(min(g, p.growsPerWeaken()), 1)
+		// The reference calls one 12:1 grow/weaken step the smallest
+		// useful sow, and it is the most grow per weaken. But that is
+		// 22.75 GiB of helpers, more than any early-game host holds; one
+		// grow and one weaken thread still grow money without raising
+		// security, only slower, so that is the minimum here.
+		step := p.growWeakenMiB(1, 1)
 		return min(step, full), full, nil
 	case PhaseHarvest:
 		h, err := p.PlanHarvest(m)

@@ -66,9 +66,9 @@ func TestWorkedSizesSow(t *testing.T) {
 			if gib := float64(est.HelpersFullMiB) / MiBPerGiB; gib != 59.5 {
 				t.Errorf("full sow = %v GiB, want 59.5", gib)
 			}
-			// The minimum is one 12:1 grow:weaken step.
-			if est.HelpersMinMiB != 12*p.GrowThreadMiB+p.WeakenThreadMiB {
-				t.Errorf("min sow = %d MiB, want 12 g + 1 w = %d", est.HelpersMinMiB, 12*p.GrowThreadMiB+p.WeakenThreadMiB)
+			// The minimum is one grow and one weaken thread (see hackingHelpers).
+			if est.HelpersMinMiB != p.GrowThreadMiB+p.WeakenThreadMiB {
+				t.Errorf("min sow = %d MiB, want 1 g + 1 w = %d", est.HelpersMinMiB, p.GrowThreadMiB+p.WeakenThreadMiB)
 			}
 			if est.WrapperMiB != p.WrapperMiB {
 				t.Errorf("wrapper = %d, want %d", est.WrapperMiB, p.WrapperMiB)
@@ -239,7 +239,7 @@ func TestDeclaredEstimate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if est != (Estimate{64, 256, 4096, 1}) {
+	if est != (Estimate{64, 256, 4096, 1, 1.0 / 4160}) {
 		t.Errorf("build estimate %+v", est)
 	}
 	if est.MinMiB() != 320 || est.FullMiB() != 4160 {
@@ -251,7 +251,7 @@ func TestDeclaredEstimate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if est != (Estimate{32, 0, 0, 2.5}) {
+	if est != (Estimate{32, 0, 0, 2.5, 2.5 / 32}) {
 		t.Errorf("serve estimate %+v", est)
 	}
 	if _, err := p.Estimate(spec, "till"); !errors.Is(err, ErrUnknownPhase) {
@@ -536,5 +536,40 @@ func TestIncomePerMiBSecond(t *testing.T) {
 	}
 	if v, err := p.IncomePerMiBSecond(server(t, "silver-helix").Metrics(DemoLevel)); err != nil || v != 0 {
 		t.Errorf("unhackable target: %v, %v", v, err)
+	}
+}
+
+// TestPriorityRanksEarningPhasesFirst checks that, among the early-game
+// targets, every harvest outranks every sow and every sow every till, and
+// that within a phase a target that earns more per MiB ranks higher.
+func TestPriorityRanksEarningPhasesFirst(t *testing.T) {
+	p := DefaultParams()
+	lowest := map[string]float64{}
+	highest := map[string]float64{}
+	for _, s := range EarlyGame() {
+		if !s.IsTarget() || !s.Hackable(DemoLevel) {
+			continue
+		}
+		spec := s.Spec(DemoLevel)
+		perMiB, err := p.IncomePerMiBSecond(*spec.Metrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, phase := range []string{PhaseTill, PhaseSow, PhaseHarvest} {
+			est, err := p.Estimate(&spec, phase)
+			if err != nil {
+				continue // a phase this target does not need (e.g. no money to grow)
+			}
+			if want := perMiB * PhaseWeight[phase]; math.Abs(est.Priority-want) > 1e-12*want {
+				t.Errorf("%s %s: priority %g, want %g", s.Name, phase, est.Priority, want)
+			}
+			if l, ok := lowest[phase]; !ok || est.Priority < l {
+				lowest[phase] = est.Priority
+			}
+			highest[phase] = max(highest[phase], est.Priority)
+		}
+	}
+	if !(lowest[PhaseHarvest] > highest[PhaseSow] && lowest[PhaseSow] > highest[PhaseTill]) {
+		t.Errorf("phases overlap: lowest %v, highest %v", lowest, highest)
 	}
 }
