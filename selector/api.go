@@ -11,7 +11,8 @@ import (
 // events; pass them as pointers.
 type Event interface{ isEvent() }
 
-// TargetUpserted declares a target or changes its spec.
+// TargetUpserted declares a target or changes its spec. The engine takes
+// ownership of Spec (its Phases, Value and Metrics): do not change it later.
 type TargetUpserted struct {
 	Target string
 	Spec   schemas.TargetSpec

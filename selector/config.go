@@ -52,6 +52,9 @@ func (c Config) WithDefaults() Config {
 	if c.BackoffFactor == 0 {
 		c.BackoffFactor = d.BackoffFactor
 	}
+	if c.BackoffJitter == 0 {
+		c.BackoffJitter = d.BackoffJitter
+	}
 	if c.MaxPendingLaunches == 0 {
 		c.MaxPendingLaunches = d.MaxPendingLaunches
 	}

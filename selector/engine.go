@@ -14,6 +14,7 @@ package selector
 import (
 	"fmt"
 	"hash/fnv"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -177,8 +178,9 @@ type Engine struct {
 
 	targets map[string]*target
 	hosts   map[string]*host
-	hostSeq []*host // in order of first sight, for deterministic placement
-	tasks   []*task // every live task
+	hostSeq []*host   // in order of first sight, for deterministic placement
+	tasks   []*task   // every live task
+	hot     []taskHot // what a tick reads of each task, at the same index as tasks
 	byID    map[string]*task
 	tombs   map[string]uint64 // last epoch of deleted targets, so epochs never repeat
 
@@ -186,7 +188,7 @@ type Engine struct {
 	delayed targetHeap
 
 	pendingLaunches int
-	pendingByPID    map[pidKey]*task
+	pendingByPID    map[pidKey]*task // pending launches by host and PID (once the reply gives it)
 
 	backoff backoff
 	ids     *rand.Rand // task id suffixes
@@ -210,6 +212,31 @@ type Engine struct {
 	skipped  []*target
 	elig     []hostFree // scratch for launchOne
 	stale    []*host    // scratch for checkHosts
+	slab     []task     // New allocates recorded tasks from this
+}
+
+// taskHot is the part of a task a tick reads for every task, kept in one
+// contiguous slice so that a tick over many tasks stays in cache.
+type taskHot struct {
+	phase  taskPhase
+	lastHB time.Duration // since Engine.start; noHeartbeat when none came
+}
+
+const noHeartbeat = time.Duration(math.MinInt64)
+
+// since is t as an offset from the engine's start (monotonic when the edge
+// passes monotonic times).
+func (e *Engine) since(t time.Time) time.Duration {
+	if t.IsZero() {
+		return noHeartbeat
+	}
+	return t.Sub(e.start)
+}
+
+// setPhase moves task k to phase p.
+func (e *Engine) setTaskPhase(k *task, p taskPhase) {
+	k.phase = p
+	e.hot[k.idx].phase = p
 }
 
 type pidKey struct {
@@ -223,7 +250,8 @@ type hostFree struct {
 }
 
 // New builds an engine at time now from a snapshot of declared targets and
-// persisted task states. Recorded tasks start unconfirmed; launches wait for
+// persisted task states. The engine takes ownership of the snapshot's specs
+// (their Phases, Value and Metrics): the caller must not change them later. Recorded tasks start unconfirmed; launches wait for
 // the recovery grace. Commands that the rebuild itself calls for (a ps of
 // every host named by a record, the deletion of records whose target is no
 // longer declared) are returned by the first Step.
@@ -256,39 +284,31 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 			MalformedMessages: map[string]uint64{},
 		},
 	}
-	names := make([]string, 0, len(snap.Targets))
-	for name := range snap.Targets {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	ts := make([]target, len(names)) // one allocation for every target
-	for i, name := range names {
+	// One allocation for all targets and one for all recorded tasks. The
+	// order targets are built in does not matter: the queue orders them.
+	ts := make([]target, len(snap.Targets))
+	i := 0
+	for name, spec := range snap.Targets {
 		t := &ts[i]
+		i++
 		t.name, t.qidx, t.didx = name, -1, -1
 		e.targets[name] = t
-		e.setSpec(t, snap.Targets[name])
+		e.setSpec(t, spec)
 	}
-	recs := make([]*schemas.TaskState, 0, len(snap.Tasks))
+	e.slab = make([]task, 0, len(snap.Tasks))
+	e.tasks = make([]*task, 0, len(snap.Tasks))
+	e.hot = make([]taskHot, 0, len(snap.Tasks))
 	for i := range snap.Tasks {
-		recs = append(recs, &snap.Tasks[i])
+		e.restore(now, &snap.Tasks[i])
 	}
-	// Records are applied in target order so that the rebuild does not
-	// depend on the order the store listed them in.
-	slices.SortStableFunc(recs, func(a, b *schemas.TaskState) int {
-		switch {
-		case a.Target < b.Target:
-			return -1
-		case a.Target > b.Target:
-			return 1
-		}
-		return 0
-	})
-	for _, st := range recs {
-		e.restore(now, st)
-	}
-	e.pending.items = slices.Grow(e.pending.items, len(names))
-	for _, name := range names {
-		if t := e.targets[name]; t.task == nil {
+	e.slab = nil
+	// Hosts are placed on in order of first sight: make that order the
+	// names', whatever order the store listed the records in.
+	slices.SortFunc(e.hostSeq, func(a, b *host) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(e.out, func(a, b Command) int { return strings.Compare(a.Target, b.Target) }) // deletions
+	e.pending.items = slices.Grow(e.pending.items, len(ts))
+	for i := range ts {
+		if t := &ts[i]; t.task == nil {
 			e.requeue(now, t)
 		}
 	}
@@ -335,7 +355,7 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 		return // a second record for one target: the first one stands
 	}
 	r := st.Task
-	if r == nil || r.TaskID == "" || r.Host == "" || st.Epoch == 0 || e.byID[r.TaskID] != nil {
+	if r == nil || r.TaskID == "" || r.Host == "" || st.Epoch == 0 {
 		// No task (or a record this engine cannot use): every epoch so far
 		// is closed.
 		t.closedEpoch = max(t.closedEpoch, st.Epoch)
@@ -345,8 +365,21 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 		return
 	}
 	t.closedEpoch = max(t.closedEpoch, st.Epoch-1)
+	n := len(e.byID)
+	e.byID[r.TaskID] = nil // attach sets it
+	if len(e.byID) == n {
+		// Two records name one task id: the first stands. (Checked by
+		// the map's size, so that a rebuild does one map operation per
+		// record here, not two.)
+		e.byID[r.TaskID] = e.findTask(r.TaskID)
+		t.closedEpoch = max(t.closedEpoch, st.Epoch)
+		if t.deleted {
+			e.forget(t)
+		}
+		return
+	}
 	h := e.hostNamed(now, r.Host)
-	k := &task{
+	e.slab = append(e.slab, task{
 		id:         r.TaskID,
 		epoch:      st.Epoch,
 		t:          t,
@@ -357,9 +390,20 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 		phase:      tSuspect,
 		why:        suspectRecovered,
 		launchedAt: now,
-	}
-	e.attach(k, h)
+	})
+	e.attach(&e.slab[len(e.slab)-1], h)
 	e.recorded++
+}
+
+// findTask finds a task by id the slow way, for the rare case where byID
+// cannot be trusted.
+func (e *Engine) findTask(id string) *task {
+	for _, k := range e.tasks {
+		if k.id == id {
+			return k
+		}
+	}
+	return nil
 }
 
 // setPhase moves t to phase if its spec has an estimate for it, and reports
@@ -392,12 +436,13 @@ func (e *Engine) attach(k *task, h *host) {
 	k.t.task = k
 	k.idx = len(e.tasks)
 	e.tasks = append(e.tasks, k)
+	e.hot = append(e.hot, taskHot{phase: k.phase, lastHB: e.since(k.lastHB)})
 	k.hostIdx = len(h.tasks)
 	h.tasks = append(h.tasks, k)
 	h.reserved += k.accounted()
 	h.taskUsed += k.used
 	e.byID[k.id] = k
-	if k.pid != 0 && !k.confirmed {
+	if k.pid != 0 && k.countedPen {
 		e.pendingByPID[pidKey{h.name, k.pid}] = k
 	}
 }
@@ -417,13 +462,13 @@ func (e *Engine) detach(k *task) {
 	e.tasks[k.idx].idx = k.idx
 	e.tasks[last] = nil
 	e.tasks = e.tasks[:last]
+	e.hot[k.idx] = e.hot[last]
+	e.hot = e.hot[:last]
 	delete(e.byID, k.id)
-	if k.pid != 0 {
-		if e.pendingByPID[pidKey{h.name, k.pid}] == k {
+	if k.countedPen {
+		if k.pid != 0 && e.pendingByPID[pidKey{h.name, k.pid}] == k {
 			delete(e.pendingByPID, pidKey{h.name, k.pid})
 		}
-	}
-	if k.countedPen {
 		k.countedPen = false
 		e.pendingLaunches--
 	}
@@ -456,17 +501,12 @@ func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
 		return
 	}
 	wasComplete := t.complete
-	spec = cloneSpec(spec) // the engine keeps no reference into the caller's spec
 	t.declared = spec
-	t.spec = cloneSpec(spec)
+	t.spec = spec // shared: the engine changes neither in place, it only replaces them
 	t.hasSpec = true
 	t.blocked = ""
 	t.complete = false
-	if err := workload.Validate(&t.spec); err != nil {
-		t.blocked = "invalid spec: " + err.Error()
-		return
-	}
-	phase, err := workload.InitialPhase(&t.spec)
+	phase, err := workload.InitialPhase(&t.spec) // validates the spec too
 	if err != nil {
 		t.blocked = "invalid spec: " + err.Error()
 		return
@@ -476,20 +516,6 @@ func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
 	}
 	t.phase = phase
 	e.estimate(t)
-}
-
-// cloneSpec copies a spec deeply.
-func cloneSpec(s schemas.TargetSpec) schemas.TargetSpec {
-	if s.Value != nil {
-		v := *s.Value
-		s.Value = &v
-	}
-	if s.Metrics != nil {
-		m := *s.Metrics
-		s.Metrics = &m
-	}
-	s.Phases = slices.Clone(s.Phases)
-	return s
 }
 
 // specEqual reports whether two specs declare the same thing.
@@ -874,12 +900,12 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 	}
 	if k.pid == 0 && ev.Reply.PID > 0 {
 		k.pid = ev.Reply.PID
-		if !k.confirmed {
+		if k.countedPen {
 			e.pendingByPID[pidKey{k.host.name, k.pid}] = k
 		}
 	}
 	if k.phase == tLaunching {
-		k.phase = tLaunched
+		e.setTaskPhase(k, tLaunched)
 	}
 	if k.why == suspectDeleted && k.phase != tKilling && k.phase != tSuspect {
 		e.kill(now, k, "target deleted")
@@ -926,6 +952,7 @@ func (e *Engine) heartbeat(now time.Time, hb *schemas.Heartbeat) bool {
 		return false
 	}
 	k.lastHB = now
+	e.hot[k.idx].lastHB = now.Sub(e.start)
 	if hb.RAM.UsedMiB != k.used {
 		e.setUsed(k, hb.RAM.UsedMiB)
 	}
@@ -948,7 +975,7 @@ func (e *Engine) confirm(now time.Time, k *task, pid int64) bool {
 		return false
 	}
 	first := !k.confirmed
-	k.phase = tActive
+	e.setTaskPhase(k, tActive)
 	k.probeOut = false
 	k.psMissing = false
 	if first {
@@ -957,10 +984,10 @@ func (e *Engine) confirm(now time.Time, k *task, pid int64) bool {
 		if k.why == suspectRecovered {
 			e.recordedOK++
 		}
-		if k.pid != 0 && e.pendingByPID[pidKey{k.host.name, k.pid}] == k {
-			delete(e.pendingByPID, pidKey{k.host.name, k.pid})
-		}
 		if k.countedPen {
+			if k.pid != 0 && e.pendingByPID[pidKey{k.host.name, k.pid}] == k {
+				delete(e.pendingByPID, pidKey{k.host.name, k.pid})
+			}
 			k.countedPen = false
 			e.pendingLaunches--
 			e.counters.Confirmed++
@@ -1033,7 +1060,7 @@ func (e *Engine) wouldFence(targetName, taskID string, epoch uint64) bool {
 
 // suspect marks k suspect and asks its host whether it runs.
 func (e *Engine) suspect(now time.Time, k *task, why suspicion) {
-	k.phase = tSuspect
+	e.setTaskPhase(k, tSuspect)
 	k.why = why
 	e.ps(now, k)
 	e.persist(now, k.t)
@@ -1050,7 +1077,7 @@ func (e *Engine) ps(now time.Time, k *task) {
 }
 
 func (e *Engine) kill(now time.Time, k *task, reason string) {
-	k.phase = tKilling
+	e.setTaskPhase(k, tKilling)
 	k.probeOut = true
 	k.probeAt = now
 	e.counters.Kills++
@@ -1348,8 +1375,19 @@ func (e *Engine) tick(now time.Time) {
 	}
 	watch := !now.Before(e.graceUntil)
 	lost := 2 * e.cfg.ReplyTimeout // a probe this old is taken as unanswered
+	// An active task is stale once max(lastHB, staleBase) is this old; the
+	// common case, an active task heard from recently, is decided from the
+	// hot slice alone.
+	staleAt := now.Sub(e.start) - e.cfg.HeartbeatStale
+	checkStale := watch && e.since(e.staleBase) <= staleAt
 	suspectsMissing, watched := 0, 0
 	for i := 0; i < len(e.tasks); i++ {
+		if hk := &e.hot[i]; hk.phase == tActive {
+			watched++
+			if !checkStale || hk.lastHB > staleAt {
+				continue
+			}
+		}
 		k := e.tasks[i]
 		switch k.phase {
 		case tLaunching, tLaunched:
@@ -1362,8 +1400,7 @@ func (e *Engine) tick(now time.Time) {
 				e.suspect(now, k, why)
 			}
 		case tActive:
-			watched++
-			if watch && now.Sub(maxTime(k.lastHB, e.staleBase)) >= e.cfg.HeartbeatStale {
+			if now.Sub(maxTime(k.lastHB, e.staleBase)) >= e.cfg.HeartbeatStale {
 				e.counters.Stale++
 				e.suspect(now, k, suspectStale)
 			}

@@ -1,0 +1,152 @@
+package selector
+
+import (
+	"fmt"
+	"math"
+)
+
+// checkInvariants verifies the engine's internal bookkeeping: every index
+// agrees with every other, the ledger sums what its tasks hold, at most one
+// task runs per target, and no target is forgotten (every target that may
+// run and has no task is in line).
+func (e *Engine) checkInvariants() error {
+	seenTarget := make(map[*target]*task, len(e.tasks))
+	pendingCount := 0
+	type sums struct{ reserved, used int64 }
+	perHost := make(map[*host]*sums, len(e.hostSeq))
+	for i, k := range e.tasks {
+		if k.idx != i {
+			return fmt.Errorf("task %s: idx %d, at %d", k.id, k.idx, i)
+		}
+		if i >= len(e.hot) || e.hot[i].phase != k.phase || e.hot[i].lastHB != e.since(k.lastHB) {
+			return fmt.Errorf("task %s: hot entry out of step", k.id)
+		}
+		if e.byID[k.id] != k {
+			return fmt.Errorf("task %s: not in byID", k.id)
+		}
+		if prev := seenTarget[k.t]; prev != nil {
+			return fmt.Errorf("target %s has two tasks: %s and %s", k.t.name, prev.id, k.id)
+		}
+		seenTarget[k.t] = k
+		if k.t.task != k {
+			return fmt.Errorf("task %s: its target %s points at another task", k.id, k.t.name)
+		}
+		if e.targets[k.t.name] != k.t {
+			return fmt.Errorf("task %s: its target %s is not declared in the engine", k.id, k.t.name)
+		}
+		if k.hostIdx >= len(k.host.tasks) || k.host.tasks[k.hostIdx] != k {
+			return fmt.Errorf("task %s: not at its index on host %s", k.id, k.host.name)
+		}
+		if e.hosts[k.host.name] != k.host {
+			return fmt.Errorf("task %s: host %s unknown", k.id, k.host.name)
+		}
+		if k.epoch <= k.t.closedEpoch {
+			return fmt.Errorf("task %s: epoch %d not above the closed epoch %d", k.id, k.epoch, k.t.closedEpoch)
+		}
+		if k.epoch > k.t.epoch {
+			return fmt.Errorf("task %s: epoch %d above its target's %d", k.id, k.epoch, k.t.epoch)
+		}
+		if k.budget < 0 || k.used < 0 || k.wrapper < 0 || k.wrapper > k.budget {
+			return fmt.Errorf("task %s: bad RAM budget=%d wrapper=%d used=%d", k.id, k.budget, k.wrapper, k.used)
+		}
+		if k.countedPen {
+			pendingCount++
+			if k.confirmed {
+				return fmt.Errorf("task %s: confirmed but counted as a pending launch", k.id)
+			}
+		}
+		if k.host.lost {
+			return fmt.Errorf("task %s: on lost host %s", k.id, k.host.name)
+		}
+		s := perHost[k.host]
+		if s == nil {
+			s = &sums{}
+			perHost[k.host] = s
+		}
+		s.reserved += k.accounted()
+		s.used += k.used
+	}
+	if len(e.hot) != len(e.tasks) {
+		return fmt.Errorf("hot has %d entries, tasks %d", len(e.hot), len(e.tasks))
+	}
+	if len(e.byID) != len(e.tasks) {
+		return fmt.Errorf("byID has %d tasks, tasks %d", len(e.byID), len(e.tasks))
+	}
+	if pendingCount != e.pendingLaunches {
+		return fmt.Errorf("pendingLaunches %d, counted %d", e.pendingLaunches, pendingCount)
+	}
+	if e.pendingLaunches > e.cfg.MaxPendingLaunches {
+		return fmt.Errorf("pendingLaunches %d above the window %d", e.pendingLaunches, e.cfg.MaxPendingLaunches)
+	}
+	for key, k := range e.pendingByPID {
+		if e.byID[k.id] != k || k.pid != key.pid || k.host.name != key.host || k.confirmed {
+			return fmt.Errorf("pendingByPID[%v] -> %s is stale", key, k.id)
+		}
+	}
+	if len(e.hostSeq) != len(e.hosts) {
+		return fmt.Errorf("hostSeq has %d hosts, hosts %d", len(e.hostSeq), len(e.hosts))
+	}
+	for _, h := range e.hostSeq {
+		var s sums
+		if p := perHost[h]; p != nil {
+			s = *p
+		}
+		if h.reserved != s.reserved || h.taskUsed != s.used {
+			return fmt.Errorf("host %s: reserved %d used %d, its tasks hold %d and use %d",
+				h.name, h.reserved, h.taskUsed, s.reserved, s.used)
+		}
+	}
+	if err := e.pending.check(); err != nil {
+		return fmt.Errorf("pending queue: %w", err)
+	}
+	if err := e.delayed.check(); err != nil {
+		return fmt.Errorf("delay queue: %w", err)
+	}
+	for name, t := range e.targets {
+		if t.name != name {
+			return fmt.Errorf("target %q stored under %q", t.name, name)
+		}
+		if t.closedEpoch > t.epoch {
+			return fmt.Errorf("target %s: closed epoch %d above epoch %d", name, t.closedEpoch, t.epoch)
+		}
+		inP, inD := e.pending.contains(t), e.delayed.contains(t)
+		if inP && inD {
+			return fmt.Errorf("target %s is both pending and delayed", name)
+		}
+		if math.IsNaN(t.priority) || math.IsInf(t.priority, 0) || t.priority < 0 {
+			return fmt.Errorf("target %s: priority %v", name, t.priority)
+		}
+		mayRun := t.hasSpec && t.blocked == "" && !t.complete && !t.deleted
+		switch {
+		case t.task != nil && (inP || inD):
+			return fmt.Errorf("target %s has a task and is queued", name)
+		case t.task == nil && mayRun && !inP && !inD:
+			return fmt.Errorf("target %s is forgotten: no task, not blocked or complete, not queued", name)
+		case !mayRun && (inP || inD):
+			return fmt.Errorf("target %s is queued but may not run (blocked %q complete %v deleted %v)",
+				name, t.blocked, t.complete, t.deleted)
+		case t.deleted && t.task == nil:
+			return fmt.Errorf("target %s deleted without a task but still kept", name)
+		}
+		if t.task == nil && t.blocked == "" && t.hasSpec && (t.est.MinMiB() < 0 || t.est.FullMiB() < t.est.MinMiB()) {
+			return fmt.Errorf("target %s: estimate %+v", name, t.est)
+		}
+	}
+	if e.pending.len()+e.delayed.len() > len(e.targets) {
+		return fmt.Errorf("queues hold %d targets, only %d exist", e.pending.len()+e.delayed.len(), len(e.targets))
+	}
+	return nil
+}
+
+// check verifies the heap order and the positions recorded in the targets.
+func (h *targetHeap) check() error {
+	for i, t := range h.items {
+		if *h.pos(t) != i {
+			return fmt.Errorf("%s at %d records %d", t.name, i, *h.pos(t))
+		}
+		if i > 0 && h.less(t, h.items[(i-1)/2]) {
+			return fmt.Errorf("%s at %d is before its parent", t.name, i)
+		}
+	}
+	return nil
+}
