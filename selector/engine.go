@@ -153,6 +153,7 @@ type host struct {
 	used       int64 // reported by the host
 	reserved   int64 // sum of accounted() of its tasks
 	taskUsed   int64 // sum of used of its tasks
+	foreignMiB int64 // use no task accounts for, as of the last status
 	seen       bool  // a HostStatus has arrived
 	lastStatus time.Time
 	draining   bool
@@ -164,7 +165,10 @@ type host struct {
 }
 
 // foreign is the RAM in use on h that none of the engine's tasks accounts for.
-func (h *host) foreign() int64 { return max(h.used-h.taskUsed, 0) }
+// It is worked out when a status arrives, from the tasks that status lists
+// (see hostStatus), and held until the next one: tasks started since are
+// booked by their reservations, not subtracted from a stale figure.
+func (h *host) foreign() int64 { return h.foreignMiB }
 
 // free is the RAM a new task may take on h.
 func (h *host) free(headroom int64) int64 {
@@ -543,8 +547,12 @@ func (e *Engine) estimate(t *target) {
 	t.priority = priorityOf(t.est)
 }
 
-// priorityOf is a target's value per MiB at full size.
+// priorityOf is a target's value per MiB: the estimate's Priority (see
+// workload.Estimate), or its value per MiB at full size when that is unset.
 func priorityOf(est workload.Estimate) float64 {
+	if est.Priority > 0 {
+		return est.Priority
+	}
 	if full := est.FullMiB(); full > 0 {
 		return est.Value / float64(full)
 	}
@@ -1222,7 +1230,7 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 		e.counters.Failures[fail]++
 	}
 	e.detach(k)
-	if cause != closeDone {
+	if cause != closeDone && !t.deleted {
 		e.counters.Requeues++
 	}
 	switch cause {
@@ -1290,7 +1298,12 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	switch {
 	case reason == schemas.ReasonHelpersUnavailable:
 		e.close(now, k, closeRAM, reason)
-	case k.phase == tKilling || reason == schemas.ReasonKilled:
+	case k.phase == tKilling:
+		// The engine's own kill: count it as the kill reply would, so
+		// that the cause does not depend on which message comes first.
+		cause, fail := killedCause(k)
+		e.close(now, k, cause, fail)
+	case reason == schemas.ReasonKilled:
 		cause, _ := killedCause(k)
 		e.close(now, k, cause, reason)
 	default:
@@ -1333,6 +1346,13 @@ func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
 	h.draining = st.Draining
 	h.avoided = false
 	h.lost = false
+	var owned int64
+	for _, id := range st.Tasks {
+		if k := e.byID[id]; k != nil && k.host == h {
+			owned += k.used
+		}
+	}
+	h.foreignMiB = max(h.used-owned, 0)
 	if !e.connected || len(st.Tasks) == 0 {
 		return
 	}

@@ -836,9 +836,37 @@ func TestHeadroomAndForeignUseShrinkBudgets(t *testing.T) {
 	// the host's use includes it (not foreign).
 	hb := h.heartbeatMsg(h.task("a#1"), 70)
 	h.step(&HeartbeatReceived{Heartbeat: hb})
-	h.hostStatus("h1", 100, 100)
+	h.hostStatus("h1", 100, 100, h.task("a#1").id)
 	if hl := h.hostLine("h1"); hl.ReservedMiB != 70 || hl.FreeMiB != 0 {
 		t.Fatalf("%+v", hl)
+	}
+}
+
+// TestForeignUseIsNotErodedByLaterTasks: foreign use is what a status
+// reports beyond the tasks it lists. A task started after that status, whose
+// heartbeats report use, must not make the host look freer than it is.
+func TestForeignUseIsNotErodedByLaterTasks(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxPendingLaunches = 10
+	h := newHarness(t, cfg)
+	h.declare("a", simple(10, 10, 90))
+	h.declare("b", simple(10, 10, 90))
+	h.start()
+	h.hostStatus("h1", 400, 150) // 150 MiB used by something else
+	h.advance(5 * time.Second)
+	h.hostStatus("h1", 400, 150)
+	h.expectKinds(h.tick(), CmdPersist, CmdLaunch, CmdPersist, CmdLaunch)
+	for _, name := range []string{"a#1", "b#1"} {
+		h.step(&HeartbeatReceived{Heartbeat: h.heartbeatMsg(h.task(name), 90)})
+	}
+	// No status since the launches: 400 - 150 foreign - 2×100 reserved.
+	if hl := h.hostLine("h1"); hl.FreeMiB != 50 {
+		t.Fatalf("free %d MiB before the next status, want 50: %+v", hl.FreeMiB, hl)
+	}
+	// The next status lists both tasks and counts their use: still 50.
+	h.hostStatus("h1", 400, 150+180, h.task("a#1").id, h.task("b#1").id)
+	if hl := h.hostLine("h1"); hl.FreeMiB != 50 {
+		t.Fatalf("free %d MiB after the status, want 50: %+v", hl.FreeMiB, hl)
 	}
 }
 
