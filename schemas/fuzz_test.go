@@ -7,19 +7,24 @@ import (
 	"testing"
 )
 
-// fuzzMessage fuzzes a strict decoder: it must never panic, must fail only
-// with a *FieldError, and whatever it accepts must survive Marshal and a
-// second decode unchanged.
+// fuzzMessage fuzzes a strict decoder: it must never panic, must judge
+// every input as the reference decoder it replaced does (equal results or
+// equal errors), must fail only with a *FieldError, and whatever it accepts
+// must survive Marshal and a second decode unchanged.
 func fuzzMessage[T Message](f *testing.F, decode func([]byte) (T, error)) {
 	var zero T
 	name := zero.MessageName()
 	for _, ex := range examples(f, name) {
 		f.Add(ex)
 		f.Add(ex[:len(ex)/2])
+		if m, err := referenceDecode[T](ex); err == nil {
+			f.Add(mustMarshal(f, m)) // keys in declaration order
+		}
 	}
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		sameAsReference(t, b, decode, referenceDecode[T])
 		m, err := decode(b)
 		if err != nil {
 			var fe *FieldError
@@ -63,8 +68,8 @@ func FuzzDecodeTargetSpec(f *testing.F)     { fuzzMessage(f, DecodeTargetSpec) }
 func FuzzDecodeTaskState(f *testing.F)      { fuzzMessage(f, DecodeTaskState) }
 func FuzzDecodeSelectorStatus(f *testing.F) { fuzzMessage(f, DecodeSelectorStatus) }
 
-// FuzzDecodeHeartbeat checks the fast decoder against the encoding/json
-// based strict decoder: both accept with equal results, or both reject (with
+// FuzzDecodeHeartbeat checks the strict decoder against the reference, and
+// the fast decoder against the strict one: both accept with equal results, or both reject (with
 // the same error when it concerns a field). The fast decoder is run on a
 // fresh Heartbeat and on one holding another heartbeat, whose values it may
 // reuse but must not leak into the result.
@@ -81,6 +86,7 @@ func FuzzDecodeHeartbeat(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		sameAsReference(t, b, DecodeHeartbeat, referenceDecode[Heartbeat])
 		strict, serr := DecodeHeartbeat(b)
 		var fresh Heartbeat
 		ferr := DecodeHeartbeatInto(b, &fresh)

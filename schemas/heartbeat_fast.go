@@ -136,15 +136,6 @@ func (d *hbDecoder) run() error {
 	return nil
 }
 
-// end checks that only whitespace follows the message.
-func (d *hbDecoder) end() error {
-	d.ws()
-	if d.i != len(d.b) {
-		return d.syntaxErr("invalid character " + strconv.QuoteRune(rune(d.b[d.i])) + " after top-level value")
-	}
-	return nil
-}
-
 // see marks field f as seen, clearing the problem of an earlier occurrence.
 func (d *hbDecoder) see(f int) {
 	d.present |= 1 << f
@@ -154,16 +145,6 @@ func (d *hbDecoder) see(f int) {
 func (d *hbDecoder) fail(f int, problem string) {
 	d.bad |= 1 << f
 	d.problems[f] = problem
-}
-
-// raw steps over the next value and returns it with its flags.
-func (d *hbDecoder) raw(depth int) ([]byte, uint8, error) {
-	start := d.i
-	fl, err := d.value(depth)
-	if err != nil {
-		return nil, 0, err
-	}
-	return d.b[start:d.i], fl, nil
 }
 
 // hbKeyOrder holds the top-level keys, as AppendHeartbeat writes them,

@@ -176,6 +176,27 @@ func (s *scanner) value(depth int) (uint8, error) {
 	}
 }
 
+// raw steps over the next value and returns its text (without surrounding
+// whitespace) and its string flags.
+func (s *scanner) raw(depth int) ([]byte, uint8, error) {
+	s.ws()
+	start := s.i
+	fl, err := s.value(depth)
+	if err != nil {
+		return nil, 0, err
+	}
+	return s.b[start:s.i], fl, nil
+}
+
+// end checks that only whitespace follows the top-level value.
+func (s *scanner) end() error {
+	s.ws()
+	if s.i != len(s.b) {
+		return s.syntaxErr("invalid character " + strconv.QuoteRune(rune(s.b[s.i])) + " after top-level value")
+	}
+	return nil
+}
+
 func (s *scanner) literal(lit string) error {
 	if len(s.b)-s.i < len(lit) {
 		if string(s.b[s.i:]) == lit[:len(s.b)-s.i] {

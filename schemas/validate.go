@@ -28,16 +28,27 @@ var (
 )
 
 // checker records the first rule a message breaks. Field paths are built
-// only on failure, so checking a valid message does not allocate.
+// only on failure, so checking a valid message does not allocate (except
+// below an array element: tasks[2].ram).
 type checker struct {
-	msg    string
-	prefix string // path of the object being checked, "" at the top
-	err    *FieldError
+	msg     string
+	prefix  string // path of the object being checked, "" at the top...
+	inArray bool   // ...or of the array holding it, as element index
+	index   int
+	err     *FieldError
+}
+
+// path returns the path of the object being checked.
+func (c *checker) path() string {
+	if c.inArray {
+		return indexPath(c.prefix, c.index)
+	}
+	return c.prefix
 }
 
 func (c *checker) fail(field, problem string) {
 	if c.err == nil {
-		c.err = &FieldError{Message: c.msg, Field: joinPath(c.prefix, field), Problem: problem}
+		c.err = &FieldError{Message: c.msg, Field: joinPath(c.path(), field), Problem: problem}
 	}
 }
 
@@ -48,10 +59,16 @@ func (c *checker) result() error {
 	return c.err
 }
 
-// at returns a checker for the object at path below c's; its result must be
-// merged back with c.merge.
-func (c *checker) at(path string) checker {
-	return checker{msg: c.msg, prefix: joinPath(c.prefix, path), err: c.err}
+// at returns a checker for the object in member name of c's object; its
+// result must be merged back with c.merge.
+func (c *checker) at(name string) checker {
+	return checker{msg: c.msg, prefix: joinPath(c.path(), name), err: c.err}
+}
+
+// elem returns a checker for element index of the array in member name of
+// c's object; its result must be merged back with c.merge.
+func (c *checker) elem(name string, index int) checker {
+	return checker{msg: c.msg, prefix: joinPath(c.path(), name), inArray: true, index: index, err: c.err}
 }
 
 func (c *checker) merge(sub checker) {
@@ -318,7 +335,7 @@ func (m PsReply) Validate() error {
 	c.name("host", m.Host)
 	for i := range m.Tasks {
 		t := &m.Tasks[i]
-		s := c.at(indexPath("tasks", i))
+		s := c.elem("tasks", i)
 		s.name("task_id", t.TaskID)
 		s.positiveU("epoch", t.Epoch)
 		s.positive("pid", t.PID)
@@ -371,7 +388,7 @@ func (m TargetSpec) Validate() error {
 	}
 	for i := range m.Phases {
 		p := &m.Phases[i]
-		s := c.at(indexPath("phases", i))
+		s := c.elem("phases", i)
 		s.name("type", p.Type)
 		s.nonNeg("wrapper_mib", p.WrapperMiB)
 		s.nonNeg("helpers_min_mib", p.HelpersMinMiB)
@@ -447,7 +464,7 @@ func (m SelectorStatus) Validate() error {
 	c.nonNeg("pending_launches", int64(m.PendingLaunches))
 	for i := range m.Targets {
 		t := &m.Targets[i]
-		s := c.at(indexPath("targets", i))
+		s := c.elem("targets", i)
 		s.name("target", t.Target)
 		s.optName("phase", t.Phase)
 		s.enum("state", t.State, targetStates)
@@ -465,7 +482,7 @@ func (m SelectorStatus) Validate() error {
 	}
 	for i := range m.Hosts {
 		h := &m.Hosts[i]
-		s := c.at(indexPath("hosts", i))
+		s := c.elem("hosts", i)
 		s.name("host", h.Host)
 		s.nonNeg("total_mib", h.TotalMiB)
 		s.nonNeg("used_mib", h.UsedMiB)
