@@ -266,6 +266,7 @@ type TaskState struct {
 	V         int         `json:"v"`
 	Target    string      `json:"target"`
 	Phase     string      `json:"phase"`
+	Complete  bool        `json:"complete,omitempty"` // the last phase finished; no task until the spec changes
 	Epoch     uint64      `json:"epoch"`
 	Task      *TaskRecord `json:"task"`
 	UpdatedAt time.Time   `json:"updated_at"`

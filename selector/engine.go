@@ -355,6 +355,9 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 	if st.Phase != "" && t.hasSpec && st.Phase != t.phase && t.task == nil {
 		e.setPhase(t, st.Phase)
 	}
+	if st.Complete && st.Task == nil && t.hasSpec && t.blocked == "" {
+		t.complete = true // finished before the restart: no task until the spec changes
+	}
 	if t.task != nil {
 		return // a second record for one target: the first one stands
 	}
@@ -641,6 +644,7 @@ func (e *Engine) persist(now time.Time, t *target) {
 		V:         schemas.Version,
 		Target:    t.name,
 		Phase:     t.phase,
+		Complete:  t.complete,
 		Epoch:     t.epoch,
 		UpdatedAt: now.UTC(),
 	}

@@ -1679,3 +1679,20 @@ func TestRebuildToleratesOddRecords(t *testing.T) {
 		t.Fatal("contradicting records not resolved")
 	}
 }
+
+// TestCompleteSurvivesRestart: a declared target whose last phase finished
+// stays complete after a restart instead of running its last phase again.
+func TestCompleteSurvivesRestart(t *testing.T) {
+	h := newHarness(t, testConfig())
+	h.declare("o", declared(phase("a", 1, 1, 8)))
+	h.warm("h1=1000")
+	h.heartbeat("o#1")
+	h.event("o#1", schemas.EventDone, "", nil)
+	if st := h.kv["o"]; !st.Complete || st.Task != nil {
+		t.Fatalf("persisted %+v, want complete with no task", st)
+	}
+	h.expect(h.warm("h1=1000"))
+	if ts := h.targetStatus("o"); ts.State != StateComplete {
+		t.Fatalf("after restart: %+v", ts)
+	}
+}
