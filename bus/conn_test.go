@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -59,23 +59,13 @@ func (h *recordingHandler) saw(prefix string) bool {
 	return false
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestConnectRetryAndServerRestart connects before the server exists, then
 // restarts the server (same port, same file store) under a running selector:
 // the client reconnects, the service is told of both changes, its
 // subscriptions and event consumer resume, and the KV state survives.
 func TestConnectRetryAndServerRestart(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
+	port := natstest.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	rec := &recordingHandler{}
 	var mu sync.Mutex
@@ -93,7 +83,7 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 		connected <- result{nc, err}
 	}()
 	waitFor(t, 10*time.Second, "a failed first connect", func() bool { return rec.saw("nats connect failed") })
-	srv := startServerAt(t, dir, port)
+	srv := natstest.Server(t, natstest.StoreDir(dir), natstest.Port(port))
 	res := <-connected
 	if res.err != nil {
 		t.Fatalf("connect: %v", res.err)
@@ -117,7 +107,7 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	ShutdownEmbedded(srv)
 	waitFor(t, 10*time.Second, "service sees the disconnect", func() bool { return !r.svc.Status().Connected })
 	waitFor(t, 10*time.Second, "first client's disconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return disc == 1 })
-	startServerAt(t, dir, port)
+	natstest.Server(t, natstest.StoreDir(dir), natstest.Port(port))
 	waitFor(t, 10*time.Second, "service sees the reconnect", func() bool { return r.svc.Status().Connected })
 	waitFor(t, 10*time.Second, "first client's reconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return reco == 1 })
 	if st := StatsOf(snc); st.Disconnects.Load() != 1 || st.Reconnects.Load() != 1 {

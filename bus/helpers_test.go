@@ -2,46 +2,23 @@ package bus
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 )
 
 // testLog discards logs unless BUS_TEST_LOG is set.
-func testLog() *slog.Logger {
-	if os.Getenv("BUS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func testLog() *slog.Logger { return natstest.Log("BUS_TEST_LOG") }
 
-// startServer starts an embedded server on a random port with its own store.
-func startServer(t testing.TB) *server.Server {
-	t.Helper()
-	return startServerAt(t, t.TempDir(), -1)
-}
-
-func startServerAt(t testing.TB, dir string, port int) *server.Server {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := StartEmbedded(ctx, EmbeddedOptions{StoreDir: dir, Port: port})
-	if err != nil {
-		t.Fatalf("start server: %v", err)
-	}
-	t.Cleanup(func() { ShutdownEmbedded(s) })
-	return s
-}
-
+// connect opens a connection with Connect (it reconnects for good), named
+// after the test and closed when the test ends.
 func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

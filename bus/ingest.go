@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -82,19 +83,11 @@ func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult,
 		o.AfterPhase = func(string) {}
 	}
 	res := IngestResult{Messages: o.Messages}
-	if o.StoreDir == "" {
-		dir, err := os.MkdirTemp("", "taskselector-ingest-")
-		if err != nil {
-			return res, fmt.Errorf("bus: ingest: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		o.StoreDir = dir
-	}
-	srv, err := StartEmbedded(ctx, EmbeddedOptions{StoreDir: o.StoreDir, Port: -1})
+	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-ingest-", "ingest")
 	if err != nil {
 		return res, err
 	}
-	defer ShutdownEmbedded(srv)
+	defer stopServer()
 	conn := func(name string) (*nats.Conn, error) {
 		return Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
 	}
@@ -191,19 +184,11 @@ func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult,
 		return res, err
 	}
 	defer svcConn.Close()
-	svc := NewSelectorService(svcConn, ServiceConfig{}, o.Log)
-	svcCtx, stopSvc := context.WithCancel(ctx)
-	svcDone := make(chan error, 1)
-	go func() { svcDone <- svc.Run(svcCtx) }()
-	defer func() { stopSvc(); <-svcDone }()
-	select {
-	case <-svc.Ready():
-	case err := <-svcDone:
-		svcDone <- err
-		return res, fmt.Errorf("bus: ingest: selector stopped: %w", err)
-	case <-ctx.Done():
-		return res, ctx.Err()
+	svc, stopSvc, err := runMeasureService(ctx, svcConn, ServiceConfig{}, o.Log, "ingest")
+	if err != nil {
+		return res, err
 	}
+	defer stopSvc()
 	o.BeforePhase("service")
 	res.ServiceRate, err = publish(svc.HeartbeatsHandled, svc.heartbeatsDropped)
 	o.AfterPhase("service")
@@ -273,6 +258,52 @@ func seedIngest(ctx context.Context, nc *nats.Conn, subj Subjects, host string, 
 	return out, nil
 }
 
+// startMeasureServer starts an embedded server on a random port for a
+// measurement, with its store in dir or, when dir is "", in a new temporary
+// directory named after pattern. stop shuts the server down and then removes
+// that temporary directory. what names the measurement in errors.
+func startMeasureServer(ctx context.Context, dir, pattern, what string) (srv *server.Server, stop func(), err error) {
+	tmp := ""
+	if dir == "" {
+		if tmp, err = os.MkdirTemp("", pattern); err != nil {
+			return nil, nil, fmt.Errorf("bus: %s: %w", what, err)
+		}
+		dir = tmp
+	}
+	removeTmp := func() {
+		if tmp != "" {
+			os.RemoveAll(tmp)
+		}
+	}
+	if srv, err = StartEmbedded(ctx, EmbeddedOptions{StoreDir: dir, Port: -1}); err != nil {
+		removeTmp()
+		return nil, nil, err
+	}
+	return srv, func() { ShutdownEmbedded(srv); removeTmp() }, nil
+}
+
+// runMeasureService starts a selector service on nc and waits until it is
+// ready. stop cancels the service and waits for its Run to return. When Run
+// returns first, or ctx ends, the service is stopped and an error returned.
+// what names the measurement in errors.
+func runMeasureService(ctx context.Context, nc *nats.Conn, cfg ServiceConfig, log *slog.Logger, what string) (svc *SelectorService, stop func(), err error) {
+	svc = NewSelectorService(nc, cfg, log)
+	svcCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(svcCtx) }()
+	select {
+	case <-svc.Ready():
+		return svc, func() { cancel(); <-done }, nil
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("bus: %s: selector stopped: %w", what, err)
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return nil, nil, ctx.Err()
+	}
+}
+
 // RestartOptions configure MeasureRestartToReady.
 type RestartOptions struct {
 	// Tasks is the number of targets, each with a persisted task [10000].
@@ -309,19 +340,11 @@ func MeasureRestartToReady(ctx context.Context, o RestartOptions) (RestartResult
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	res := RestartResult{Tasks: o.Tasks}
-	if o.StoreDir == "" {
-		dir, err := os.MkdirTemp("", "taskselector-restart-")
-		if err != nil {
-			return res, fmt.Errorf("bus: restart: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		o.StoreDir = dir
-	}
-	srv, err := StartEmbedded(ctx, EmbeddedOptions{StoreDir: o.StoreDir, Port: -1})
+	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-restart-", "restart")
 	if err != nil {
 		return res, err
 	}
-	defer ShutdownEmbedded(srv)
+	defer stopServer()
 	seedConn, err := Connect(ctx, srv.ClientURL(), "restart-seed", o.Log, nil, nil)
 	if err != nil {
 		return res, err
@@ -338,19 +361,11 @@ func MeasureRestartToReady(ctx context.Context, o RestartOptions) (RestartResult
 		return res, err
 	}
 	defer nc.Close()
-	svc := NewSelectorService(nc, ServiceConfig{StartedAt: started}, o.Log)
-	svcCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(svcCtx) }()
-	defer func() { stop(); <-done }()
-	select {
-	case <-svc.Ready():
-	case err := <-done:
-		done <- err
-		return res, fmt.Errorf("bus: restart: selector stopped: %w", err)
-	case <-ctx.Done():
-		return res, ctx.Err()
+	svc, stopSvc, err := runMeasureService(ctx, nc, ServiceConfig{StartedAt: started}, o.Log, "restart")
+	if err != nil {
+		return res, err
 	}
+	defer stopSvc()
 	res.RestartToReady = svc.RestartToReady()
 	if st := svc.Status(); len(st.Targets) != o.Tasks || st.Counters.MalformedMessages[SourceTasks] != 0 {
 		return res, fmt.Errorf("bus: restart: rebuilt %d targets of %d (malformed %v)", len(st.Targets), o.Tasks, st.Counters.MalformedMessages)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -108,7 +109,7 @@ func waitTargetState(t testing.TB, c *Client, target, state string) schemas.Targ
 // a target whose name needs encoding, and waits until its task is active and
 // persisted.
 func TestServiceLaunchToActive(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	c, err := NewClient(nc, "")
 	if err != nil {
@@ -204,7 +205,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 // new one rebuilds its state from the buckets and the heartbeats and
 // launches nothing new.
 func TestServiceRestartNoDuplicate(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	c, err := NewClient(nc, "")
 	if err != nil {
@@ -258,7 +259,7 @@ func TestServiceRestartNoDuplicate(t *testing.T) {
 // TestServiceMalformedFlood sends garbage on every subscribed subject: the
 // service keeps answering and counts each source.
 func TestServiceMalformedFlood(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	c, err := NewClient(nc, "")
 	if err != nil {
@@ -319,7 +320,7 @@ func TestServiceMalformedFlood(t *testing.T) {
 
 // TestServiceEventsAcked checks that a valid task event is handled and acked.
 func TestServiceEventsAcked(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	c, err := NewClient(nc, "")
 	if err != nil {
@@ -354,7 +355,7 @@ func TestServiceEventsAcked(t *testing.T) {
 // the selector's back; the selector's next write of it loses its
 // compare-and-swap, and the selector stops launching and says so.
 func TestServiceStoreConflict(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	c, err := NewClient(nc, "")
 	if err != nil {

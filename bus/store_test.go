@@ -9,12 +9,13 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
 
 func TestTaskStoreCAS(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	kv := kvOf(t, nc, TasksBucket)
 	ctx := testCtx(t, 10*time.Second)
@@ -97,7 +98,7 @@ func TestTaskStoreCAS(t *testing.T) {
 }
 
 func TestTaskStoreReconcile(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	kv := kvOf(t, nc, TasksBucket)
 	ctx := testCtx(t, 10*time.Second)
@@ -134,7 +135,7 @@ func TestTaskStoreReconcile(t *testing.T) {
 }
 
 func TestTaskStoreReplay(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	kv := kvOf(t, nc, TasksBucket)
 	ctx := testCtx(t, 20*time.Second)
@@ -216,7 +217,7 @@ func TestTaskStoreReplay(t *testing.T) {
 }
 
 func TestTargetsWatcher(t *testing.T) {
-	s := startServer(t)
+	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	kv := kvOf(t, nc, TargetsBucket)
 	ctx := testCtx(t, 10*time.Second)

@@ -11,11 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -27,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -39,12 +37,7 @@ const hbInterval = 100 * time.Millisecond
 const stopTimeout = 30 * time.Second
 
 // testLog discards logs unless INTEGRATION_LOG is set.
-func testLog() *slog.Logger {
-	if os.Getenv("INTEGRATION_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func testLog() *slog.Logger { return natstest.Log("INTEGRATION_LOG") }
 
 // engineConfig returns engine timers that are short, so that the suite is
 // fast, but not so short that a loaded machine (two shared cores, -race)
@@ -100,18 +93,6 @@ func waitFor(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	}
 }
 
-// freePort finds a TCP port on the loopback that is free now, for a server
-// that must be restarted on the same port.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // env is one test's world: an embedded server and the test's own connection,
 // through which it reads status, the buckets, and spies on requests.
 type env struct {
@@ -132,10 +113,10 @@ func newEnv(t *testing.T, fixedPort bool) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), port: -1, subj: bus.NewSubjects("")}
 	if fixedPort {
-		e.port = freePort(t)
+		e.port = natstest.FreePort(t)
 	}
 	e.startServer()
-	t.Cleanup(func() { bus.ShutdownEmbedded(e.srv) })
+	t.Cleanup(func() { natstest.Shutdown(e.srv) })
 	e.url = e.srv.ClientURL()
 	e.nc = e.connect("test")
 	var err error
@@ -148,15 +129,13 @@ func newEnv(t *testing.T, fixedPort bool) *env {
 	return e
 }
 
+// startServer starts the env's server on its port and store directory. Its
+// shutdown is left to the env's one cleanup, which stops whichever server is
+// current, after everything registered later (connections, components).
 func (e *env) startServer() {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: e.dir, Port: e.port})
-	if err != nil {
-		e.t.Fatalf("start NATS server: %v", err)
-	}
-	e.srv = s
+	e.srv = natstest.Server(e.t, natstest.StoreDir(e.dir), natstest.Port(e.port),
+		natstest.ReadyTimeout(20*time.Second), natstest.NoCleanup())
 }
 
 // restartServer stops the server and starts a new one on the same port and
@@ -166,7 +145,7 @@ func (e *env) restartServer(stopped func()) {
 	if e.port <= 0 {
 		e.t.Fatal("restartServer needs a fixed port")
 	}
-	bus.ShutdownEmbedded(e.srv)
+	natstest.Shutdown(e.srv)
 	if stopped != nil {
 		stopped()
 	}

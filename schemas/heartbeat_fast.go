@@ -100,13 +100,8 @@ func (d *hbDecoder) run() error {
 		}
 		if f < 0 {
 			var key []byte
-			var fl uint8
-			if key, fl, err = d.key(); err != nil {
+			if key, err = d.unescapedKey(); err != nil {
 				return err
-			}
-			if fl&flEscape != 0 {
-				d.scratch = unescape(d.scratch[:0], key)
-				key = d.scratch
 			}
 			f = hbField(key)
 			if f >= 0 {
@@ -134,6 +129,17 @@ func (d *hbDecoder) run() error {
 		}
 	}
 	return nil
+}
+
+// unescapedKey reads an object key and the colon after it, and returns the
+// key with its escapes undone (into the scratch buffer) when it has any.
+func (d *hbDecoder) unescapedKey() ([]byte, error) {
+	key, fl, err := d.key()
+	if err != nil || fl&flEscape == 0 {
+		return key, err
+	}
+	d.scratch = unescape(d.scratch[:0], key)
+	return d.scratch, nil
 }
 
 // see marks field f as seen, clearing the problem of an earlier occurrence.
@@ -382,13 +388,8 @@ func (d *hbDecoder) ram() error {
 			f = hbRAMUsed
 		default:
 			var key []byte
-			var fl uint8
-			if key, fl, err = d.key(); err != nil {
+			if key, err = d.unescapedKey(); err != nil {
 				return err
-			}
-			if fl&flEscape != 0 {
-				d.scratch = unescape(d.scratch[:0], key)
-				key = d.scratch
 			}
 			switch string(key) {
 			case "budget_mib":

@@ -552,10 +552,7 @@ func (a *Agent) emit(e *entry, ex Exit) {
 func (a *Agent) handleKill(m *nats.Msg) {
 	req, err := schemas.DecodeKillRequest(m.Data)
 	if err != nil {
-		a.malformedRequest(kindKill, m, err)
-		if m.Reply != "" {
-			a.respondInvalid(m, err)
-		}
+		a.rejectMalformed(kindKill, m, err)
 		return
 	}
 	running := a.kill(&req)
@@ -608,10 +605,7 @@ func (a *Agent) killAll() {
 func (a *Agent) handlePs(m *nats.Msg) {
 	req, err := schemas.DecodePsRequest(m.Data)
 	if err != nil {
-		a.malformedRequest(kindPs, m, err)
-		if m.Reply != "" {
-			a.respondInvalid(m, err)
-		}
+		a.rejectMalformed(kindPs, m, err)
 		return
 	}
 	if m.Reply != "" {
@@ -656,9 +650,14 @@ type invalidReply struct {
 	Error  *schemas.ReplyError `json:"error"`
 }
 
-func (a *Agent) respondInvalid(m *nats.Msg, err error) {
-	a.respondJSON(m, invalidReply{V: schemas.Version, TaskID: bestEffortTaskID(m.Data),
-		Error: &schemas.ReplyError{Code: schemas.CodeInvalid, Message: truncate(err.Error(), 512)}}, false)
+// rejectMalformed counts and logs an undecodable kill or ps request and,
+// when it asks for a reply, answers it with an invalidReply.
+func (a *Agent) rejectMalformed(kind int, m *nats.Msg, err error) {
+	a.malformedRequest(kind, m, err)
+	if m.Reply != "" {
+		a.respondJSON(m, invalidReply{V: schemas.Version, TaskID: bestEffortTaskID(m.Data),
+			Error: &schemas.ReplyError{Code: schemas.CodeInvalid, Message: truncate(err.Error(), 512)}}, false)
+	}
 }
 
 // respondJSON answers m; strict replies go through schemas.Marshal (which

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -17,8 +18,8 @@ import (
 // sim executor; it reports the p50 and p99 of that latency. The task is
 // killed after each measurement (outside the latency).
 func BenchmarkLaunchRoundTrip(b *testing.B) {
-	srv := startServer(b)
-	cli := connect(b, srv)
+	srv := natstest.Server(b)
+	cli := natstest.Conn(b, srv.ClientURL())
 	js, err := jetstream.New(cli)
 	if err != nil {
 		b.Fatal(err)
@@ -33,7 +34,7 @@ func BenchmarkLaunchRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	a, err := New(connect(b, srv), Config{Host: "bench", RAMMiB: 1 << 20, HeartbeatInterval: time.Hour}, sim, nil)
+	a, err := New(natstest.Conn(b, srv.ClientURL()), Config{Host: "bench", RAMMiB: 1 << 20, HeartbeatInterval: time.Hour}, sim, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,38 +14,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
 )
 
 const waitFor = 10 * time.Second
-
-// startServer runs an embedded NATS server with JetStream on a random port.
-func startServer(t testing.TB) *server.Server {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s
-}
-
-func connect(t testing.TB, s *server.Server) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
 
 // createStream creates the TASK_EVENTS stream over prefix.event.>.
 func createStream(t testing.TB, js jetstream.JetStream, prefix string) jetstream.Stream {
@@ -91,8 +65,8 @@ type harnessOpts struct {
 // host statuses are made before the agent starts.
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{t: t, srv: startServer(t)}
-	h.cli = connect(t, h.srv)
+	h := &harness{t: t, srv: natstest.Server(t)}
+	h.cli = natstest.Conn(t, h.srv.ClientURL())
 	var err error
 	if h.js, err = jetstream.New(h.cli); err != nil {
 		t.Fatal(err)
@@ -136,7 +110,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if h.sim, err = NewSim(sc); err != nil {
 		t.Fatal(err)
 	}
-	nc := connect(t, h.srv)
+	nc := natstest.Conn(t, h.srv.ClientURL())
 	if h.agent, err = New(nc, o.cfg, h.sim, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
 )
@@ -483,8 +484,8 @@ func TestSimKillAndExitRace(t *testing.T) {
 // nothing panics, and a request counts as malformed exactly when the strict
 // decoder rejects it.
 func FuzzRequests(f *testing.F) {
-	srv := startServer(f)
-	nc := connect(f, srv)
+	srv := natstest.Server(f)
+	nc := natstest.Conn(f, srv.ClientURL())
 	sim, err := NewSim(SimConfig{RAMMiB: 1 << 40, Tick: -1})
 	if err != nil {
 		f.Fatal(err)
