@@ -34,8 +34,9 @@ var Hosts = []struct {
 }{{"home", 8}, {"w16", 16}, {"w32", 32}}
 
 // CrashTarget is the target whose first task on each host the demo makes
-// crash, so that the recovery can be watched.
-const CrashTarget = "n00dles"
+// crash, a little while after it starts, so that the recovery can be
+// watched.
+const CrashTarget = "joesguns"
 
 // Options configure Run. Zero fields take the defaults in brackets.
 type Options struct {
@@ -148,7 +149,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		faults := worker.Faults{Seed: int64(i + 1)}
 		if !o.NoFaults {
 			faults.CrashTargets = []string{CrashTarget + ":1"}
-			faults.CrashAfter = 20 * time.Second
+			faults.CrashAfter = 20 * time.Minute // game time: a few real seconds
 		}
 		exec, err := worker.NewSim(worker.SimConfig{Host: h.Name, RAMMiB: ram, Speed: o.Speed, Faults: faults, Log: log})
 		if err != nil {

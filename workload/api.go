@@ -30,13 +30,15 @@ type Estimate struct {
 	// declared: Value / FullMiB. hacking: the best income per MiB-second a
 	// harvest of the target reaches (times spec.Value when set), weighted by
 	// PhaseWeight, so that a phase that earns now outranks one that only
-	// prepares to earn later.
+	// prepares to earn later; till and sow are further divided by their
+	// full size in GiB, so that the cheapest preparation goes first.
 	Priority float64
 }
 
 // PhaseWeight discounts a hacking phase's priority: harvest earns now, sow
 // and till only lead to it. The steps are wide enough that any harvest
-// outranks any sow and any sow any till among early-game targets.
+// outranks any till or sow among early-game targets; between a till and a
+// sow, the size of each decides as well.
 var PhaseWeight = map[string]float64{PhaseHarvest: 1, PhaseSow: 1e-3, PhaseTill: 1e-6}
 
 // MinMiB is the smallest useful budget: wrapper plus minimum helpers.

@@ -79,7 +79,7 @@ func (p Params) Estimate(spec *schemas.TargetSpec, phase string) (Estimate, erro
 			HelpersMinMiB:  minH,
 			HelpersFullMiB: fullH,
 			Value:          p.clampValue(weight * p.income(m)),
-			Priority:       p.clampValue(weight*perMiB) * PhaseWeight[phase],
+			Priority:       hackingPriority(p.clampValue(weight*perMiB), phase, fullH+p.WrapperMiB),
 		}, nil
 	default:
 		return Estimate{}, fmt.Errorf("%w: unknown profile %q", ErrInvalidSpec, spec.Profile)
@@ -411,4 +411,17 @@ func (p Params) IncomePerMiBSecond(m schemas.HackingMetrics) (float64, error) {
 		}
 	}
 	return best, nil
+}
+
+// hackingPriority ranks a hacking task: harvest by the income per MiB-second
+// it earns; till and sow, which only lead to a harvest, by the same figure
+// divided by their full size in GiB (the cheaper preparation first), and
+// scaled down by PhaseWeight so that they rank below every harvest.
+func hackingPriority(perMiB float64, phase string, fullMiB int64) float64 {
+	w := PhaseWeight[phase]
+	if phase == PhaseHarvest {
+		return perMiB * w
+	}
+	gib := max(float64(fullMiB)/MiBPerGiB, 1)
+	return perMiB * w / gib
 }
