@@ -81,7 +81,12 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 		nats.Timeout(2 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			stats.Disconnects.Add(1)
-			log.Warn("nats disconnected", "name", name, "err", err)
+			if err == nil {
+				// Closed on purpose (shutdown): not worth a warning.
+				log.Debug("nats connection closed", "name", name)
+			} else {
+				log.Warn("nats disconnected", "name", name, "err", err)
+			}
 			if onDisconnect != nil {
 				onDisconnect()
 			}

@@ -87,13 +87,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Tick:      cfg.Tick,
 		StartedAt: started,
 	}, log)
-	go func() {
-		select {
-		case <-svc.Ready():
-			log.Info("selector ready", "restart_to_ready", svc.RestartToReady())
-		case <-ctx.Done():
-		}
-	}()
 	return svc.Run(ctx)
 }
 
