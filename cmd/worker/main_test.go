@@ -8,10 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -77,20 +75,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 }
 
 func TestRunServesAndStopsOnCancel(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	defer func() { s.Shutdown(); s.WaitForShutdown() }()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	s := natstest.Server(t)
+	nc := natstest.Conn(t, s.ClientURL())
 	subj := bus.NewSubjects("demo")
 	hosts, err := nc.SubscribeSync(subj.Host("I.I.I.I"))
 	if err != nil {
