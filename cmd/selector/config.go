@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +18,7 @@ type config struct {
 	NATSURL        string        `envconfig:"NATS_URL" form:"a NATS URL such as nats://127.0.0.1:4222, or empty for the embedded server"`
 	DataDir        string        `envconfig:"SELECTOR_DATA_DIR" default:"./data" form:"a directory path"`
 	Listen         string        `envconfig:"SELECTOR_LISTEN" default:"127.0.0.1:4222" form:"host:port for the embedded server's clients (port 0 picks a free one)"`
+	HTTPListen     string        `envconfig:"SELECTOR_HTTP_LISTEN" form:"host:port such as 127.0.0.1:9464, or empty to turn it off"`
 	SubjectPrefix  string        `envconfig:"SELECTOR_SUBJECT_PREFIX" default:"tasks" form:"a NATS subject token of letters, digits, '-' and '_' (dots allowed between tokens)"`
 	LaunchTimeout  time.Duration `envconfig:"SELECTOR_LAUNCH_TIMEOUT" default:"3s" form:"a positive duration such as 3s, 500ms or 1m30s"`
 	ReplyTimeout   time.Duration `envconfig:"SELECTOR_REPLY_TIMEOUT" default:"1s" form:"a positive duration such as 3s, 500ms or 1m30s"`
@@ -56,12 +59,24 @@ func (c *config) check() error {
 		envcfg.Check(c, "SubjectPrefix", validPrefix(c.SubjectPrefix)),
 		envcfg.Check(c, "SimSpeed", c.SimSpeed >= 0 && c.SimSpeed < 1e9),
 		envcfg.Check(c, "DataDir", c.NATSURL != "" || c.DataDir != ""),
+		envcfg.Check(c, "HTTPListen", c.HTTPListen == "" || validHostPort(c.HTTPListen)),
 	)
 }
 
 func validLevel(s string) bool {
 	var l slog.Level
 	return l.UnmarshalText([]byte(s)) == nil
+}
+
+// validHostPort reports whether s is host:port with a port from 0 to 65535
+// (0: a free one); the host may be empty (every interface).
+func validHostPort(s string) bool {
+	_, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	port, err := strconv.Atoi(p)
+	return err == nil && port >= 0 && port <= 65535
 }
 
 func validPrefix(p string) bool {

@@ -34,6 +34,9 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		{"SELECTOR_SUBJECT_PREFIX", "tasks.>", "SELECTOR_SUBJECT_PREFIX: want a NATS subject token"},
 		{"SELECTOR_LOG_LEVEL", "loud", "SELECTOR_LOG_LEVEL: want one of debug, info, warn, error"},
 		{"SIM_SPEED", "fast", "SIM_SPEED: want a number of game seconds per real second"},
+		{"SELECTOR_HTTP_LISTEN", "9464", "SELECTOR_HTTP_LISTEN: want host:port such as 127.0.0.1:9464, or empty to turn it off"},
+		{"SELECTOR_HTTP_LISTEN", "127.0.0.1:http", "SELECTOR_HTTP_LISTEN: want host:port"},
+		{"SELECTOR_HTTP_LISTEN", "127.0.0.1:70000", "SELECTOR_HTTP_LISTEN: want host:port"},
 	} {
 		t.Run(tc.key+"="+tc.val, func(t *testing.T) {
 			t.Setenv(tc.key, tc.val)
@@ -42,6 +45,19 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 				t.Fatalf("loadConfig() = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestConfigHTTPListen(t *testing.T) {
+	c, err := loadConfig()
+	if err != nil || c.HTTPListen != "" {
+		t.Fatalf("default SELECTOR_HTTP_LISTEN = %q, %v; want off", c.HTTPListen, err)
+	}
+	for _, v := range []string{"127.0.0.1:9464", ":9464", "[::1]:0"} {
+		t.Setenv("SELECTOR_HTTP_LISTEN", v)
+		if c, err := loadConfig(); err != nil || c.HTTPListen != v {
+			t.Errorf("SELECTOR_HTTP_LISTEN=%s: %q, %v", v, c.HTTPListen, err)
+		}
 	}
 }
 

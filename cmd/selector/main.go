@@ -2,7 +2,8 @@
 // and where, on a fleet of RAM-scarce worker hosts, over NATS.
 //
 // With no NATS_URL it starts an embedded NATS server with JetStream, storing
-// in SELECTOR_DATA_DIR. With --demo it runs the whole system on one machine:
+// in SELECTOR_DATA_DIR. With SELECTOR_HTTP_LISTEN set, it serves /metrics,
+// /healthz and /readyz there. With --demo it runs the whole system on one machine:
 // the embedded server, the selector and three simulated workers, with a
 // status view redrawn every second.
 package main
@@ -22,6 +23,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/demo"
+	"github.com/taskselector/taskselector/internal/ops"
 )
 
 func main() {
@@ -60,8 +62,21 @@ func main() {
 
 // run starts the service and blocks until ctx ends, then shuts down
 // gracefully: launches stop, in-flight work settles, writes are flushed.
+//
+// With SELECTOR_HTTP_LISTEN set, it also serves the operator endpoints
+// (/metrics, /healthz, /readyz) there until ctx ends.
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	started := time.Now()
+	var opsLn net.Listener
+	if cfg.HTTPListen != "" {
+		// Listen first, so that a port in use stops startup at once.
+		ln, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("SELECTOR_HTTP_LISTEN: %w", err)
+		}
+		defer ln.Close() // for a failed start; ops.Serve closes it otherwise
+		opsLn = ln
+	}
 	url := cfg.NATSURL
 	if url == "" {
 		host, port, err := splitListen(cfg.Listen)
@@ -87,6 +102,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Tick:      cfg.Tick,
 		StartedAt: started,
 	}, log)
+	if opsLn != nil {
+		h := ops.Handler(svc, ops.NewRegistry(svc, bus.StatsOf(nc)))
+		opsCtx, stopOps := context.WithCancel(ctx)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			// A failure leaves the selector running without its endpoints.
+			if err := ops.Serve(opsCtx, opsLn, h, log); err != nil {
+				log.Error("operator endpoints stopped", "err", err)
+			}
+		}()
+		defer func() { stopOps(); <-served }()
+	}
 	return svc.Run(ctx)
 }
 
