@@ -74,7 +74,15 @@ const (
 	ReasonExited             = "exited"
 	ReasonKilled             = "killed"
 	ReasonCrashed            = "crashed"
+	// ReasonFenced: the worker stopped the task itself because it was cut
+	// off from NATS for longer than its fence time.
+	ReasonFenced = "fenced"
 )
+
+// MaxMiB is the largest RAM figure, in MiB, that any message may carry
+// (1 EiB). Decoders refuse larger values, so that sums of them in the
+// selector's ledger cannot overflow.
+const MaxMiB = 1 << 40
 
 // Target profiles.
 const (
@@ -168,11 +176,14 @@ type KillRequest struct {
 }
 
 // KillReply reports whether the task still runs; Running is false once it is gone.
+// A worker that could not act on the request (it did not decode, or the
+// host refuses) sets Error, and Running says nothing then.
 type KillReply struct {
-	V       int    `json:"v"`
-	TaskID  string `json:"task_id"`
-	PID     int64  `json:"pid"`
-	Running bool   `json:"running"`
+	V       int         `json:"v"`
+	TaskID  string      `json:"task_id"`
+	PID     int64       `json:"pid"`
+	Running bool        `json:"running"`
+	Error   *ReplyError `json:"error,omitempty"`
 }
 
 // PsRequest asks a worker which tasks it runs, optionally only the given PIDs.
@@ -192,11 +203,13 @@ type PsTask struct {
 	StartedAt time.Time `json:"started_at"`
 }
 
-// PsReply lists the tasks a host runs.
+// PsReply lists the tasks a host runs. A worker that could not answer the
+// request sets Error, and Tasks says nothing then.
 type PsReply struct {
-	V     int      `json:"v"`
-	Host  string   `json:"host"`
-	Tasks []PsTask `json:"tasks"`
+	V     int         `json:"v"`
+	Host  string      `json:"host"`
+	Tasks []PsTask    `json:"tasks"`
+	Error *ReplyError `json:"error,omitempty"`
 }
 
 // HostRAM is a host's capacity and current use.
@@ -263,13 +276,17 @@ type TaskRecord struct {
 
 // TaskState is what the selector persists per target in the tasks KV bucket.
 type TaskState struct {
-	V         int         `json:"v"`
-	Target    string      `json:"target"`
-	Phase     string      `json:"phase"`
-	Complete  bool        `json:"complete,omitempty"` // the last phase finished; no task until the spec changes
-	Epoch     uint64      `json:"epoch"`
-	Task      *TaskRecord `json:"task"`
-	UpdatedAt time.Time   `json:"updated_at"`
+	V        int         `json:"v"`
+	Target   string      `json:"target"`
+	Phase    string      `json:"phase"`
+	Complete bool        `json:"complete,omitempty"` // the last phase finished; no task until the spec changes
+	Epoch    uint64      `json:"epoch"`
+	Task     *TaskRecord `json:"task"`
+	// Blocked is why launches of this target were refused for good; it
+	// holds while the target's declared spec hashes to BlockedSpec.
+	Blocked     string    `json:"blocked,omitempty"`
+	BlockedSpec string    `json:"blocked_spec,omitempty"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // Backoff is the global launch backoff as status shows it.
@@ -317,7 +334,9 @@ type Counters struct {
 	Kills             uint64            `json:"kills"`
 	Requeues          uint64            `json:"requeues"`
 	Adoptions         uint64            `json:"adoptions"`
-	FencedHeartbeats  uint64            `json:"fenced_heartbeats"`
+	FencedHeartbeats  uint64            `json:"fenced_heartbeats"`    // heartbeats answered with a kill
+	Fences            uint64            `json:"fences,omitempty"`     // kills sent to tasks that are not their target's, from any cause
+	InputGaps         uint64            `json:"input_gaps,omitempty"` // times the edge reported dropped heartbeats or host statuses
 	Heartbeats        uint64            `json:"heartbeats"`
 	Events            uint64            `json:"events"`
 	DuplicateEvents   uint64            `json:"duplicate_events"`
@@ -330,11 +349,16 @@ type Counters struct {
 
 // SelectorStatus is the snapshot the selector answers on tasks.selector.status.
 type SelectorStatus struct {
-	V               int              `json:"v"`
-	Ready           bool             `json:"ready"`
-	Connected       bool             `json:"connected"`
-	Degraded        bool             `json:"degraded"`
-	DegradedReason  string           `json:"degraded_reason,omitempty"`
+	V              int    `json:"v"`
+	Ready          bool   `json:"ready"`
+	Connected      bool   `json:"connected"`
+	Degraded       bool   `json:"degraded"`
+	DegradedReason string `json:"degraded_reason,omitempty"`
+	// Disruption is the mass-failure mode: normal, partial (many hosts went
+	// silent at once: they are declared lost at a limited rate) or full (no
+	// host reports, or the selector is disconnected: nothing is declared
+	// lost and nothing is launched).
+	Disruption      string           `json:"disruption,omitempty"`
 	Recovering      bool             `json:"recovering"`
 	LaunchesStopped string           `json:"launches_stopped,omitempty"`
 	Backoff         Backoff          `json:"backoff"`

@@ -34,13 +34,40 @@ type LaunchReplied struct {
 }
 
 // LaunchUnanswered reports that a Launch command got no reply: either the
-// reply timed out (the worker may still have started the task) or NATS had
-// no responders for the host (nothing started).
+// reply timed out (the worker may still have started the task), NATS had
+// no responders for the host (nothing started), or the edge never sent it
+// because the state written ahead of it could not be stored (NotSent:
+// nothing started either).
 type LaunchUnanswered struct {
 	Host         string
 	Target       string
 	TaskID       string
 	NoResponders bool
+	NotSent      bool
+}
+
+// LaunchSent reports that a Launch command has left for its worker. With
+// Config.LaunchSentReported set, a launch's timeout counts from this event,
+// not from the Step that emitted the command: the edge may hold a launch
+// while the state written ahead of it is stored.
+type LaunchSent struct {
+	TaskID string
+}
+
+// Input sources whose drops the edge reports with InputDropped.
+const (
+	InputHeartbeats   = "heartbeats"
+	InputHostStatuses = "host_statuses"
+)
+
+// InputDropped reports that the edge lost messages of one source (the
+// subscription hit its pending limit). Silence of that kind since the last
+// message is no evidence any more: staleness of tasks (for heartbeats) or of
+// hosts (for host statuses) is measured afresh from now, as after a
+// reconnect, and a task that went stale before the drop is not killed on
+// its account.
+type InputDropped struct {
+	Source string // InputHeartbeats or InputHostStatuses
 }
 
 // PsReplied carries a worker's answer to a Ps command. PIDs is copied from
@@ -106,6 +133,8 @@ func (*TargetDeleted) isEvent()      {}
 func (*HeartbeatReceived) isEvent()  {}
 func (*LaunchReplied) isEvent()      {}
 func (*LaunchUnanswered) isEvent()   {}
+func (*LaunchSent) isEvent()         {}
+func (*InputDropped) isEvent()       {}
 func (*PsReplied) isEvent()          {}
 func (*PsUnanswered) isEvent()       {}
 func (*KillReplied) isEvent()        {}
@@ -172,21 +201,30 @@ type Command struct {
 // Config holds every timer and limit of the engine. Zero fields take the
 // defaults of DefaultConfig when passed through WithDefaults.
 type Config struct {
-	LaunchTimeout      time.Duration   // no first heartbeat by then: ps the host [3s]
-	ReplyTimeout       time.Duration   // a request reply is late after this [1s]; also the ps/kill retry period
-	HeartbeatStale     time.Duration   // an active task is stale after this without a heartbeat [5s]
-	HostStale          time.Duration   // a host is stale after this without a HostStatus [10s]
-	RecoveryGrace      time.Duration   // no launches and no staleness after a start or reconnect [= HeartbeatStale]
-	BackoffBase        time.Duration   // first global backoff wait [500ms]
-	BackoffFactor      float64         // growth per level [2]
-	BackoffMax         time.Duration   // cap on any wait [10s]
-	BackoffJitter      float64         // ± fraction applied before the cap [0.2]
-	MaxPendingLaunches int             // launches awaiting a first heartbeat [1]
-	HostHeadroomMiB    int64           // RAM kept free on every host [0]
-	RestartDelayBase   time.Duration   // first per-target delay after a crash [1s]
-	RestartDelayMax    time.Duration   // cap of the per-target crash delay [5m]
-	RestartDelayReset  time.Duration   // healthy run that resets the crash delay [10m]
-	MaxSkips           int             // pending targets passed over per decision when the best does not fit [64]
-	Seed               uint64          // seed of the jitter and task-id sources; pass a random one per process start
-	Workload           workload.Params // estimator constants [workload.DefaultParams()]
+	LaunchTimeout      time.Duration // no first heartbeat by then: ps the host [3s]
+	ReplyTimeout       time.Duration // a request reply is late after this [1s]; also the ps/kill retry period
+	HeartbeatStale     time.Duration // an active task is stale after this without a heartbeat [5s]
+	HostStale          time.Duration // a host is stale after this without a HostStatus [10s]
+	RecoveryGrace      time.Duration // no launches and no staleness after a start or reconnect [= HeartbeatStale]
+	BackoffBase        time.Duration // first global backoff wait [500ms]
+	BackoffFactor      float64       // growth per level [2]
+	BackoffMax         time.Duration // cap on any wait [10s]
+	BackoffJitter      float64       // ± fraction applied before the cap [0.2]
+	MaxPendingLaunches int           // launches awaiting a first heartbeat [1]
+	HostHeadroomMiB    int64         // RAM kept free on every host [0]
+	RestartDelayBase   time.Duration // first per-target delay after a crash [1s]
+	RestartDelayMax    time.Duration // cap of the per-target crash delay [5m]
+	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
+	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
+	LaunchSentReported bool          // the edge feeds LaunchSent; launch timeouts count from it
+	// UnhealthyHostFraction: when more than this fraction of the hosts went
+	// silent within one HostStale window while others still report, the
+	// selector is in partial disruption and declares silent hosts lost at
+	// LostHostsPerMin only [0.55].
+	UnhealthyHostFraction float64
+	// LostHostsPerMin is the rate at which hosts are declared lost in
+	// partial disruption [6].
+	LostHostsPerMin float64
+	Seed            uint64          // seed of the jitter and task-id sources; pass a random one per process start
+	Workload        workload.Params // estimator constants [workload.DefaultParams()]
 }
