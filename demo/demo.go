@@ -139,6 +139,11 @@ func Run(ctx context.Context, o Options) (err error) {
 		return ctx.Err()
 	}
 
+	// The workers fence themselves; the selector must not declare a host
+	// lost before its tasks are surely stopped.
+	if err := worker.CheckFenceMargin(o.Engine.WithDefaults().HostStale, worker.DefaultFenceAfter, worker.DefaultHeartbeatInterval); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	for i, h := range Hosts {
 		wnc, err := nats.Connect(url, nats.Name("worker-"+h.Name), nats.MaxReconnects(-1))
 		if err != nil {
@@ -155,7 +160,8 @@ func Run(ctx context.Context, o Options) (err error) {
 		if err != nil {
 			return fmt.Errorf("demo: worker %s: %w", h.Name, err)
 		}
-		agent, err := worker.New(wnc, worker.Config{Host: h.Name, RAMMiB: ram, Executor: worker.SimExecutor, KillOnShutdown: true}, exec, log)
+		agent, err := worker.New(wnc, worker.Config{Host: h.Name, RAMMiB: ram, Executor: worker.SimExecutor, KillOnShutdown: true,
+			FenceAfter: worker.DefaultFenceAfter}, exec, log)
 		if err != nil {
 			return fmt.Errorf("demo: worker %s: %w", h.Name, err)
 		}

@@ -18,7 +18,7 @@ func Render(w io.Writer, st *schemas.SelectorStatus, elapsed time.Duration) {
 	mode := "ready"
 	switch {
 	case st.Degraded:
-		mode = "DEGRADED: " + st.DegradedReason
+		mode = strings.ToUpper(st.Disruption) + " DISRUPTION: " + st.DegradedReason
 	case st.LaunchesStopped != "":
 		mode = "launches stopped: " + st.LaunchesStopped
 	}

@@ -162,6 +162,11 @@ func heartbeatCases(t testing.TB) []strictCase {
 		{"ram.used_mib missing", with(t, base, "ram.used_mib", del), "ram.used_mib", "missing"},
 		{"ram.budget_mib 1e400", with(t, base, "ram.budget_mib", raw("1e400")), "ram.budget_mib", "not an integer"},
 		{"ram.budget_mib null", with(t, base, "ram.budget_mib", nil), "ram.budget_mib", "null"},
+		{"ram.used_mib MaxMiB", with(t, base, "ram.used_mib", raw("1099511627776")), "", ""},
+		{"ram.used_mib MaxMiB+1", with(t, base, "ram.used_mib", raw("1099511627777")), "ram.used_mib", "greater than 1099511627776"},
+		{"ram.used_mib MaxInt64-1", with(t, base, "ram.used_mib", raw("9223372036854775806")), "ram.used_mib", "greater than 1099511627776"},
+		{"ram.budget_mib MaxInt64", with(t, base, "ram.budget_mib", raw("9223372036854775807")), "ram.budget_mib", "greater than 1099511627776"},
+		{"ram.budget_mib over int64", with(t, base, "ram.budget_mib", raw("9223372036854775808")), "ram.budget_mib", "out of range"},
 		{"progress absent", with(t, base, "progress", del), "", ""},
 		{"progress null", with(t, base, "progress", nil), "", ""},
 		{"progress 1", with(t, base, "progress", 1), "", ""},
@@ -314,6 +319,13 @@ func TestKillStrictness(t *testing.T) {
 		{"running string", with(t, rep, "running", "no"), "running", "not a boolean"},
 		{"running null", with(t, rep, "running", nil), "running", "null"},
 		{"task_id empty", with(t, rep, "task_id", ""), "task_id", "empty"},
+		{"error failed", with(t, rep, "error", map[string]any{"code": "failed", "message": "no"}), "", ""},
+		{"error invalid", with(t, rep, "error", map[string]any{"code": "invalid", "message": ""}), "", ""},
+		{"error null means none", with(t, rep, "error", nil), "", ""},
+		{"error launch code", with(t, rep, "error", map[string]any{"code": "insufficient_ram", "message": ""}), "error.code", `unknown value "insufficient_ram"`},
+		{"error code missing", with(t, rep, "error", map[string]any{"message": ""}), "error.code", "missing"},
+		{"error message missing", with(t, rep, "error", map[string]any{"code": "failed"}), "error.message", "missing"},
+		{"error not an object", with(t, rep, "error", "failed"), "error", "not an object"},
 	})
 }
 
@@ -339,6 +351,10 @@ func TestPsStrictness(t *testing.T) {
 		{"task ram.helpers_mib negative", with(t, rep, "tasks[0].ram.helpers_mib", -1), "tasks[0].ram.helpers_mib", "negative"},
 		{"task null", with(t, rep, "tasks[0]", nil), "tasks[0]", "null"},
 		{"host 257", with(t, rep, "host", strings.Repeat("h", 257)), "host", "longer than 256"},
+		{"error", with(t, with(t, rep, "tasks", nil), "error", map[string]any{"code": "invalid", "message": "bad"}), "", ""},
+		{"error unknown code", with(t, rep, "error", map[string]any{"code": "draining", "message": ""}), "error.code", `unknown value "draining"`},
+		{"error message number", with(t, rep, "error", map[string]any{"code": "failed", "message": 3}), "error.message", "not a string"},
+		{"task helpers over MaxMiB", with(t, rep, "tasks[0].ram.helpers_mib", raw("1099511627777")), "tasks[0].ram.helpers_mib", "greater than"},
 	})
 }
 
@@ -404,6 +420,10 @@ func TestTaskStateStrictness(t *testing.T) {
 		{"budget negative", with(t, live, "task.budget_mib", -1), "task.budget_mib", "negative"},
 		{"phase empty", with(t, live, "phase", ""), "phase", "empty"},
 		{"task not an object", with(t, live, "task", []any{}), "task", "not an object"},
+		{"blocked", with(t, with(t, empty, "blocked", "launch refused"), "blocked_spec", "abc"), "", ""},
+		{"blocked number", with(t, empty, "blocked", 5), "blocked", "not a string"},
+		{"blocked_spec invalid UTF-8", []byte(strings.Replace(string(with(t, empty, "blocked_spec", "ab")), `"ab"`, "\"a\xffb\"", 1)), "blocked_spec", "invalid UTF-8"},
+		{"budget over MaxMiB", with(t, live, "task.budget_mib", raw("1099511627777")), "task.budget_mib", "greater than"},
 	})
 }
 
@@ -421,6 +441,14 @@ func TestSelectorStatusStrictness(t *testing.T) {
 		{"backoff level missing", with(t, base, "backoff.level", del), "backoff.level", "missing"},
 		{"targets null", with(t, base, "targets", nil), "", ""},
 		{"ready string", with(t, base, "ready", "yes"), "ready", "not a boolean"},
+		{"disruption absent", with(t, base, "disruption", del), "", ""},
+		{"disruption partial", with(t, base, "disruption", "partial"), "", ""},
+		{"disruption full", with(t, base, "disruption", "full"), "", ""},
+		{"disruption unknown", with(t, base, "disruption", "total"), "disruption", `unknown value "total"`},
+		{"disruption not a string", with(t, base, "disruption", 2), "disruption", "not a string"},
+		{"fences absent", with(t, base, "counters.fences", del), "", ""},
+		{"input_gaps negative", with(t, base, "counters.input_gaps", -1), "counters.input_gaps", "negative"},
+		{"reserved over MaxMiB", with(t, base, "hosts[0].reserved_mib", raw("9223372036854775806")), "hosts[0].reserved_mib", "greater than"},
 	})
 }
 
@@ -439,6 +467,7 @@ func TestValidateGoValues(t *testing.T) {
 		{"Inf progress", func(h *Heartbeat) { h.Progress = new(math.Inf(1)) }, "progress", "not finite"},
 		{"invalid UTF-8 host", func(h *Heartbeat) { h.Host = "a\xffb" }, "host", "invalid UTF-8"},
 		{"negative budget", func(h *Heartbeat) { h.RAM.BudgetMiB = -1 }, "ram.budget_mib", "negative"},
+		{"budget over MaxMiB", func(h *Heartbeat) { h.RAM.BudgetMiB = MaxMiB + 1 }, "ram.budget_mib", "greater than"},
 		{"zero version", func(h *Heartbeat) { h.V = 0 }, "v", "unsupported version 0"},
 		{"year 10000", func(h *Heartbeat) { h.SentAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "sent_at", "out of range"},
 	}

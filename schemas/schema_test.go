@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"reflect"
 	"slices"
 	"strings"
@@ -342,6 +343,9 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 				fail("property %q of Go type %v missing from schema", f.name, typ)
 				continue
 			}
+			if strings.HasSuffix(f.name, "_mib") {
+				mibBound(s, ps, path+"."+f.name, fail)
+			}
 			fk := typ.Field(f.index).Type.Kind()
 			fieldNull := f.required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
 			driftCheck(s, typ.Field(f.index).Type, ps, path+"."+f.name, fieldNull, errs)
@@ -373,6 +377,26 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 			return
 		}
 		driftCheck(s, typ.Elem(), ap, path+".*", false, errs)
+	}
+}
+
+// mibBound checks that the schema of a RAM figure (a property named *_mib)
+// caps it at MaxMiB, as the decoders do.
+func mibBound(s *jsonSchema, node map[string]any, path string, fail func(string, ...any)) {
+	for {
+		ref, ok := node["$ref"].(string)
+		if !ok {
+			break
+		}
+		r, err := s.resolve(ref)
+		if err != nil {
+			fail("%v", err)
+			return
+		}
+		node = r
+	}
+	if max, ok := rat(node["maximum"]); !ok || max.Cmp(big.NewRat(MaxMiB, 1)) != 0 {
+		fail("RAM figure %s without maximum %d (MaxMiB), has %v", path, int64(MaxMiB), node["maximum"])
 	}
 }
 

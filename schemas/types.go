@@ -17,9 +17,10 @@
 //     is an error even when the zero value would be valid; null stands for
 //     "none" only in pointer, slice and map fields;
 //   - integers are written without fraction or exponent and are never
-//     negative; floats are finite (1e400 is refused); names are 1 to
-//     MaxNameBytes bytes of valid UTF-8; enums (code, kind, state, profile)
-//     take only their known values; each message's Validate method lists its
+//     negative; RAM figures (fields ending in _mib) are at most MaxMiB;
+//     floats are finite (1e400 is refused); names are 1 to
+//     MaxNameBytes bytes of valid UTF-8; enums (code, kind, state, profile,
+//     disruption) take only their known values; each message's Validate method lists its
 //     own rules (epoch, pid and seq >= 1, progress in 0..1, and so on);
 //   - unknown fields are ignored, and of duplicate keys the last one counts.
 //
@@ -54,12 +55,16 @@ const MaxMessageBytes = 64 << 10
 // MaxNameBytes is the longest host, target or type name, in bytes.
 const MaxNameBytes = 256
 
-// Launch reply error codes.
+// Reply error codes. A LaunchReply carries insufficient_ram, unknown_type,
+// invalid or draining; a KillReply or PsReply carries invalid or failed.
 const (
 	CodeInsufficientRAM = "insufficient_ram"
 	CodeUnknownType     = "unknown_type"
 	CodeInvalid         = "invalid"
 	CodeDraining        = "draining"
+	// CodeFailed: the worker tried to carry out a kill or ps and could not
+	// (the executor failed); the request may be retried.
+	CodeFailed = "failed"
 )
 
 // Task event kinds.
@@ -80,8 +85,9 @@ const (
 )
 
 // MaxMiB is the largest RAM figure, in MiB, that any message may carry
-// (1 EiB). Decoders refuse larger values, so that sums of them in the
-// selector's ledger cannot overflow.
+// (1 EiB). Every *_mib field of every message is checked against it: the
+// decoders (DecodeHeartbeatInto included), Validate and Marshal refuse larger
+// values, so that sums of them in the selector's ledger cannot overflow.
 const MaxMiB = 1 << 40
 
 // Target profiles.

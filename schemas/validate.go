@@ -19,8 +19,17 @@ const (
 	TargetComplete  = "complete"
 )
 
+// Disruption modes shown in SelectorStatus.Disruption.
+const (
+	DisruptionNormal  = "normal"
+	DisruptionPartial = "partial"
+	DisruptionFull    = "full"
+)
+
 var (
 	replyCodes   = []string{CodeInsufficientRAM, CodeUnknownType, CodeInvalid, CodeDraining}
+	probeCodes   = []string{CodeInvalid, CodeFailed} // kill and ps replies
+	disruptions  = []string{DisruptionNormal, DisruptionPartial, DisruptionFull}
 	eventKinds   = []string{EventDone, EventFailed}
 	profiles     = []string{ProfileDeclared, ProfileHacking}
 	taskStates   = []string{TaskLaunching, TaskActive, TaskSuspect}
@@ -115,6 +124,19 @@ func (c *checker) nonNeg(field string, n int64) {
 	}
 }
 
+// probOverMaxMiB is the problem of a RAM figure over MaxMiB.
+var probOverMaxMiB = "greater than " + strconv.FormatInt(MaxMiB, 10) + " (the largest RAM figure, 1 EiB)"
+
+// mib checks a RAM figure: not negative and at most MaxMiB.
+func (c *checker) mib(field string, n int64) {
+	switch {
+	case n < 0:
+		c.fail(field, probNegative)
+	case n > MaxMiB:
+		c.fail(field, probOverMaxMiB)
+	}
+}
+
 func (c *checker) positive(field string, n int64) {
 	switch {
 	case n < 0:
@@ -168,8 +190,8 @@ func (c *checker) time(field string, t time.Time) {
 
 func (c *checker) taskRAM(field string, r TaskRAM) {
 	s := c.at(field)
-	s.nonNeg("wrapper_mib", r.WrapperMiB)
-	s.nonNeg("helpers_mib", r.HelpersMiB)
+	s.mib("wrapper_mib", r.WrapperMiB)
+	s.mib("helpers_mib", r.HelpersMiB)
 	c.merge(s)
 }
 
@@ -195,10 +217,7 @@ func (m LaunchReply) Validate() error {
 	case m.Error != nil && m.PID != 0:
 		c.fail("pid", "set together with error")
 	case m.Error != nil:
-		s := c.at("error")
-		s.enum("code", m.Error.Code, replyCodes)
-		s.text("message", m.Error.Message)
-		c.merge(s)
+		c.replyError(m.Error, replyCodes)
 	default:
 		if m.PID == 0 {
 			c.fail("pid", "missing (a reply carries pid or error)")
@@ -206,6 +225,14 @@ func (m LaunchReply) Validate() error {
 		c.positive("pid", m.PID)
 	}
 	return c.result()
+}
+
+// replyError checks the error of a reply, whose code is one of codes.
+func (c *checker) replyError(e *ReplyError, codes []string) {
+	s := c.at("error")
+	s.enum("code", e.Code, codes)
+	s.text("message", e.Message)
+	c.merge(s)
 }
 
 // Validate implements Message.
@@ -221,12 +248,8 @@ func (m *Heartbeat) validate() error {
 	c.name("target", m.Target)
 	c.name("type", m.Type)
 	c.positiveU("seq", m.Seq)
-	if m.RAM.BudgetMiB < 0 {
-		c.fail("ram.budget_mib", probNegative)
-	}
-	if m.RAM.UsedMiB < 0 {
-		c.fail("ram.used_mib", probNegative)
-	}
+	c.mib("ram.budget_mib", m.RAM.BudgetMiB)
+	c.mib("ram.used_mib", m.RAM.UsedMiB)
 	if m.Progress != nil {
 		c.finite("progress", *m.Progress)
 		c.atMost("progress", *m.Progress, 1)
@@ -307,12 +330,16 @@ func (m KillRequest) Validate() error {
 	return c.result()
 }
 
-// Validate implements Message.
+// Validate implements Message. An error's code is invalid or failed; with
+// an error, running says nothing.
 func (m KillReply) Validate() error {
 	c := checker{msg: nameKillReply}
 	c.version(m.V)
 	c.name("task_id", m.TaskID)
 	c.nonNeg("pid", m.PID)
+	if m.Error != nil {
+		c.replyError(m.Error, probeCodes)
+	}
 	return c.result()
 }
 
@@ -328,7 +355,8 @@ func (m PsRequest) Validate() error {
 	return c.result()
 }
 
-// Validate implements Message.
+// Validate implements Message. An error's code is invalid or failed; with
+// an error, tasks says nothing.
 func (m PsReply) Validate() error {
 	c := checker{msg: namePsReply}
 	c.version(m.V)
@@ -348,6 +376,9 @@ func (m PsReply) Validate() error {
 			break
 		}
 	}
+	if m.Error != nil {
+		c.replyError(m.Error, probeCodes)
+	}
 	return c.result()
 }
 
@@ -356,8 +387,8 @@ func (m HostStatus) Validate() error {
 	c := checker{msg: nameHostStatus}
 	c.version(m.V)
 	c.name("host", m.Host)
-	c.nonNeg("ram.total_mib", m.RAM.TotalMiB)
-	c.nonNeg("ram.used_mib", m.RAM.UsedMiB)
+	c.mib("ram.total_mib", m.RAM.TotalMiB)
+	c.mib("ram.used_mib", m.RAM.UsedMiB)
 	for i, id := range m.Tasks {
 		if id == "" || len(id) > MaxNameBytes || !utf8.ValidString(id) {
 			c.name(indexPath("tasks", i), id)
@@ -368,7 +399,7 @@ func (m HostStatus) Validate() error {
 }
 
 // Validate implements Message. The declared profile needs at least one phase;
-// every phase has a type, non-negative RAM, helpers_min_mib <=
+// every phase has a type, RAM figures in 0..MaxMiB, helpers_min_mib <=
 // helpers_full_mib and a finite work_s > 0, and only the last phase may
 // repeat. The hacking profile needs metrics, all finite and non-negative,
 // with hack_chance and hack_fraction_per_thread at most 1. A value, when
@@ -390,9 +421,9 @@ func (m TargetSpec) Validate() error {
 		p := &m.Phases[i]
 		s := c.elem("phases", i)
 		s.name("type", p.Type)
-		s.nonNeg("wrapper_mib", p.WrapperMiB)
-		s.nonNeg("helpers_min_mib", p.HelpersMinMiB)
-		s.nonNeg("helpers_full_mib", p.HelpersFullMiB)
+		s.mib("wrapper_mib", p.WrapperMiB)
+		s.mib("helpers_min_mib", p.HelpersMinMiB)
+		s.mib("helpers_full_mib", p.HelpersFullMiB)
 		if p.HelpersFullMiB < p.HelpersMinMiB {
 			s.fail("helpers_full_mib", "less than helpers_min_mib")
 		}
@@ -439,25 +470,31 @@ func (m TaskState) Validate() error {
 		s.name("type", t.Type)
 		s.name("host", t.Host)
 		s.enum("state", t.State, taskStates)
-		s.nonNeg("budget_mib", t.BudgetMiB)
-		s.nonNeg("wrapper_mib", t.WrapperMiB)
+		s.mib("budget_mib", t.BudgetMiB)
+		s.mib("wrapper_mib", t.WrapperMiB)
 		s.time("launched_at", t.LaunchedAt)
 		if t.ConfirmedAt != nil {
 			s.time("confirmed_at", *t.ConfirmedAt)
 		}
 		c.merge(s)
 	}
+	c.text("blocked", m.Blocked)
+	c.text("blocked_spec", m.BlockedSpec)
 	c.time("updated_at", m.UpdatedAt)
 	return c.result()
 }
 
 // Validate implements Message. Every count and MiB figure is non-negative
 // (the selector reports free_mib clamped at 0 and heartbeat_age_ms 0 for a
-// task without heartbeats).
+// task without heartbeats), every MiB figure at most MaxMiB, and a
+// disruption, when set, is normal, partial or full.
 func (m SelectorStatus) Validate() error {
 	c := checker{msg: nameSelectorStatus}
 	c.version(m.V)
 	c.text("degraded_reason", m.DegradedReason)
+	if m.Disruption != "" {
+		c.enum("disruption", m.Disruption, disruptions)
+	}
 	c.text("launches_stopped", m.LaunchesStopped)
 	c.nonNeg("backoff.level", int64(m.Backoff.Level))
 	c.time("backoff.next_launch_at", m.Backoff.NextLaunchAt)
@@ -471,8 +508,8 @@ func (m SelectorStatus) Validate() error {
 		s.optName("task_id", t.TaskID)
 		s.nonNeg("pid", t.PID)
 		s.optName("host", t.Host)
-		s.nonNeg("budget_mib", t.BudgetMiB)
-		s.nonNeg("full_mib", t.FullMiB)
+		s.mib("budget_mib", t.BudgetMiB)
+		s.mib("full_mib", t.FullMiB)
 		s.nonNeg("heartbeat_age_ms", t.HeartbeatAgeMS)
 		s.text("reason", t.Reason)
 		c.merge(s)
@@ -484,10 +521,10 @@ func (m SelectorStatus) Validate() error {
 		h := &m.Hosts[i]
 		s := c.elem("hosts", i)
 		s.name("host", h.Host)
-		s.nonNeg("total_mib", h.TotalMiB)
-		s.nonNeg("used_mib", h.UsedMiB)
-		s.nonNeg("reserved_mib", h.ReservedMiB)
-		s.nonNeg("free_mib", h.FreeMiB)
+		s.mib("total_mib", h.TotalMiB)
+		s.mib("used_mib", h.UsedMiB)
+		s.mib("reserved_mib", h.ReservedMiB)
+		s.mib("free_mib", h.FreeMiB)
 		s.nonNeg("tasks", int64(h.Tasks))
 		c.merge(s)
 		if c.err != nil {

@@ -26,7 +26,10 @@ func DefaultConfig() Config {
 		RestartDelayReset:  10 * time.Minute,
 		MaxSkips:           64,
 		Seed:               1,
-		Workload:           workload.DefaultParams(),
+
+		UnhealthyHostFraction: 0.55,
+		LostHostsPerMin:       6,
+		Workload:              workload.DefaultParams(),
 	}
 }
 
@@ -60,6 +63,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxSkips == 0 {
 		c.MaxSkips = d.MaxSkips
+	}
+	if c.UnhealthyHostFraction == 0 {
+		c.UnhealthyHostFraction = d.UnhealthyHostFraction
+	}
+	if c.LostHostsPerMin == 0 {
+		c.LostHostsPerMin = d.LostHostsPerMin
 	}
 	if c.Workload == (workload.Params{}) {
 		c.Workload = d.Workload
@@ -104,6 +113,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("selector: HostHeadroomMiB must not be negative, got %d", c.HostHeadroomMiB)
 	case c.MaxSkips < 0:
 		return fmt.Errorf("selector: MaxSkips must not be negative, got %d", c.MaxSkips)
+	case !(c.UnhealthyHostFraction > 0) || c.UnhealthyHostFraction >= 1:
+		return fmt.Errorf("selector: UnhealthyHostFraction must be a fraction in (0, 1), got %v", c.UnhealthyHostFraction)
+	case !(c.LostHostsPerMin > 0) || c.LostHostsPerMin > 1e6:
+		return fmt.Errorf("selector: LostHostsPerMin must be a number above 0 and at most 1e6, got %v", c.LostHostsPerMin)
 	}
 	if err := c.Workload.Validate(); err != nil {
 		return fmt.Errorf("selector: Workload: %w", err)

@@ -12,6 +12,7 @@
 package selector
 
 import (
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -60,8 +61,48 @@ const (
 	FailCrashed            = schemas.ReasonCrashed
 	FailHostLost           = "host_lost"
 	FailGoneAfterRestart   = "gone_after_restart"
+	FailNotSent            = "not_sent"
+	FailFenced             = schemas.ReasonFenced
 	FailOther              = "other"
 )
+
+// Disruption modes, after the Kubernetes node lifecycle controller's zone
+// states. See checkHosts.
+const (
+	// DisruptionNormal: a host silent for HostStale is declared lost.
+	DisruptionNormal = "normal"
+	// DisruptionPartial: more than UnhealthyHostFraction of the hosts went
+	// silent within one HostStale window while others still report; silent
+	// hosts are declared lost at LostHostsPerMin.
+	DisruptionPartial = "partial"
+	// DisruptionFull: the selector is disconnected, or no host reports. The
+	// fault is most likely the selector's own: nothing is declared lost and
+	// nothing is launched.
+	DisruptionFull = "full"
+)
+
+// Retention of what the engine remembers about things that are gone.
+const (
+	// tombTTL is how long the last epoch of a deleted target is kept, so
+	// that a late message of its old tasks is still fenced if it is
+	// declared again.
+	tombTTL = time.Hour
+	// forgetHostAfter is how long a lost host without tasks stays in
+	// status before it is forgotten.
+	forgetHostAfter = 10 * time.Minute
+	// pruneEvery is how often the engine looks for what to forget.
+	pruneEvery = time.Minute
+)
+
+// tomb is what remains of a deleted target.
+type tomb struct {
+	epoch uint64
+	at    time.Time
+}
+
+// clampMiB bounds a RAM figure from the outside to 0..schemas.MaxMiB, so that
+// the ledger's sums cannot overflow whatever a message claims.
+func clampMiB(v int64) int64 { return min(max(v, 0), schemas.MaxMiB) }
 
 // taskPhase is where a task stands in its life.
 type taskPhase uint8
@@ -106,11 +147,13 @@ type task struct {
 	confirmed  bool // a heartbeat has been seen (or it was adopted)
 	countedPen bool // counts against MaxPendingLaunches
 	placed     bool // placed by this engine (not restored, not adopted)
+	sent       bool // the launch has left (see Config.LaunchSentReported)
 
 	launchedAt  time.Time
 	confirmedAt time.Time
 	lastHB      time.Time
 
+	suspectAt time.Time // when it last became suspect
 	probeOut  bool      // a ps or kill request is outstanding
 	probeAt   time.Time // when the last ps or kill was sent
 	psMissing bool      // the last ps of this task went unanswered
@@ -160,6 +203,7 @@ type host struct {
 	avoided    bool // a launch found no responders; until the next status
 	lost       bool
 	lostAt     time.Time
+	seq        int       // index in Engine.hostSeq
 	strayPsAt  time.Time // last ps sent because a status named an unknown task
 	tasks      []*task
 }
@@ -186,7 +230,7 @@ type Engine struct {
 	tasks   []*task   // every live task
 	hot     []taskHot // what a tick reads of each task, at the same index as tasks
 	byID    map[string]*task
-	tombs   map[string]uint64 // last epoch of deleted targets, so epochs never repeat
+	tombs   map[string]tomb // last epoch of deleted targets, so epochs never repeat
 
 	pending targetHeap
 	delayed targetHeap
@@ -197,18 +241,25 @@ type Engine struct {
 	backoff backoff
 	ids     *rand.Rand // task id suffixes
 
-	start        time.Time
-	graceUntil   time.Time // no launches and no staleness before this
-	recovering   bool      // the start-up grace is running
-	recorded     int       // tasks recorded at start
-	recordedOK   int       // of those, confirmed by a heartbeat
-	connected    bool
-	staleBase    time.Time // staleness is measured from no earlier than this
-	degraded     string
-	degradedExit time.Time // when the degraded condition cleared; zero while it holds
-	conflict     string
-	shutdown     bool
-	started      bool // the first Step has run (it emits the start-up commands)
+	start         time.Time
+	graceUntil    time.Time // no launches and no staleness before this
+	recovering    bool      // the start-up grace is running
+	recorded      int       // tasks recorded at start
+	recordedOK    int       // of those, confirmed by a heartbeat
+	connected     bool
+	staleBase     time.Time // task staleness is measured from no earlier than this
+	hostStaleBase time.Time // host silence is measured from no earlier than this
+	hbDropAt      time.Time // when the edge last reported dropped heartbeats
+	disruption    string    // DisruptionNormal, DisruptionPartial or DisruptionFull
+	degraded      string    // why the disruption mode is not normal
+	lossTokens    float64   // host losses allowed now in partial disruption (token bucket)
+	lossTokensAt  time.Time // when lossTokens was last refilled
+	partialSince  time.Time // when the partial disruption began; zero outside one
+	nextPrune     time.Time // when tombs, fences and forgotten hosts are next pruned
+	lastNow       time.Time // the time of the Step (or New) running now
+	conflict      string
+	shutdown      bool
+	started       bool // the first Step has run (it emits the start-up commands)
 
 	fenced   map[string]time.Time // fenced task ids, when last killed
 	counters schemas.Counters
@@ -269,20 +320,26 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 		targets:      make(map[string]*target, len(snap.Targets)),
 		hosts:        make(map[string]*host),
 		byID:         make(map[string]*task, len(snap.Tasks)),
-		tombs:        make(map[string]uint64),
+		tombs:        make(map[string]tomb),
 		pending:      newPendingQueue(),
 		delayed:      newDelayQueue(),
 		pendingByPID: make(map[pidKey]*task),
 		backoff:      newBackoff(cfg),
 		// Task ids must not repeat across restarts, even when the same
 		// seed is configured: the start time is part of the id seed.
-		ids:        rand.New(rand.NewPCG(cfg.Seed, uint64(now.UnixNano())^0x6a09e667f3bcc909)),
-		start:      now,
-		graceUntil: now.Add(cfg.RecoveryGrace),
-		recovering: true,
-		connected:  true,
-		staleBase:  now,
-		fenced:     make(map[string]time.Time),
+		ids:           rand.New(rand.NewPCG(cfg.Seed, uint64(now.UnixNano())^0x6a09e667f3bcc909)),
+		start:         now,
+		lastNow:       now,
+		graceUntil:    now.Add(cfg.RecoveryGrace),
+		recovering:    true,
+		connected:     true,
+		staleBase:     now,
+		hostStaleBase: now,
+		disruption:    DisruptionNormal,
+		lossTokens:    1,
+		lossTokensAt:  now,
+		nextPrune:     now.Add(pruneEvery),
+		fenced:        make(map[string]time.Time),
 		counters: schemas.Counters{
 			Failures:          map[string]uint64{},
 			MalformedMessages: map[string]uint64{},
@@ -309,6 +366,9 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 	// Hosts are placed on in order of first sight: make that order the
 	// names', whatever order the store listed the records in.
 	slices.SortFunc(e.hostSeq, func(a, b *host) int { return strings.Compare(a.name, b.name) })
+	for i, h := range e.hostSeq {
+		h.seq = i
+	}
 	slices.SortFunc(e.out, func(a, b Command) int { return strings.Compare(a.Target, b.Target) }) // deletions
 	e.pending.items = slices.Grow(e.pending.items, len(ts))
 	for i := range ts {
@@ -321,10 +381,10 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 
 func (e *Engine) newTarget(name string) *target {
 	t := &target{name: name, qidx: -1, didx: -1}
-	if ep, ok := e.tombs[name]; ok {
+	if tb, ok := e.tombs[name]; ok {
 		// Declared again after a deletion: its epochs continue, so that a
 		// late message from a task of its earlier life is still fenced.
-		t.epoch, t.closedEpoch = ep, ep
+		t.epoch, t.closedEpoch = tb.epoch, tb.epoch
 		delete(e.tombs, name)
 	}
 	e.targets[name] = t
@@ -336,7 +396,7 @@ func (e *Engine) forget(t *target) {
 	e.pending.remove(t)
 	e.delayed.remove(t)
 	delete(e.targets, t.name)
-	e.tombs[t.name] = max(t.epoch, t.closedEpoch)
+	e.tombs[t.name] = tomb{epoch: max(t.epoch, t.closedEpoch), at: e.lastNow}
 	e.emit(Command{Kind: CmdDelete, Target: t.name})
 }
 
@@ -357,6 +417,11 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 	}
 	if st.Complete && st.Task == nil && t.hasSpec && t.blocked == "" {
 		t.complete = true // finished before the restart: no task until the spec changes
+	}
+	if st.Blocked != "" && t.hasSpec && t.blocked == "" && st.BlockedSpec == specHash(&t.declared) {
+		// Refused for good before the restart, and the spec is the one
+		// that was refused: do not try it again.
+		t.blocked = st.Blocked
 	}
 	if t.task != nil {
 		return // a second record for one target: the first one stands
@@ -392,8 +457,8 @@ func (e *Engine) restore(now time.Time, st *schemas.TaskState) {
 		t:          t,
 		typ:        r.Type,
 		pid:        max(r.PID, 0),
-		budget:     max(r.BudgetMiB, 0),
-		wrapper:    min(max(r.WrapperMiB, 0), max(r.BudgetMiB, 0)),
+		budget:     clampMiB(r.BudgetMiB),
+		wrapper:    min(clampMiB(r.WrapperMiB), clampMiB(r.BudgetMiB)),
 		phase:      tSuspect,
 		why:        suspectRecovered,
 		launchedAt: now,
@@ -432,9 +497,19 @@ func (e *Engine) hostNamed(now time.Time, name string) *host {
 	if h == nil {
 		h = &host{name: name, lastStatus: now}
 		e.hosts[name] = h
+		h.seq = len(e.hostSeq)
 		e.hostSeq = append(e.hostSeq, h)
 	}
 	return h
+}
+
+// dropHost forgets h, which is lost and holds no task.
+func (e *Engine) dropHost(h *host) {
+	delete(e.hosts, h.name)
+	e.hostSeq = slices.Delete(e.hostSeq, h.seq, h.seq+1)
+	for i := h.seq; i < len(e.hostSeq); i++ {
+		e.hostSeq[i].seq = i
+	}
 }
 
 // attach makes k its target's task, on host h, and books its RAM.
@@ -489,7 +564,7 @@ func (e *Engine) detach(k *task) {
 
 // setUsed changes the RAM a task reports using, keeping the ledger in step.
 func (e *Engine) setUsed(k *task, used int64) {
-	used = max(used, 0)
+	used = clampMiB(used)
 	if used == k.used {
 		return
 	}
@@ -523,6 +598,19 @@ func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
 	}
 	t.phase = phase
 	e.estimate(t)
+}
+
+// specHash is a short digest of a declared spec, persisted with a target's
+// blocked reason so that a restart can tell whether the spec it finds is the
+// one that was refused.
+func specHash(spec *schemas.TargetSpec) string {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return ""
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return strconv.FormatUint(h.Sum64(), 36)
 }
 
 // specEqual reports whether two specs declare the same thing.
@@ -565,6 +653,7 @@ func priorityOf(est workload.Estimate) float64 {
 // Step applies one event at time now and returns the commands it leads to.
 // The returned slice is reused by the next call.
 func (e *Engine) Step(now time.Time, ev Event) []Command {
+	e.lastNow = now
 	if e.started {
 		e.out = e.out[:0]
 	} else {
@@ -588,6 +677,10 @@ func (e *Engine) Step(now time.Time, ev Event) []Command {
 		e.launchReplied(now, ev)
 	case *LaunchUnanswered:
 		e.launchUnanswered(now, ev)
+	case *LaunchSent:
+		e.launchSent(now, ev)
+	case *InputDropped:
+		e.inputDropped(now, ev)
 	case *PsReplied:
 		e.psReplied(now, ev)
 	case *PsUnanswered:
@@ -602,10 +695,13 @@ func (e *Engine) Step(now time.Time, ev Event) []Command {
 		e.hostStatus(now, ev.Status)
 	case *Disconnected:
 		e.connected = false
+		e.setDisruption(DisruptionFull, "disconnected from NATS")
 	case *Reconnected:
 		e.connected = true
 		e.staleBase = now
+		e.hostStaleBase = now
 		e.graceUntil = maxTime(e.graceUntil, now.Add(e.cfg.RecoveryGrace))
+		e.setDisruption(DisruptionNormal, "")
 	case *StoreConflict:
 		if e.conflict == "" {
 			e.conflict = fmt.Sprintf("compare-and-swap on %q failed: another writer exists (%s)", ev.Target, ev.Err)
@@ -647,6 +743,10 @@ func (e *Engine) persist(now time.Time, t *target) {
 		Complete:  t.complete,
 		Epoch:     t.epoch,
 		UpdatedAt: now.UTC(),
+	}
+	if t.blocked != "" && t.hasSpec {
+		st.Blocked = t.blocked
+		st.BlockedSpec = specHash(&t.declared)
 	}
 	if k := t.task; k != nil {
 		r := &schemas.TaskRecord{
@@ -742,7 +842,7 @@ func (e *Engine) requeue(now time.Time, t *target) {
 
 // canLaunch reports whether the global gates allow a launch now.
 func (e *Engine) canLaunch(now time.Time) bool {
-	return e.connected && !e.recovering && !now.Before(e.graceUntil) && e.degraded == "" &&
+	return e.connected && !e.recovering && !now.Before(e.graceUntil) && e.disruption != DisruptionFull &&
 		e.conflict == "" && !e.shutdown && e.pendingLaunches < e.cfg.MaxPendingLaunches &&
 		e.backoff.open(now)
 }
@@ -853,6 +953,7 @@ func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 		launchedAt: now,
 		countedPen: true,
 		placed:     true,
+		sent:       !e.cfg.LaunchSentReported,
 	}
 	e.pendingLaunches++
 	e.attach(k, h)
@@ -877,6 +978,9 @@ func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 
 func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 	k := e.byID[ev.Reply.TaskID]
+	if k != nil && k.host.name != ev.Host {
+		return // not from the task's host: it says nothing of the task
+	}
 	if k == nil {
 		// A reply for a task already closed. If it started after all, it
 		// is an impostor now.
@@ -901,15 +1005,16 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 			if code != schemas.CodeUnknownType && code != schemas.CodeInvalid {
 				code = FailOther
 			}
-			e.close(now, k, closeRequeue, code)
 			if !t.deleted {
+				// Blocked before close persists, so that a restart does
+				// not try the refused spec again.
 				t.blocked = fmt.Sprintf("launch refused: %s: %s", re.Code, re.Message)
-				e.pending.remove(t)
-				e.delayed.remove(t)
 			}
+			e.close(now, k, closeRequeue, code)
 		}
 		return
 	}
+	k.sent = true // a reply came, so it left
 	if k.pid == 0 && ev.Reply.PID > 0 {
 		k.pid = ev.Reply.PID
 		if k.countedPen {
@@ -926,7 +1031,12 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 
 func (e *Engine) launchUnanswered(now time.Time, ev *LaunchUnanswered) {
 	k := e.byID[ev.TaskID]
-	if k == nil || k.confirmed {
+	if k == nil || k.confirmed || k.host.name != ev.Host {
+		return
+	}
+	if ev.NotSent && !k.sent {
+		// The edge never sent it: nothing started.
+		e.close(now, k, closeRequeue, FailNotSent)
 		return
 	}
 	if ev.NoResponders {
@@ -938,6 +1048,42 @@ func (e *Engine) launchUnanswered(now time.Time, ev *LaunchUnanswered) {
 	// started it and lost only the reply. The launch timeout decides.
 }
 
+// launchSent starts a launch's timeout: the request has left.
+func (e *Engine) launchSent(now time.Time, ev *LaunchSent) {
+	k := e.byID[ev.TaskID]
+	if k == nil || k.sent {
+		return
+	}
+	k.sent = true
+	k.launchedAt = now
+}
+
+// inputDropped handles the edge's report that it lost heartbeats or host
+// statuses: silence up to now proves nothing, so it is measured afresh.
+func (e *Engine) inputDropped(now time.Time, ev *InputDropped) {
+	e.counters.InputGaps++
+	switch ev.Source {
+	case InputHeartbeats:
+		e.staleBase = now
+		e.hbDropAt = now
+	case InputHostStatuses:
+		e.hostStaleBase = now
+	}
+}
+
+// releasePending stops counting k against MaxPendingLaunches. Its RAM stays
+// booked: only its slot in the launch pipeline is given back.
+func (e *Engine) releasePending(k *task) {
+	if !k.countedPen {
+		return
+	}
+	if k.pid != 0 && e.pendingByPID[pidKey{k.host.name, k.pid}] == k {
+		delete(e.pendingByPID, pidKey{k.host.name, k.pid})
+	}
+	k.countedPen = false
+	e.pendingLaunches--
+}
+
 // ----- heartbeats -----
 
 // heartbeat handles one heartbeat and reports whether it may enable a launch.
@@ -945,22 +1091,22 @@ func (e *Engine) heartbeat(now time.Time, hb *schemas.Heartbeat) bool {
 	e.counters.Heartbeats++
 	t := e.targets[hb.Target]
 	if t == nil {
-		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "target not declared")
+		e.fenceHeartbeat(now, hb, "target not declared")
 		return false
 	}
 	k := t.task
 	if k == nil {
-		if !t.deleted && hb.Epoch > t.epoch && hb.TaskID != "" && hb.Host != "" {
+		if !t.deleted && hb.Epoch > t.epoch && hb.TaskID != "" && hb.Host != "" && e.byID[hb.TaskID] == nil {
 			if h := e.hosts[hb.Host]; h == nil || !h.lost {
 				e.adopt(now, t, hb)
 				return true
 			}
 		}
-		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "stale epoch")
+		e.fenceHeartbeat(now, hb, "stale epoch")
 		return false
 	}
 	if k.id != hb.TaskID || k.epoch != hb.Epoch || k.host.name != hb.Host {
-		e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, "not the target's task")
+		e.fenceHeartbeat(now, hb, "not the target's task")
 		return false
 	}
 	k.lastHB = now
@@ -968,6 +1114,7 @@ func (e *Engine) heartbeat(now time.Time, hb *schemas.Heartbeat) bool {
 	if hb.RAM.UsedMiB != k.used {
 		e.setUsed(k, hb.RAM.UsedMiB)
 	}
+	k.sent = true
 	if k.phase == tActive && !t.deleted {
 		return false
 	}
@@ -996,15 +1143,11 @@ func (e *Engine) confirm(now time.Time, k *task, pid int64) bool {
 		if k.why == suspectRecovered {
 			e.recordedOK++
 		}
-		if k.countedPen {
-			if k.pid != 0 && e.pendingByPID[pidKey{k.host.name, k.pid}] == k {
-				delete(e.pendingByPID, pidKey{k.host.name, k.pid})
-			}
-			k.countedPen = false
-			e.pendingLaunches--
+		if k.placed {
 			e.counters.Confirmed++
 			e.backoff.reset()
 		}
+		e.releasePending(k)
 	}
 	k.why = 0
 	e.persist(now, k.t)
@@ -1027,13 +1170,14 @@ func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
 		t:           t,
 		typ:         hb.Type,
 		pid:         hb.PID,
-		budget:      max(hb.RAM.BudgetMiB, 0),
-		used:        max(hb.RAM.UsedMiB, 0),
+		budget:      clampMiB(hb.RAM.BudgetMiB),
+		used:        clampMiB(hb.RAM.UsedMiB),
 		phase:       tActive,
 		confirmed:   true,
 		launchedAt:  now,
 		confirmedAt: now,
 		lastHB:      now,
+		sent:        true,
 	}
 	k.wrapper = min(t.est.WrapperMiB, k.budget)
 	e.attach(k, e.hostNamed(now, hb.Host))
@@ -1041,14 +1185,20 @@ func (e *Engine) adopt(now time.Time, t *target, hb *schemas.Heartbeat) {
 	e.persist(now, t)
 }
 
+// fenceHeartbeat answers a heartbeat from an impostor with a kill.
+func (e *Engine) fenceHeartbeat(now time.Time, hb *schemas.Heartbeat, reason string) {
+	e.counters.FencedHeartbeats++
+	e.fence(now, hb.Host, hb.Target, hb.TaskID, hb.PID, reason)
+}
+
 // fence answers an impostor with a kill, at most once per reply timeout per
 // task.
 func (e *Engine) fence(now time.Time, hostName, targetName, taskID string, pid int64, reason string) {
-	e.counters.FencedHeartbeats++
 	if last, ok := e.fenced[taskID]; ok && now.Sub(last) < e.cfg.ReplyTimeout {
 		return
 	}
 	e.fenced[taskID] = now
+	e.counters.Fences++
 	e.counters.Kills++
 	e.emit(Command{Kind: CmdKill, Host: hostName, Target: targetName, Kill: &schemas.KillRequest{
 		V: schemas.Version, TaskID: taskID, PID: pid, Reason: "fenced: " + reason,
@@ -1074,6 +1224,7 @@ func (e *Engine) wouldFence(targetName, taskID string, epoch uint64) bool {
 func (e *Engine) suspect(now time.Time, k *task, why suspicion) {
 	e.setTaskPhase(k, tSuspect)
 	k.why = why
+	k.suspectAt = now
 	e.ps(now, k)
 	e.persist(now, k.t)
 }
@@ -1103,6 +1254,11 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 	if h == nil {
 		return
 	}
+	if ev.Reply.Error != nil {
+		// The host could not answer: its (empty) list says nothing.
+		e.psUnanswered(now, &PsUnanswered{Host: ev.Host})
+		return
+	}
 	running := make(map[string]*schemas.PsTask, len(ev.Reply.Tasks))
 	for i := range ev.Reply.Tasks {
 		p := &ev.Reply.Tasks[i]
@@ -1129,7 +1285,16 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 			switch {
 			case k.why == suspectRecovered && e.recovering:
 				continue // alive; its heartbeat will confirm it
-			case e.degraded != "" && k.why != suspectDeleted:
+			case k.why == suspectStale && e.hbDropAt.After(k.suspectAt):
+				// Heartbeats were lost on the selector's side since it was
+				// judged stale: its silence may be ours. It runs, so it is
+				// active again, and stale once HeartbeatStale passes from
+				// the loss.
+				e.setTaskPhase(k, tActive)
+				k.why = 0
+				e.persist(now, k.t)
+				continue
+			case e.disruption == DisruptionFull && k.why != suspectDeleted:
 				// Heartbeats may be what is failing: do not kill a
 				// running task on their account; ask again later.
 				continue
@@ -1161,19 +1326,32 @@ func (e *Engine) psUnanswered(now time.Time, ev *PsUnanswered) {
 	}
 	for _, k := range h.tasks {
 		if k.phase == tSuspect && k.probeOut {
-			k.probeOut = false
-			k.psMissing = true
+			e.probeMissed(k)
 		}
+	}
+}
+
+// probeMissed records that a ps of suspect task k went unanswered. A host
+// that is silent altogether is declared lost in time, which settles k. A
+// host that still reports but answers no ps (its replies fail to decode, or
+// it refuses them) may never settle it: then k keeps its RAM and its target
+// waits, since the task may still run, but k no longer holds a
+// pending-launch slot, so that one broken host cannot stop every launch.
+func (e *Engine) probeMissed(k *task) {
+	k.probeOut = false
+	k.psMissing = true
+	if !k.host.lastStatus.Before(k.probeAt) {
+		e.releasePending(k)
 	}
 }
 
 func (e *Engine) killReplied(now time.Time, ev *KillReplied) {
 	k := e.byID[ev.Reply.TaskID]
-	if k == nil || k.phase != tKilling {
+	if k == nil || k.phase != tKilling || k.host.name != ev.Host {
 		return
 	}
 	k.probeOut = false
-	if ev.Reply.Running {
+	if ev.Reply.Running || ev.Reply.Error != nil {
 		return // retried after ReplyTimeout
 	}
 	cause, fail := killedCause(k)
@@ -1181,7 +1359,7 @@ func (e *Engine) killReplied(now time.Time, ev *KillReplied) {
 }
 
 func (e *Engine) killUnanswered(now time.Time, ev *KillUnanswered) {
-	if k := e.byID[ev.TaskID]; k != nil && k.phase == tKilling {
+	if k := e.byID[ev.TaskID]; k != nil && k.phase == tKilling && k.host.name == ev.Host {
 		k.probeOut = false
 	}
 }
@@ -1263,7 +1441,7 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 
 func failReason(r string) string {
 	switch r {
-	case schemas.ReasonHelpersUnavailable, schemas.ReasonExited, schemas.ReasonKilled, schemas.ReasonCrashed:
+	case schemas.ReasonHelpersUnavailable, schemas.ReasonExited, schemas.ReasonKilled, schemas.ReasonCrashed, schemas.ReasonFenced:
 		return r
 	}
 	return FailOther
@@ -1310,6 +1488,9 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	case reason == schemas.ReasonKilled:
 		cause, _ := killedCause(k)
 		e.close(now, k, cause, reason)
+	case reason == schemas.ReasonFenced:
+		// Its worker lost the bus and stopped it: not the task's fault.
+		e.close(now, k, closeRequeue, reason)
 	default:
 		// A crash, whether or not the task had heartbeated: the target
 		// alone waits before its next launch.
@@ -1345,8 +1526,8 @@ func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
 	back := h.lost || !h.seen
 	h.seen = true
 	h.lastStatus = now
-	h.total = max(st.RAM.TotalMiB, 0)
-	h.used = max(st.RAM.UsedMiB, 0)
+	h.total = clampMiB(st.RAM.TotalMiB)
+	h.used = clampMiB(st.RAM.UsedMiB)
 	h.draining = st.Draining
 	h.avoided = false
 	h.lost = false
@@ -1394,6 +1575,9 @@ func (e *Engine) tick(now time.Time) {
 	for e.delayed.len() > 0 && !e.delayed.peek().readyAt.After(now) {
 		e.requeue(now, e.delayed.pop())
 	}
+	if !now.Before(e.nextPrune) {
+		e.prune(now)
+	}
 	if !e.connected {
 		return // nothing is declared stale while the bus is away
 	}
@@ -1404,18 +1588,14 @@ func (e *Engine) tick(now time.Time) {
 	// hot slice alone.
 	staleAt := now.Sub(e.start) - e.cfg.HeartbeatStale
 	checkStale := watch && e.since(e.staleBase) <= staleAt
-	suspectsMissing, watched := 0, 0
 	for i := 0; i < len(e.tasks); i++ {
-		if hk := &e.hot[i]; hk.phase == tActive {
-			watched++
-			if !checkStale || hk.lastHB > staleAt {
-				continue
-			}
+		if hk := &e.hot[i]; hk.phase == tActive && (!checkStale || hk.lastHB > staleAt) {
+			continue
 		}
 		k := e.tasks[i]
 		switch k.phase {
 		case tLaunching, tLaunched:
-			if now.Sub(k.launchedAt) >= e.cfg.LaunchTimeout {
+			if k.sent && now.Sub(k.launchedAt) >= e.cfg.LaunchTimeout {
 				e.counters.Timeouts++
 				why := suspectLaunch
 				if k.why == suspectDeleted {
@@ -1429,13 +1609,8 @@ func (e *Engine) tick(now time.Time) {
 				e.suspect(now, k, suspectStale)
 			}
 		case tSuspect:
-			watched++
 			if k.probeOut && now.Sub(k.probeAt) >= lost {
-				k.probeOut = false
-				k.psMissing = true
-			}
-			if k.psMissing {
-				suspectsMissing++
+				e.probeMissed(k)
 			}
 			if k.why == suspectRecovered && e.recovering {
 				continue
@@ -1452,7 +1627,7 @@ func (e *Engine) tick(now time.Time) {
 			}
 		}
 	}
-	e.checkHosts(now, suspectsMissing, watched)
+	e.checkHosts(now)
 	if len(e.fenced) >= 1024 {
 		for id, at := range e.fenced {
 			if now.Sub(at) >= e.cfg.ReplyTimeout {
@@ -1462,76 +1637,144 @@ func (e *Engine) tick(now time.Time) {
 	}
 }
 
-// checkHosts declares stale hosts lost, unless so many went stale at once
-// that the fault is more likely the selector's own (the mass-stale guard).
+// prune forgets what no longer matters: tombs of targets deleted more than
+// tombTTL ago, fences older than a reply timeout, and hosts lost for
+// forgetHostAfter that hold no task. It keeps memory bounded under churn of
+// target and host names.
+func (e *Engine) prune(now time.Time) {
+	e.nextPrune = now.Add(pruneEvery)
+	for name, tb := range e.tombs {
+		if now.Sub(tb.at) >= tombTTL {
+			delete(e.tombs, name)
+		}
+	}
+	for id, at := range e.fenced {
+		if now.Sub(at) >= e.cfg.ReplyTimeout {
+			delete(e.fenced, id)
+		}
+	}
+	for i := len(e.hostSeq) - 1; i >= 0; i-- {
+		if h := e.hostSeq[i]; h.lost && len(h.tasks) == 0 && now.Sub(h.lostAt) >= forgetHostAfter {
+			e.dropHost(h)
+		}
+	}
+}
+
+// setDisruption changes the disruption mode and its reason.
+func (e *Engine) setDisruption(mode, reason string) {
+	switch {
+	case mode != DisruptionPartial:
+		e.partialSince = time.Time{}
+	case e.disruption != DisruptionPartial:
+		e.partialSince = e.lastNow
+	}
+	e.disruption = mode
+	if mode == DisruptionNormal {
+		reason = ""
+	}
+	e.degraded = reason
+}
+
+// checkHosts sets the disruption mode and declares silent hosts lost
+// accordingly. It is modelled on the Kubernetes node lifecycle controller:
+//
+//   - full disruption: no host has reported for most of a HostStale window
+//     (the selector's own fault is likelier than every host failing at
+//     once): nothing is declared lost, nothing is launched, and running
+//     tasks found stale are not killed. When it ends, host and task silence
+//     are measured afresh, as after a reconnect.
+//   - partial disruption: more than UnhealthyHostFraction of the hosts went
+//     silent within one HostStale window while others still report: silent
+//     hosts are declared lost, the longest silent first, at LostHostsPerMin.
+//   - normal: every host silent for HostStale is declared lost.
 //
 // Hosts report on their own clocks, so the statuses of a fleet that stops
 // reporting at one moment run out over a spread of up to one status period.
 // So that the first hosts to run out are not declared lost before the rest
 // are seen to follow, a host silent for three quarters of HostStale counts
-// as going stale once some host is stale. Hosts known only from records and
-// never heard from since the start count only while no host has reported.
-func (e *Engine) checkHosts(now time.Time, suspectsMissing, watched int) {
+// as silent here. Every mode leads somewhere that does not depend on the
+// fault healing: partial disruption loses hosts at a bounded rate, and full
+// disruption ends as soon as one host reports.
+func (e *Engine) checkHosts(now time.Time) {
 	if now.Before(e.graceUntil) {
 		return
 	}
-	stale := e.stale[:0]
-	anySeen := false
-	for _, h := range e.hostSeq {
-		if h.seen && !h.lost {
-			anySeen = true
-			break
-		}
-	}
 	near := e.cfg.HostStale - e.cfg.HostStale/4
-	known, going, recent := 0, 0, 0
+	stale := e.stale[:0]
+	total, silent, reporting := 0, 0, 0
 	for _, h := range e.hostSeq {
 		if h.lost {
-			if now.Sub(h.lostAt) < e.cfg.HostStale && (h.seen || !anySeen) {
-				recent++
+			if now.Sub(h.lostAt) < e.cfg.HostStale || (!e.partialSince.IsZero() && !h.lostAt.Before(e.partialSince)) {
+				// Lost within the window, or during this partial
+				// disruption: it still counts, so that losing hosts one
+				// by one does not end the disruption.
+				total++
+				silent++
 			}
 			continue
 		}
-		silent := now.Sub(maxTime(h.lastStatus, e.staleBase))
-		if silent >= e.cfg.HostStale {
+		total++
+		quiet := now.Sub(maxTime(h.lastStatus, e.hostStaleBase))
+		if quiet >= e.cfg.HostStale {
 			stale = append(stale, h)
 		}
-		if !h.seen && anySeen {
-			continue // a dead record, not a sign of the selector's own fault
-		}
-		known++
-		if silent >= near {
-			going++
+		switch {
+		case quiet >= near:
+			silent++
+		case h.seen:
+			reporting++
 		}
 	}
 	e.stale = stale
-	n, all := going+recent, known+recent
-	reason := ""
+	defer clear(e.stale)
 	switch {
-	case len(stale) > 0 && n >= 2 && 2*n > all:
-		reason = fmt.Sprintf("%d of %d hosts went stale within %v", n, all, e.cfg.HostStale)
-	case suspectsMissing >= 3 && 2*suspectsMissing > watched:
-		reason = fmt.Sprintf("%d of %d tasks went stale and their hosts do not answer", suspectsMissing, watched)
-	}
-	if reason != "" {
-		e.degraded = reason
-		e.degradedExit = time.Time{}
+	case reporting == 0 && len(stale) > 0:
+		if e.disruption != DisruptionFull {
+			e.setDisruption(DisruptionFull, fmt.Sprintf("no host has reported for %v", near))
+		}
+		return
+	case e.disruption == DisruptionFull:
+		// A host reports again. Silence during the disruption proves
+		// nothing (it was most likely the selector's own): measure afresh.
+		e.setDisruption(DisruptionNormal, "")
+		e.hostStaleBase = now
+		e.staleBase = now
+		e.hbDropAt = now // a task that went stale meanwhile and runs is not killed for it
+		return
+	case len(stale) > 0 && float64(silent) > e.cfg.UnhealthyHostFraction*float64(total):
+		e.setDisruption(DisruptionPartial, fmt.Sprintf("%d of %d hosts went silent within %v; declaring them lost at %g per minute",
+			silent, total, e.cfg.HostStale, e.cfg.LostHostsPerMin))
+		e.refillLossTokens(now)
+		// The longest silent first; ties by name, for determinism.
+		slices.SortFunc(stale, func(a, b *host) int {
+			if c := a.lastStatus.Compare(b.lastStatus); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		for _, h := range stale {
+			if e.lossTokens < 1 {
+				break
+			}
+			e.lossTokens--
+			e.loseHost(now, h)
+		}
 		return
 	}
-	if e.degraded != "" {
-		if e.degradedExit.IsZero() {
-			e.degradedExit = now.Add(e.cfg.HeartbeatStale)
-		}
-		if now.Before(e.degradedExit) {
-			return
-		}
-		e.degraded = ""
-		e.degradedExit = time.Time{}
-	}
+	e.setDisruption(DisruptionNormal, "")
+	e.refillLossTokens(now)
 	for _, h := range stale {
 		e.loseHost(now, h)
 	}
-	clear(e.stale)
+}
+
+// refillLossTokens adds the host losses that LostHostsPerMin allows since the
+// last refill, up to a burst of one.
+func (e *Engine) refillLossTokens(now time.Time) {
+	if d := now.Sub(e.lossTokensAt); d > 0 {
+		e.lossTokens = min(1, e.lossTokens+d.Minutes()*e.cfg.LostHostsPerMin)
+	}
+	e.lossTokensAt = now
 }
 
 // loseHost declares h lost: all of its tasks are gone and their targets
@@ -1566,14 +1809,18 @@ func (e *Engine) NextDeadline() time.Time {
 	if e.delayed.len() > 0 {
 		at(e.delayed.peek().readyAt)
 	}
-	at(e.degradedExit)
+	if len(e.tombs) > 0 || len(e.fenced) > 0 {
+		at(e.nextPrune)
+	}
 	if !e.connected {
 		return next
 	}
 	for _, k := range e.tasks {
 		switch k.phase {
 		case tLaunching, tLaunched:
-			at(k.launchedAt.Add(e.cfg.LaunchTimeout))
+			if k.sent {
+				at(k.launchedAt.Add(e.cfg.LaunchTimeout))
+			}
 		case tActive:
 			at(maxTime(maxTime(k.lastHB, e.staleBase).Add(e.cfg.HeartbeatStale), e.graceUntil))
 		case tSuspect, tKilling:
@@ -1584,14 +1831,22 @@ func (e *Engine) NextDeadline() time.Time {
 			}
 		}
 	}
+	near := e.cfg.HostStale - e.cfg.HostStale/4
 	for _, h := range e.hostSeq {
 		if h.lost {
-			if e.degraded != "" {
-				at(h.lostAt.Add(e.cfg.HostStale))
+			at(h.lostAt.Add(e.cfg.HostStale))
+			if len(h.tasks) == 0 {
+				at(maxTime(e.nextPrune, h.lostAt.Add(forgetHostAfter)))
 			}
 			continue
 		}
-		at(maxTime(maxTime(h.lastStatus, e.staleBase).Add(e.cfg.HostStale), e.graceUntil))
+		base := maxTime(h.lastStatus, e.hostStaleBase)
+		at(maxTime(base.Add(near), e.graceUntil))
+		at(maxTime(base.Add(e.cfg.HostStale), e.graceUntil))
+	}
+	if e.disruption == DisruptionPartial && e.lossTokens < 1 && e.cfg.LostHostsPerMin > 0 {
+		wait := time.Duration((1 - e.lossTokens) / e.cfg.LostHostsPerMin * float64(time.Minute))
+		at(e.lossTokensAt.Add(wait))
 	}
 	return next
 }

@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 		Connected:       e.connected,
 		Degraded:        e.degraded != "",
 		DegradedReason:  e.degraded,
+		Disruption:      e.disruption,
 		Recovering:      e.recovering,
 		LaunchesStopped: e.stopReason(now),
 		Backoff:         schemas.Backoff{Level: e.backoff.level},
@@ -32,8 +34,13 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 	}
 	st.Counters.Failures = maps.Clone(e.counters.Failures)
 	st.Counters.MalformedMessages = maps.Clone(e.counters.MalformedMessages)
+	mostFree, live := e.mostFree(now)
 	for _, t := range e.targets {
-		st.Targets = append(st.Targets, e.targetStatus(now, t))
+		ts := e.targetStatus(now, t)
+		if ts.State == StatePending && ts.Reason == "" {
+			ts.Reason = e.pendingReason(now, t, mostFree, live)
+		}
+		st.Targets = append(st.Targets, ts)
 	}
 	slices.SortFunc(st.Targets, func(a, b schemas.TargetStatus) int { return strings.Compare(a.Target, b.Target) })
 	for _, h := range e.hostSeq {
@@ -54,6 +61,35 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 	return st
 }
 
+// mostFree is the most RAM free on a host a launch may go to, and whether
+// there is such a host.
+func (e *Engine) mostFree(now time.Time) (int64, bool) {
+	most, any := int64(0), false
+	for _, h := range e.hostSeq {
+		if e.eligible(now, h) {
+			most, any = max(most, h.free(e.cfg.HostHeadroomMiB)), true
+		}
+	}
+	return most, any
+}
+
+// pendingReason says why a pending target is not launched now.
+func (e *Engine) pendingReason(now time.Time, t *target, mostFree int64, live bool) string {
+	switch {
+	case e.stopReason(now) != "":
+		return "launches stopped: " + e.stopReason(now)
+	case !e.backoff.open(now):
+		return "global backoff until " + e.wall(now, e.backoff.next).Format(time.RFC3339Nano)
+	case e.pendingLaunches >= e.cfg.MaxPendingLaunches:
+		return "waiting for pending launches to be confirmed"
+	case !live:
+		return "no live host to launch on"
+	case t.est.MinMiB() > mostFree:
+		return fmt.Sprintf("needs at least %d MiB; the most free on a live host is %d MiB", t.est.MinMiB(), mostFree)
+	}
+	return "next in line"
+}
+
 // wall turns an engine time into wall-clock UTC for display, relative to now.
 func (e *Engine) wall(now, t time.Time) time.Time { return now.UTC().Add(t.Sub(now)) }
 
@@ -72,8 +108,8 @@ func (e *Engine) stopReason(now time.Time) string {
 		return "disconnected"
 	case e.recovering || now.Before(e.graceUntil):
 		return "recovery grace"
-	case e.degraded != "":
-		return "degraded: " + e.degraded
+	case e.disruption == DisruptionFull:
+		return "full disruption: " + e.degraded
 	}
 	return ""
 }

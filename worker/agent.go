@@ -30,6 +30,9 @@ const (
 	DefaultPublishTimeout    = 2 * time.Second
 	DefaultRetryBase         = 100 * time.Millisecond
 	DefaultRetryMax          = 5 * time.Second
+	// DefaultFenceAfter is cmd/worker's fence time (WORKER_FENCE_AFTER).
+	// Config.FenceAfter has no default: zero there turns fencing off.
+	DefaultFenceAfter = 8 * time.Second
 )
 
 // Config configures an Agent. Zero fields take the defaults in brackets.
@@ -61,6 +64,15 @@ type Config struct {
 	// RetryBase and RetryMax bound the backoff between publish attempts
 	// [100ms, 5s].
 	RetryBase, RetryMax time.Duration
+	// FenceAfter turns self-fencing on: an agent that has had no round trip
+	// to the NATS server for FenceAfter stops its tasks itself, reports each
+	// as failed with reason fenced, and refuses launches (draining) until a
+	// round trip succeeds again. Zero turns fencing off (cmd/worker's
+	// default is DefaultFenceAfter); it must not be negative. The selector's
+	// host-stale time must be at least FenceAfter + 2 × HeartbeatInterval
+	// (see CheckFenceMargin), so that a host it declares lost has stopped its
+	// tasks by then.
+	FenceAfter time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -69,8 +81,8 @@ func (c *Config) withDefaults() error {
 	if c.Host == "" || len(c.Host) > schemas.MaxNameBytes {
 		return fmt.Errorf("worker: host name must be 1-%d bytes, got %q", schemas.MaxNameBytes, c.Host)
 	}
-	if c.RAMMiB <= 0 {
-		return fmt.Errorf("worker: RAM must be a positive number of MiB, got %d", c.RAMMiB)
+	if c.RAMMiB <= 0 || c.RAMMiB > schemas.MaxMiB {
+		return fmt.Errorf("worker: RAM must be a positive number of MiB, at most %d, got %d", int64(schemas.MaxMiB), c.RAMMiB)
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
@@ -102,6 +114,9 @@ func (c *Config) withDefaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.FenceAfter < 0 {
+		return fmt.Errorf("worker: fence time must not be negative (0 turns fencing off), got %v", c.FenceAfter)
+	}
 	return nil
 }
 
@@ -111,6 +126,9 @@ type Stats struct {
 	Relaunches      uint64            // launches answered from an existing or ended task
 	Refused         map[string]uint64 // launch refusals by reply code
 	Kills           uint64            // tasks stopped by a kill request
+	Fences          uint64            // times the agent fenced itself (cut off from NATS for Config.FenceAfter)
+	FencedTasks     uint64            // tasks the agent stopped because it was fenced
+	Fenced          bool              // fenced now: tasks stopped, launches refused until NATS answers again
 	Malformed       map[string]uint64 // undecodable requests by kind: launch, kill, ps
 	HeartbeatsSent  uint64
 	EventsQueued    uint64
@@ -127,8 +145,30 @@ type entry struct {
 	task      Task
 	pid       int64
 	seq       uint64
-	startedAt time.Time
+	startedAt time.Time // taken before the executor started it
 	hbSubject string
+}
+
+// TaskSpan is one task's life on an agent, as the agent saw it: Start is
+// taken before the executor starts the task and End once it is gone, so
+// that the task ran within [Start, End]. Spans judge, from the workers'
+// side, whether two tasks ever overlapped in time.
+type TaskSpan struct {
+	TaskID string
+	Target string
+	Epoch  uint64
+	PID    int64
+	Start  time.Time
+	End    time.Time // zero while the task runs
+	Kind   string    // how it ended: done or failed; "" while it runs or when it vanished
+	Reason string    // the reason of a failed end, such as killed or fenced
+}
+
+// pendingHB is a heartbeat encoded by tick, waiting to be published.
+type pendingHB struct {
+	subject string
+	taskID  string
+	end     int // its end in tickBuf
 }
 
 // Agent is the worker agent of one host: it answers launch, kill and ps
@@ -151,10 +191,18 @@ type Agent struct {
 	hb       schemas.Heartbeat
 	progress float64
 
+	// tick's heartbeats, encoded under mu and published after it; used by
+	// Run's goroutine only.
+	tickBuf []byte
+	tickHBs []pendingHB
+
+	fence fenceState
+
 	ready     chan struct{}
 	readyOnce sync.Once
 
 	launches, relaunches, kills, hbSent, queued atomic.Uint64
+	fences, fencedTasks                         atomic.Uint64
 	refusedMu                                   sync.Mutex
 	refused                                     map[string]uint64
 	malformed                                   [3]atomic.Uint64
@@ -208,7 +256,9 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Run serves until ctx ends, then shuts down gracefully: it drains (refuses
 // launches), kills the tasks when Config.KillOnShutdown is set, waits up to
 // Config.FlushTimeout for unacked events, unsubscribes and closes the
-// executor. It returns nil after a clean shutdown.
+// executor. It returns nil after a clean shutdown. With Config.FenceAfter
+// set, it also probes the connection and fences the agent while NATS does
+// not answer (see fence.go).
 func (a *Agent) Run(ctx context.Context) error {
 	var subs []*nats.Subscription
 	defer func() {
@@ -242,10 +292,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.out.run(outCtx)
 	}()
 
+	stopFencing := a.startFencing()
+	defer stopFencing()
+
 	a.tick()
 	a.readyOnce.Do(func() { close(a.ready) })
 	a.log.Info("worker agent ready", "ram_mib", a.cfg.RAMMiB, "executor", a.cfg.Executor,
-		"heartbeat_interval", a.cfg.HeartbeatInterval, "prefix", a.cfg.Prefix)
+		"heartbeat_interval", a.cfg.HeartbeatInterval, "prefix", a.cfg.Prefix, "fence_after", a.cfg.FenceAfter)
 
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
@@ -260,6 +313,7 @@ loop:
 	}
 
 	a.log.Info("worker agent shutting down", "kill_tasks", a.cfg.KillOnShutdown)
+	stopFencing()
 	a.Drain()
 	if a.cfg.KillOnShutdown {
 		a.killAll()
@@ -302,6 +356,9 @@ func (a *Agent) Stats() Stats {
 		Launches:        a.launches.Load(),
 		Relaunches:      a.relaunches.Load(),
 		Kills:           a.kills.Load(),
+		Fences:          a.fences.Load(),
+		FencedTasks:     a.fencedTasks.Load(),
+		Fenced:          a.fence.fenced.Load(),
 		HeartbeatsSent:  a.hbSent.Load(),
 		EventsQueued:    a.queued.Load(),
 		EventsPublished: a.out.published.Load(),
@@ -327,21 +384,77 @@ func (a *Agent) Stats() Stats {
 	return st
 }
 
-// tick sends every task's heartbeat and the HostStatus.
-func (a *Agent) tick() {
+// Spans lists the running tasks and the last Config.EndedMemory ended ones,
+// ordered by start.
+func (a *Agent) Spans() []TaskSpan {
 	a.mu.Lock()
+	out := make([]TaskSpan, 0, len(a.tasks)+len(a.ended.spans))
 	for _, e := range a.tasks {
-		a.heartbeatLocked(e)
+		out = append(out, e.span())
+	}
+	for _, sp := range a.ended.spans {
+		out = append(out, sp)
 	}
 	a.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Start.Equal(out[j].Start) {
+			return out[i].Start.Before(out[j].Start)
+		}
+		return out[i].TaskID < out[j].TaskID
+	})
+	return out
+}
+
+func (e *entry) span() TaskSpan {
+	return TaskSpan{TaskID: e.spec.TaskID, Target: e.spec.Target, Epoch: e.spec.Epoch, PID: e.pid, Start: e.startedAt}
+}
+
+// tick sends every task's heartbeat and the HostStatus. The heartbeats are
+// encoded under the lock and published after it, so that a connection that
+// blocks cannot hold the lock (and with it the fence) up.
+func (a *Agent) tick() {
+	a.mu.Lock()
+	buf, hbs := a.tickBuf[:0], a.tickHBs[:0]
+	for _, e := range a.tasks {
+		var ok bool
+		if buf, ok = a.appendHeartbeatLocked(buf, e); ok {
+			hbs = append(hbs, pendingHB{subject: e.hbSubject, taskID: e.spec.TaskID, end: len(buf)})
+		}
+	}
+	a.mu.Unlock()
+	start := 0
+	for i := range hbs {
+		h := &hbs[i]
+		a.publishHeartbeat(h.subject, h.taskID, buf[start:h.end])
+		start = h.end
+		*h = pendingHB{}
+	}
+	a.tickBuf, a.tickHBs = buf, hbs
 	a.publishHostStatus()
 }
 
 // heartbeatLocked publishes one heartbeat for e unless the task is silent.
 func (a *Agent) heartbeatLocked(e *entry) {
+	var ok bool
+	if a.hbBuf, ok = a.appendHeartbeatLocked(a.hbBuf[:0], e); ok {
+		a.publishHeartbeat(e.hbSubject, e.spec.TaskID, a.hbBuf)
+	}
+}
+
+func (a *Agent) publishHeartbeat(subject, taskID string, b []byte) {
+	if err := a.nc.Publish(subject, b); err != nil {
+		a.log.Warn("heartbeat publish failed", "task_id", taskID, "err", err)
+		return
+	}
+	a.hbSent.Add(1)
+}
+
+// appendHeartbeatLocked appends e's next heartbeat to dst, unless the task
+// is silent (ok false).
+func (a *Agent) appendHeartbeatLocked(dst []byte, e *entry) (_ []byte, ok bool) {
 	s := e.task.Sample()
 	if s.Silent {
-		return
+		return dst, false
 	}
 	e.seq++
 	h := &a.hb
@@ -361,15 +474,11 @@ func (a *Agent) heartbeatLocked(e *entry) {
 		a.progress = min(max(s.Progress, 0), 1)
 		h.Progress = &a.progress
 	}
-	a.hbBuf = schemas.AppendHeartbeat(a.hbBuf[:0], h)
-	if err := a.nc.Publish(e.hbSubject, a.hbBuf); err != nil {
-		a.log.Warn("heartbeat publish failed", "task_id", e.spec.TaskID, "err", err)
-		return
-	}
-	a.hbSent.Add(1)
+	return schemas.AppendHeartbeat(dst, h), true
 }
 
-// publishHostStatus sends the host's RAM, tasks and draining flag.
+// publishHostStatus sends the host's RAM, tasks and draining flag, which is
+// also set while the agent is fenced.
 func (a *Agent) publishHostStatus() {
 	a.mu.Lock()
 	st := schemas.HostStatus{
@@ -377,7 +486,7 @@ func (a *Agent) publishHostStatus() {
 		Host:     a.cfg.Host,
 		RAM:      schemas.HostRAM{TotalMiB: a.cfg.RAMMiB, UsedMiB: min(a.exec.UsedMiB(), a.cfg.RAMMiB)},
 		Tasks:    make([]string, 0, len(a.tasks)),
-		Draining: a.draining,
+		Draining: a.draining || a.fence.fenced.Load(),
 		SentAt:   a.cfg.Now().UTC(),
 	}
 	for id := range a.tasks {
@@ -416,7 +525,7 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 		if m.Reply != "" {
 			a.respondJSON(m, schemas.LaunchReply{
 				V: schemas.Version, TaskID: bestEffortTaskID(m.Data),
-				Error: &schemas.ReplyError{Code: schemas.CodeInvalid, Message: truncate(err.Error(), 512)},
+				Error: replyError(schemas.CodeInvalid, err.Error()),
 			}, false)
 		}
 		return
@@ -434,8 +543,7 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 		a.refused[code]++
 		a.refusedMu.Unlock()
 		a.log.Info("launch refused", "task_id", req.TaskID, "target", req.Target, "type", req.Type, "code", code, "reason", msg)
-		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID,
-			Error: &schemas.ReplyError{Code: code, Message: truncate(msg, 512)}}
+		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, Error: replyError(code, msg)}
 	}
 	spec := LaunchSpec{TaskID: req.TaskID, Epoch: req.Epoch, Target: req.Target, Type: req.Type, RAM: req.RAM, Args: req.Args}
 
@@ -457,6 +565,11 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 	if a.draining {
 		return refuse(schemas.CodeDraining, "host is draining")
 	}
+	if a.fence.fenced.Load() {
+		// Not a code of its own: the selector takes unknown codes for a
+		// permanent refusal of the target, and this one passes.
+		return refuse(schemas.CodeDraining, "host is fenced: cut off from NATS, it stopped its tasks and takes no launches until NATS answers again")
+	}
 	if err := a.exec.Check(&spec); err != nil {
 		return refuse(launchCode(err), err.Error())
 	}
@@ -466,6 +579,7 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 	}
 	var hooks Hooks
 	hooks.Exited = func(t Task, ex Exit) { a.exited(spec.TaskID, t, ex) }
+	startedAt := a.cfg.Now()
 	task, err := a.exec.Start(&spec, hooks)
 	if err != nil {
 		return refuse(launchCode(err), err.Error())
@@ -474,7 +588,7 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 		spec:      spec,
 		task:      task,
 		pid:       task.PID(),
-		startedAt: a.cfg.Now(),
+		startedAt: startedAt,
 		hbSubject: a.subj.Heartbeat(a.cfg.Host, spec.Target),
 	}
 	a.tasks[spec.TaskID] = e
@@ -505,7 +619,7 @@ func (a *Agent) exited(taskID string, t Task, ex Exit) {
 		a.mu.Unlock()
 		return
 	}
-	a.removeLocked(e)
+	a.removeLocked(e, ex.Kind, ex.Reason)
 	a.mu.Unlock()
 	if ex.Kind == "" {
 		a.log.Warn("task vanished", "task_id", taskID, "pid", e.pid, "target", e.spec.Target)
@@ -515,9 +629,13 @@ func (a *Agent) exited(taskID string, t Task, ex Exit) {
 	a.emit(e, ex)
 }
 
-func (a *Agent) removeLocked(e *entry) {
+// removeLocked forgets e, which has ended (how: kind and reason), and
+// remembers its span among the ended ones.
+func (a *Agent) removeLocked(e *entry, kind, reason string) {
 	delete(a.tasks, e.spec.TaskID)
-	a.ended.add(e.spec.TaskID, e.pid)
+	sp := e.span()
+	sp.End, sp.Kind, sp.Reason = a.cfg.Now(), kind, reason
+	a.ended.add(sp)
 }
 
 // emit queues e's task event for JetStream.
@@ -552,60 +670,99 @@ func (a *Agent) emit(e *entry, ex Exit) {
 func (a *Agent) handleKill(m *nats.Msg) {
 	req, err := schemas.DecodeKillRequest(m.Data)
 	if err != nil {
-		a.rejectMalformed(kindKill, m, err)
+		a.malformedRequest(kindKill, m, err)
+		if m.Reply != "" {
+			// Running true: a reader that ignores the error must not take
+			// the task for gone.
+			a.respondJSON(m, schemas.KillReply{V: schemas.Version, TaskID: bestEffortTaskID(m.Data), Running: true,
+				Error: replyError(schemas.CodeInvalid, err.Error())}, false)
+		}
 		return
 	}
-	running := a.kill(&req)
+	reply := a.kill(&req)
 	if m.Reply != "" {
-		a.respondJSON(m, schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID, Running: running}, true)
+		a.respondJSON(m, reply, true)
 	}
 }
 
 // kill stops the task req names (by task_id, and by PID when it is not 0)
-// and reports whether it still runs.
-func (a *Agent) kill(req *schemas.KillRequest) bool {
+// and reports whether it still runs. A task that is not there is gone. A
+// request whose PID is not the task's, or a stop that fails, is answered
+// with an error (and running true), never with a "gone" that could be wrong.
+func (a *Agent) kill(req *schemas.KillRequest) schemas.KillReply {
+	reply := schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID}
 	a.mu.Lock()
 	e, ok := a.tasks[req.TaskID]
 	a.mu.Unlock()
-	if !ok || (req.PID != 0 && e.pid != req.PID) {
-		return false
+	if !ok {
+		return reply
 	}
+	if req.PID != 0 && e.pid != req.PID {
+		reply.Running = true
+		reply.Error = replyError(schemas.CodeInvalid, fmt.Sprintf("task %s runs with pid %d, not %d", req.TaskID, e.pid, req.PID))
+		return reply
+	}
+	stopped, err := a.stop(e, schemas.ReasonKilled)
+	if err != nil {
+		reply.Running = true
+		reply.Error = replyError(schemas.CodeFailed, err.Error())
+		return reply
+	}
+	if stopped {
+		a.kills.Add(1)
+		a.log.Info("task killed", "task_id", req.TaskID, "pid", e.pid, "target", e.spec.Target, "reason", req.Reason)
+	}
+	return reply
+}
+
+// stop kills e's task; once it is gone, it forgets the task and queues its
+// failed event with reason. stopped is false when the task had ended on its
+// own already (its Exited hook reports it); err is set when the executor
+// could not stop it, and the task is kept.
+func (a *Agent) stop(e *entry, reason string) (stopped bool, err error) {
 	switch err := e.task.Kill(); {
 	case errors.Is(err, ErrGone):
-		return false
+		return false, nil
 	case err != nil:
-		a.log.Error("kill failed", "task_id", req.TaskID, "pid", e.pid, "err", err)
-		return true
+		a.log.Error("stopping task failed", "task_id", e.spec.TaskID, "pid", e.pid, "target", e.spec.Target, "reason", reason, "err", err)
+		return false, fmt.Errorf("stop task %s (pid %d): %w", e.spec.TaskID, e.pid, err)
 	}
 	a.mu.Lock()
-	if cur, ok := a.tasks[req.TaskID]; ok && cur == e {
-		a.removeLocked(e)
+	if cur, ok := a.tasks[e.spec.TaskID]; ok && cur == e {
+		a.removeLocked(e, schemas.EventFailed, reason)
 	}
 	a.mu.Unlock()
-	a.kills.Add(1)
-	a.log.Info("task killed", "task_id", req.TaskID, "pid", e.pid, "target", e.spec.Target, "reason", req.Reason)
-	a.emit(e, Exit{Kind: schemas.EventFailed, Reason: schemas.ReasonKilled})
-	return false
+	a.emit(e, Exit{Kind: schemas.EventFailed, Reason: reason})
+	return true, nil
+}
+
+// entries returns the running tasks, ordered by task_id.
+func (a *Agent) entries() []*entry {
+	a.mu.Lock()
+	out := make([]*entry, 0, len(a.tasks))
+	for _, e := range a.tasks {
+		out = append(out, e)
+	}
+	a.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].spec.TaskID < out[j].spec.TaskID })
+	return out
 }
 
 // killAll kills every task (shutdown with KillOnShutdown).
 func (a *Agent) killAll() {
-	a.mu.Lock()
-	ids := make([]string, 0, len(a.tasks))
-	for id := range a.tasks {
-		ids = append(ids, id)
-	}
-	a.mu.Unlock()
-	sort.Strings(ids)
-	for _, id := range ids {
-		a.kill(&schemas.KillRequest{TaskID: id, Reason: "worker shutdown"})
+	for _, e := range a.entries() {
+		a.kill(&schemas.KillRequest{TaskID: e.spec.TaskID, PID: e.pid, Reason: "worker shutdown"})
 	}
 }
 
 func (a *Agent) handlePs(m *nats.Msg) {
 	req, err := schemas.DecodePsRequest(m.Data)
 	if err != nil {
-		a.rejectMalformed(kindPs, m, err)
+		a.malformedRequest(kindPs, m, err)
+		if m.Reply != "" {
+			a.respondJSON(m, schemas.PsReply{V: schemas.Version, Host: a.cfg.Host,
+				Error: replyError(schemas.CodeInvalid, err.Error())}, true)
+		}
 		return
 	}
 	if m.Reply != "" {
@@ -642,22 +799,9 @@ func (a *Agent) malformedRequest(kind int, m *nats.Msg, err error) {
 	}
 }
 
-// invalidReply answers an undecodable kill or ps request: KillReply and
-// PsReply have no error field, so it carries the LaunchReply's error shape.
-type invalidReply struct {
-	V      int                 `json:"v"`
-	TaskID string              `json:"task_id,omitempty"`
-	Error  *schemas.ReplyError `json:"error"`
-}
-
-// rejectMalformed counts and logs an undecodable kill or ps request and,
-// when it asks for a reply, answers it with an invalidReply.
-func (a *Agent) rejectMalformed(kind int, m *nats.Msg, err error) {
-	a.malformedRequest(kind, m, err)
-	if m.Reply != "" {
-		a.respondJSON(m, invalidReply{V: schemas.Version, TaskID: bestEffortTaskID(m.Data),
-			Error: &schemas.ReplyError{Code: schemas.CodeInvalid, Message: truncate(err.Error(), 512)}}, false)
-	}
+// replyError builds a reply's error, its message cut to 512 bytes.
+func replyError(code, msg string) *schemas.ReplyError {
+	return &schemas.ReplyError{Code: code, Message: truncate(msg, 512)}
 }
 
 // respondJSON answers m; strict replies go through schemas.Marshal (which
@@ -729,30 +873,32 @@ func (r *rateLog) allow(now time.Time) (suppressed int, ok bool) {
 	return n, true
 }
 
-// endedCache remembers the PIDs of the last n ended task_ids, oldest out first.
+// endedCache remembers the spans of the last n ended task_ids, oldest out
+// first.
 type endedCache struct {
-	ring []string
-	next int
-	pids map[string]int64
+	ring  []string
+	next  int
+	spans map[string]TaskSpan
 }
 
 func newEndedCache(n int) endedCache {
-	return endedCache{ring: make([]string, n), pids: make(map[string]int64, n)}
+	return endedCache{ring: make([]string, n), spans: make(map[string]TaskSpan, n)}
 }
 
-func (c *endedCache) add(id string, pid int64) {
-	if _, ok := c.pids[id]; ok {
+func (c *endedCache) add(sp TaskSpan) {
+	if _, ok := c.spans[sp.TaskID]; ok {
 		return
 	}
 	if old := c.ring[c.next]; old != "" {
-		delete(c.pids, old)
+		delete(c.spans, old)
 	}
-	c.ring[c.next] = id
+	c.ring[c.next] = sp.TaskID
 	c.next = (c.next + 1) % len(c.ring)
-	c.pids[id] = pid
+	c.spans[sp.TaskID] = sp
 }
 
+// get returns the PID of an ended task_id.
 func (c *endedCache) get(id string) (int64, bool) {
-	pid, ok := c.pids[id]
-	return pid, ok
+	sp, ok := c.spans[id]
+	return sp.PID, ok
 }

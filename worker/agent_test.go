@@ -2,6 +2,7 @@ package worker
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -223,9 +224,11 @@ func TestKill(t *testing.T) {
 	h.sim.Advance(time.Second)
 	h.hostStatusWhere("the task's RAM", func(s schemas.HostStatus) bool { return s.RAM.UsedMiB == 500 })
 
-	// A kill naming the wrong PID does not touch the task.
-	if rep := h.kill(req.TaskID, pid+100); rep.Running {
-		t.Fatalf("kill with a wrong PID: %+v", rep)
+	// A kill naming the wrong PID does not touch the task, and is answered
+	// with an error, not with a "gone" that would be wrong.
+	if rep := h.kill(req.TaskID, pid+100); !rep.Running || rep.Error == nil || rep.Error.Code != schemas.CodeInvalid ||
+		!strings.Contains(rep.Error.Message, "runs with pid") {
+		t.Fatalf("kill with a wrong PID: %+v (error %+v)", rep, rep.Error)
 	}
 	if ps := h.ps(); len(ps.Tasks) != 1 {
 		t.Fatalf("task gone after a kill with a wrong PID")
@@ -247,10 +250,10 @@ func TestKill(t *testing.T) {
 
 	// Killing it again, or a task that never was, answers running=false
 	// and publishes nothing more.
-	if rep := h.kill(req.TaskID, pid); rep.Running {
+	if rep := h.kill(req.TaskID, pid); rep.Running || rep.Error != nil {
 		t.Fatalf("second kill: %+v", rep)
 	}
-	if rep := h.kill("never", 0); rep.Running {
+	if rep := h.kill("never", 0); rep.Running || rep.Error != nil {
 		t.Fatalf("kill of an unknown task: %+v", rep)
 	}
 	if st := h.agent.Stats(); st.Kills != 1 {
@@ -259,6 +262,42 @@ func TestKill(t *testing.T) {
 	eventually(t, "the event acked", func() bool { return h.agent.Stats().EventsPublished == 1 })
 	if n := h.streamCount(); n != 1 {
 		t.Errorf("%d events in the stream, want 1", n)
+	}
+}
+
+// stubbornTask is a task whose Kill fails, as a process the worker may not
+// signal.
+type stubbornTask struct{ Task }
+
+func (stubbornTask) Kill() error { return errors.New("operation not permitted") }
+
+// stubbornExec starts stubborn tasks.
+type stubbornExec struct{ *Sim }
+
+func (x stubbornExec) Start(spec *LaunchSpec, hooks Hooks) (Task, error) {
+	t, err := x.Sim.Start(spec, hooks)
+	if err != nil {
+		return nil, err
+	}
+	return stubbornTask{t}, nil
+}
+
+// TestKillThatFails: a kill the executor cannot carry out is answered with
+// error failed and running true, not with running false (which the selector
+// would take for "gone").
+func TestKillThatFails(t *testing.T) {
+	h := newHarness(t, harnessOpts{exec: func(s *Sim) Executor { return stubbornExec{s} }})
+	req := declared("n00dles", "work", 10, 10, 1e6)
+	pid := h.mustLaunch(req)
+	rep := h.kill(req.TaskID, pid)
+	if !rep.Running || rep.Error == nil || rep.Error.Code != schemas.CodeFailed || !strings.Contains(rep.Error.Message, "operation not permitted") {
+		t.Fatalf("kill that fails: %+v (error %+v)", rep, rep.Error)
+	}
+	if ps := h.ps(pid); len(ps.Tasks) != 1 {
+		t.Fatalf("the task is no longer listed: %+v", ps)
+	}
+	if st := h.agent.Stats(); st.Kills != 0 || st.EventsQueued != 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 
@@ -291,19 +330,13 @@ func TestPs(t *testing.T) {
 	}
 }
 
+// TestMalformedRequests: an undecodable request is answered with its own
+// reply type carrying error code invalid (and the task_id when one can be
+// read). The kill and ps replies decode strictly when they carry a task_id;
+// a kill's says running, so that a reader that ignores the error does not
+// take the task for gone.
 func TestMalformedRequests(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	type anyReply struct {
-		TaskID string              `json:"task_id"`
-		Error  *schemas.ReplyError `json:"error"`
-	}
-	decode := func(b []byte) anyReply {
-		var r anyReply
-		if err := json.Unmarshal(b, &r); err != nil {
-			t.Fatalf("reply %s: %v", b, err)
-		}
-		return r
-	}
 	for _, c := range []struct {
 		subject string
 		body    string
@@ -312,14 +345,49 @@ func TestMalformedRequests(t *testing.T) {
 		{h.subj.Launch("host-1"), `{`, ""},
 		{h.subj.Launch("host-1"), `{"v":2,"task_id":"t-9","epoch":1,"target":"a","type":"b","ram":{"wrapper_mib":1,"helpers_mib":1},"args":{}}`, "t-9"},
 		{h.subj.Launch("host-1"), `{"v":1,"task_id":"t-10","epoch":1,"target":"a","type":"b","ram":{"wrapper_mib":-1,"helpers_mib":1},"args":{}}`, "t-10"},
-		{h.subj.Kill("host-1"), `not json`, ""},
-		{h.subj.Kill("host-1"), `{"v":1,"task_id":"k-1","pid":-4}`, "k-1"},
-		{h.subj.Ps("host-1"), `{"v":1,"pids":[0]}`, ""},
+		{h.subj.Launch("host-1"), `{"v":1,"task_id":"t-11","epoch":1,"target":"a","type":"b","ram":{"wrapper_mib":1,"helpers_mib":1099511627777},"args":{}}`, "t-11"},
 	} {
-		r := decode(h.request(c.subject, []byte(c.body)))
-		if r.Error == nil || r.Error.Code != schemas.CodeInvalid || r.TaskID != c.taskID || r.Error.Message == "" {
-			t.Errorf("%s %s: reply %+v", c.subject, c.body, r)
+		b := h.request(c.subject, []byte(c.body))
+		var r schemas.LaunchReply
+		if c.taskID != "" {
+			var err error
+			if r, err = schemas.DecodeLaunchReply(b); err != nil {
+				t.Fatalf("launch reply %s: %v", b, err)
+			}
+		} else if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatalf("launch reply %s: %v", b, err)
 		}
+		if r.Error == nil || r.Error.Code != schemas.CodeInvalid || r.TaskID != c.taskID || r.Error.Message == "" || r.PID != 0 {
+			t.Errorf("%s %s: reply %s", c.subject, c.body, b)
+		}
+	}
+	for _, c := range []struct {
+		body   string
+		taskID string
+	}{
+		{`not json`, ""},
+		{`{"v":1,"task_id":"k-1","pid":-4}`, "k-1"},
+		{`{"v":1,"task_id":"k-2","pid":1,"reason":"x","zz":` + strings.Repeat("[", 20000) + `}`, ""},
+	} {
+		b := h.request(h.subj.Kill("host-1"), []byte(c.body))
+		var r schemas.KillReply
+		if c.taskID != "" {
+			var err error
+			if r, err = schemas.DecodeKillReply(b); err != nil {
+				t.Fatalf("kill reply %s: %v", b, err)
+			}
+		} else if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatalf("kill reply %s: %v", b, err)
+		}
+		if r.Error == nil || r.Error.Code != schemas.CodeInvalid || r.TaskID != c.taskID || r.Error.Message == "" || !r.Running {
+			t.Errorf("kill %.40s: reply %s", c.body, b)
+		}
+	}
+	b := h.request(h.subj.Ps("host-1"), []byte(`{"v":1,"pids":[0]}`))
+	ps, err := schemas.DecodePsReply(b)
+	if err != nil || ps.Error == nil || ps.Error.Code != schemas.CodeInvalid || ps.Host != "host-1" || len(ps.Tasks) != 0 ||
+		!strings.Contains(ps.Error.Message, "pids[0]") {
+		t.Errorf("ps reply %s: %v", b, err)
 	}
 	// A flood without reply subjects: counted, nothing breaks.
 	const flood = 300
@@ -332,7 +400,7 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	eventually(t, "the flood counted", func() bool {
 		m := h.agent.Stats().Malformed
-		return m["launch"] == flood+3 && m["kill"] == flood+2 && m["ps"] == flood+1
+		return m["launch"] == flood+4 && m["kill"] == flood+3 && m["ps"] == flood+1
 	})
 	h.mustLaunch(declared("still", "work", 1, 1, 1))
 }

@@ -11,7 +11,7 @@
 //     malformed one is counted (Stats.Malformed), logged at most once per
 //     5 s per kind, and answered with error code invalid (carrying the
 //     task_id when one can be read). A launch is refused with draining while
-//     the agent drains, with unknown_type or invalid when the executor cannot
+//     the agent drains or is fenced, with unknown_type or invalid when the executor cannot
 //     run the type or its args, and with insufficient_ram when wrapper +
 //     helpers does not fit the free RAM: the capacity minus every task counted
 //     at the larger of its budget and its use, minus RAM used by anything else.
@@ -32,7 +32,10 @@
 //   - Kill (tasks.kill.<host>) stops the task named by task_id (and by PID
 //     when it is not 0), frees its RAM, publishes a failed event with reason
 //     killed and replies running=false. A task that is not there is answered
-//     running=false too.
+//     running=false too. A kill the agent cannot carry out is answered with
+//     an error and running=true, never with a "gone" that could be wrong:
+//     invalid when the task runs with another PID than the one named, failed
+//     when the executor could not stop it.
 //   - Ps (tasks.ps.<host>) lists the running tasks (silent ones included),
 //     only those with the requested PIDs when there are any, ordered by PID.
 //   - Events (tasks.event.<target>) go to the TASK_EVENTS stream through an
@@ -47,8 +50,21 @@
 //     Config.FlushTimeout for the outbox, unsubscribe and close the executor.
 //     Tasks that are not killed are left running; the sim executor's tasks
 //     then die with the process without an event.
-//   - Malformed kill and ps requests are answered {"v":1,"error":{"code":
-//     "invalid",...}}, since KillReply and PsReply have no error field.
+//   - Malformed kill and ps requests are answered with a KillReply (running
+//     true, so that a reader that ignores the error does not take the task
+//     for gone) or a PsReply (no tasks) carrying error code invalid.
+//   - Self-fencing (Config.FenceAfter, WORKER_FENCE_AFTER). The agent probes
+//     its connection with a round trip to the server every half heartbeat
+//     interval (or quarter fence time, if shorter). When no probe sent in
+//     the last FenceAfter has succeeded, whether the client noticed a
+//     disconnect or the connection merely stalls, the agent fences itself:
+//     it stops every task, reports each as a failed event with reason
+//     fenced through the outbox (published once the connection is back),
+//     refuses launches with draining and publishes draining=true. The first
+//     probe that succeeds lifts the fence. A host the selector declares lost
+//     has then stopped its tasks, provided the selector's host-stale time is
+//     at least FenceAfter + 2 × HeartbeatInterval (CheckFenceMargin);
+//     fence.go gives the reasoning.
 //
 // # Launch args of the sim executor
 //

@@ -46,6 +46,7 @@ type harness struct {
 	subj   bus.Subjects
 	agent  *Agent
 	sim    *Sim
+	proxy  *natstest.Proxy // between the agent and the server, when asked for
 	cfg    Config
 	cancel context.CancelFunc
 	done   chan error
@@ -58,6 +59,8 @@ type harnessOpts struct {
 	cfg      Config
 	sim      SimConfig
 	noStream bool
+	proxy    bool                // connect the agent through a natstest.Proxy
+	exec     func(*Sim) Executor // wraps the sim executor, when set
 }
 
 // newHarness starts a server, the events stream, a sim executor and an
@@ -110,8 +113,17 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if h.sim, err = NewSim(sc); err != nil {
 		t.Fatal(err)
 	}
-	nc := natstest.Conn(t, h.srv.ClientURL())
-	if h.agent, err = New(nc, o.cfg, h.sim, nil); err != nil {
+	url := h.srv.ClientURL()
+	if o.proxy {
+		h.proxy = natstest.NewProxy(t, url)
+		url = h.proxy.URL()
+	}
+	nc := natstest.Conn(t, url, nats.ReconnectWait(20*time.Millisecond), nats.Timeout(500*time.Millisecond))
+	var exec Executor = h.sim
+	if o.exec != nil {
+		exec = o.exec(h.sim)
+	}
+	if h.agent, err = New(nc, o.cfg, exec, natstest.Log("WORKER_TEST_LOG")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

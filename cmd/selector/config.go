@@ -10,6 +10,7 @@ import (
 
 	"github.com/taskselector/taskselector/internal/envcfg"
 	"github.com/taskselector/taskselector/selector"
+	"github.com/taskselector/taskselector/worker"
 )
 
 // config is the selector's configuration, read from the environment. The
@@ -30,6 +31,9 @@ type config struct {
 	MaxPending     int           `envconfig:"SELECTOR_MAX_PENDING_LAUNCHES" default:"1" form:"a whole number of at least 1"`
 	HeadroomMiB    int64         `envconfig:"SELECTOR_HOST_HEADROOM_MIB" default:"0" form:"a whole number of MiB, 0 or more"`
 	Tick           time.Duration `envconfig:"SELECTOR_TICK" default:"50ms" form:"a positive duration such as 50ms"`
+	UnhealthyFrac  float64       `envconfig:"SELECTOR_UNHEALTHY_HOST_FRACTION" default:"0.55" form:"a fraction above 0 and below 1, such as 0.55"`
+	LostPerMin     float64       `envconfig:"SELECTOR_LOST_HOSTS_PER_MIN" default:"6" form:"a number of hosts per minute above 0 and at most 1e6, such as 6"`
+	FenceAfter     time.Duration `envconfig:"SELECTOR_WORKER_FENCE_AFTER" default:"8s" form:"a duration of 0 or more (0: the workers do not fence), at most SELECTOR_HOST_STALE minus 2s"`
 	LogLevel       string        `envconfig:"SELECTOR_LOG_LEVEL" default:"info" form:"one of debug, info, warn, error"`
 	SimSpeed       float64       `envconfig:"SIM_SPEED" default:"0" form:"a number of game seconds per real second, above 0 (0: the demo's default)"`
 }
@@ -55,6 +59,10 @@ func (c *config) check() error {
 		envcfg.Check(c, "MaxPending", c.MaxPending >= 1),
 		envcfg.Check(c, "HeadroomMiB", c.HeadroomMiB >= 0),
 		envcfg.Check(c, "Tick", c.Tick > 0),
+		envcfg.Check(c, "UnhealthyFrac", c.UnhealthyFrac > 0 && c.UnhealthyFrac < 1),
+		envcfg.Check(c, "LostPerMin", c.LostPerMin > 0 && c.LostPerMin <= 1e6),
+		envcfg.Check(c, "FenceAfter", c.FenceAfter >= 0 && (c.FenceAfter == 0 || c.HostStale <= 0 ||
+			worker.CheckFenceMargin(c.HostStale, c.FenceAfter, worker.DefaultHeartbeatInterval) == nil)),
 		envcfg.Check(c, "LogLevel", validLevel(c.LogLevel)),
 		envcfg.Check(c, "SubjectPrefix", validPrefix(c.SubjectPrefix)),
 		envcfg.Check(c, "SimSpeed", c.SimSpeed >= 0 && c.SimSpeed < 1e9),
@@ -111,6 +119,8 @@ func (c *config) engine() selector.Config {
 	e.BackoffMax = c.BackoffMax
 	e.MaxPendingLaunches = c.MaxPending
 	e.HostHeadroomMiB = c.HeadroomMiB
+	e.UnhealthyHostFraction = c.UnhealthyFrac
+	e.LostHostsPerMin = c.LostPerMin
 	return e
 }
 

@@ -12,11 +12,19 @@
 //	WORKER_SUBJECT_PREFIX      [tasks]
 //	WORKER_KILL_ON_SHUTDOWN    [false]
 //	WORKER_FLUSH_TIMEOUT       [5s]
+//	WORKER_FENCE_AFTER         [8s]; 0 turns self-fencing off
 //	WORKER_LOG_LEVEL           [info]
 //
 // plus the sim executor's SIM_* variables (SIM_SPEED [1] and the fault
 // knobs). A bad value stops startup with a message naming the variable and the
-// accepted form. SIGINT or SIGTERM shuts the agent down gracefully.
+// accepted form. SIGINT or SIGTERM shuts the agent down gracefully; a second
+// one during that shutdown exits at once with status 130.
+//
+// A worker cut off from NATS for WORKER_FENCE_AFTER stops its tasks itself
+// and takes no launches until NATS answers again (see package worker). The
+// selector's SELECTOR_HOST_STALE must be at least WORKER_FENCE_AFTER + 2 ×
+// WORKER_HEARTBEAT_INTERVAL for that to make relaunching a lost host's
+// tasks safe.
 package main
 
 import (
@@ -29,6 +37,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,19 +58,33 @@ type config struct {
 	Prefix            string        `envconfig:"WORKER_SUBJECT_PREFIX" default:"tasks"`
 	KillOnShutdown    bool          `envconfig:"WORKER_KILL_ON_SHUTDOWN" default:"false"`
 	FlushTimeout      time.Duration `envconfig:"WORKER_FLUSH_TIMEOUT" default:"5s"`
+	FenceAfter        time.Duration `envconfig:"WORKER_FENCE_AFTER" default:"8s"`
 	LogLevel          string        `envconfig:"WORKER_LOG_LEVEL" default:"info"`
 }
+
+// NATS client timers. Pings every natsPingInterval, with two unanswered
+// allowed, notice a dead connection within about 3 intervals, well inside
+// the default fence time, so that the client starts reconnecting early; a
+// write blocked for natsWriteTimeout breaks the connection rather than
+// holding the client up. The fence itself does not depend on either: it
+// probes the connection on its own.
+const (
+	natsPingInterval = 2 * time.Second
+	natsMaxPingsOut  = 2
+	natsWriteTimeout = 2 * time.Second
+)
 
 // vars lists the agent's variables with their accepted forms and defaults.
 var vars = []worker.EnvVar{
 	{Name: "WORKER_HOST", Form: "a host name of 1-256 bytes", Default: "(required)"},
-	{Name: "WORKER_RAM_MIB", Form: "a positive integer number of MiB", Default: "(required)"},
+	{Name: "WORKER_RAM_MIB", Form: "a positive integer number of MiB, at most 1099511627776", Default: "(required)"},
 	{Name: "NATS_URL", Form: "a NATS URL such as nats://127.0.0.1:4222 (comma-separated for several)", Default: "nats://127.0.0.1:4222"},
 	{Name: "WORKER_HEARTBEAT_INTERVAL", Form: "a positive Go duration such as 1s or 500ms", Default: "1s"},
 	{Name: "WORKER_EXECUTOR", Form: "an executor name (" + strings.Join(worker.Executors(), ", ") + ")", Default: "sim"},
 	{Name: "WORKER_SUBJECT_PREFIX", Form: "a NATS subject prefix of letters, digits, '-', '_' and inner dots", Default: "tasks"},
 	{Name: "WORKER_KILL_ON_SHUTDOWN", Form: "a boolean (true or false)", Default: "false"},
 	{Name: "WORKER_FLUSH_TIMEOUT", Form: "a positive Go duration such as 5s", Default: "5s"},
+	{Name: "WORKER_FENCE_AFTER", Form: "a Go duration such as 8s, or 0 to turn self-fencing off", Default: "8s"},
 	{Name: "WORKER_LOG_LEVEL", Form: "one of debug, info, warn, error", Default: "info"},
 }
 
@@ -93,12 +116,14 @@ func loadConfig() (config, error) {
 	switch {
 	case c.Host == "" || len(c.Host) > schemas.MaxNameBytes:
 		return c, bad("WORKER_HOST", c.Host)
-	case c.RAMMiB <= 0:
+	case c.RAMMiB <= 0 || c.RAMMiB > schemas.MaxMiB:
 		return c, bad("WORKER_RAM_MIB", fmt.Sprint(c.RAMMiB))
 	case c.HeartbeatInterval <= 0:
 		return c, bad("WORKER_HEARTBEAT_INTERVAL", c.HeartbeatInterval.String())
 	case c.FlushTimeout <= 0:
 		return c, bad("WORKER_FLUSH_TIMEOUT", c.FlushTimeout.String())
+	case c.FenceAfter < 0:
+		return c, bad("WORKER_FENCE_AFTER", c.FenceAfter.String())
 	case !validPrefix(c.Prefix):
 		return c, bad("WORKER_SUBJECT_PREFIX", c.Prefix)
 	case strings.TrimSpace(c.NATSURL) == "":
@@ -164,12 +189,62 @@ func usage(w io.Writer) {
 func main() {
 	flag.Usage = func() { usage(os.Stderr) }
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := onSignals(context.Background(), sigs, slog.New(slog.NewTextHandler(os.Stderr, nil)), func(os.Signal) {
+		os.Exit(forcedExitCode)
+	})
 	err := run(ctx, os.Stderr)
 	stop()
+	signal.Stop(sigs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(1)
+	}
+}
+
+// forcedExitCode is the exit status after a second signal, as after an
+// interrupt.
+const forcedExitCode = 130
+
+// onSignals returns a context that ends at the first signal received on
+// sigs, which starts the graceful shutdown. A second signal while that
+// shutdown runs is logged and handed to force, which exits the process. stop
+// ends the watch; it is idempotent.
+func onSignals(parent context.Context, sigs <-chan os.Signal, log *slog.Logger, force func(os.Signal)) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	go func() {
+		// next waits for a signal; false once stop was called, which wins
+		// over a signal pending at the same time.
+		next := func() (os.Signal, bool) {
+			select {
+			case sig := <-sigs:
+				select {
+				case <-done:
+					return nil, false
+				default:
+					return sig, true
+				}
+			case <-done:
+				return nil, false
+			}
+		}
+		sig, ok := next()
+		if !ok {
+			return
+		}
+		log.Info("signal received: shutting down gracefully; send it again to exit at once", "signal", sig.String())
+		cancel()
+		if sig, ok = next(); ok {
+			log.Error("second signal during shutdown: exiting at once", "signal", sig.String(), "status", forcedExitCode)
+			force(sig)
+		}
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() { close(done) })
+		cancel()
 	}
 }
 
@@ -195,6 +270,9 @@ func run(ctx context.Context, logOut io.Writer) error {
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(500*time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.PingInterval(natsPingInterval),
+		nats.MaxPingsOutstanding(natsMaxPingsOut),
+		nats.FlusherTimeout(natsWriteTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("NATS disconnected; reconnecting", "err", err)
 		}),
@@ -226,6 +304,7 @@ func run(ctx context.Context, logOut io.Writer) error {
 		Executor:          cfg.Executor,
 		KillOnShutdown:    cfg.KillOnShutdown,
 		FlushTimeout:      cfg.FlushTimeout,
+		FenceAfter:        cfg.FenceAfter,
 	}, exec, log)
 	if err != nil {
 		_ = exec.Close()

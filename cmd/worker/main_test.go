@@ -5,18 +5,20 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/worker"
 )
 
 func setEnv(t *testing.T, kv map[string]string) {
 	t.Helper()
 	for _, k := range []string{"WORKER_HOST", "WORKER_RAM_MIB", "NATS_URL", "WORKER_HEARTBEAT_INTERVAL", "WORKER_EXECUTOR",
-		"WORKER_SUBJECT_PREFIX", "WORKER_KILL_ON_SHUTDOWN", "WORKER_FLUSH_TIMEOUT", "WORKER_LOG_LEVEL", "SIM_SPEED"} {
+		"WORKER_SUBJECT_PREFIX", "WORKER_KILL_ON_SHUTDOWN", "WORKER_FLUSH_TIMEOUT", "WORKER_FENCE_AFTER", "WORKER_LOG_LEVEL", "SIM_SPEED"} {
 		t.Setenv(k, "") // restored after the test
 		os.Unsetenv(k)
 	}
@@ -32,8 +34,9 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 	}{
 		{"WORKER_HOST", "", "WORKER_HOST: required, want a host name"},
 		{"WORKER_RAM_MIB", "", "WORKER_RAM_MIB: required, want a positive integer number of MiB"},
-		{"WORKER_RAM_MIB", "abc", `WORKER_RAM_MIB: want a positive integer number of MiB, got "abc"`},
-		{"WORKER_RAM_MIB", "-5", `WORKER_RAM_MIB: want a positive integer number of MiB, got "-5"`},
+		{"WORKER_RAM_MIB", "abc", `WORKER_RAM_MIB: want a positive integer number of MiB, at most 1099511627776, got "abc"`},
+		{"WORKER_RAM_MIB", "-5", `WORKER_RAM_MIB: want a positive integer number of MiB, at most 1099511627776, got "-5"`},
+		{"WORKER_RAM_MIB", "1099511627777", `WORKER_RAM_MIB: want a positive integer number of MiB, at most 1099511627776, got "1099511627777"`},
 		{"WORKER_HEARTBEAT_INTERVAL", "often", `WORKER_HEARTBEAT_INTERVAL: want a positive Go duration such as 1s or 500ms, got "often"`},
 		{"WORKER_HEARTBEAT_INTERVAL", "0s", `WORKER_HEARTBEAT_INTERVAL: want a positive Go duration`},
 		{"WORKER_FLUSH_TIMEOUT", "-1s", `WORKER_FLUSH_TIMEOUT: want a positive Go duration such as 5s, got "-1s"`},
@@ -42,6 +45,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"WORKER_SUBJECT_PREFIX", "t>", `WORKER_SUBJECT_PREFIX: want a NATS subject prefix`},
 		{"WORKER_KILL_ON_SHUTDOWN", "maybe", `WORKER_KILL_ON_SHUTDOWN: want a boolean (true or false), got "maybe"`},
 		{"WORKER_LOG_LEVEL", "loud", `WORKER_LOG_LEVEL: want one of debug, info, warn, error, got "loud"`},
+		{"WORKER_FENCE_AFTER", "-1s", `WORKER_FENCE_AFTER: want a Go duration such as 8s, or 0 to turn self-fencing off, got "-1s"`},
+		{"WORKER_FENCE_AFTER", "soon", `WORKER_FENCE_AFTER: want a Go duration such as 8s, or 0 to turn self-fencing off, got "soon"`},
 	}
 	for _, c := range cases {
 		env := map[string]string{}
@@ -64,8 +69,13 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.NATSURL != "nats://127.0.0.1:4222" || cfg.HeartbeatInterval != time.Second || cfg.Executor != "sim" ||
-		cfg.Prefix != "tasks" || cfg.KillOnShutdown || cfg.RAMMiB != 8192 {
+		cfg.Prefix != "tasks" || cfg.KillOnShutdown || cfg.RAMMiB != 8192 || cfg.FenceAfter != worker.DefaultFenceAfter {
 		t.Fatalf("defaults %+v", cfg)
+	}
+	// 0 turns fencing off.
+	setEnv(t, map[string]string{"WORKER_HOST": "h1", "WORKER_RAM_MIB": "8192", "WORKER_FENCE_AFTER": "0"})
+	if cfg, err := loadConfig(); err != nil || cfg.FenceAfter != 0 {
+		t.Fatalf("WORKER_FENCE_AFTER=0: %+v, %v", cfg, err)
 	}
 	// A bad SIM_* variable stops startup too, before connecting.
 	setEnv(t, map[string]string{"WORKER_HOST": "h1", "WORKER_RAM_MIB": "8192", "SIM_SPEED": "warp"})
@@ -118,5 +128,57 @@ func TestRunServesAndStopsOnCancel(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("run did not stop")
+	}
+}
+
+// TestSecondSignalForcesExit: the first signal ends the context (the
+// graceful shutdown); a second one during it is handed to force (which exits
+// the process in main). Before, the second signal was swallowed.
+func TestSecondSignalForcesExit(t *testing.T) {
+	sigs := make(chan os.Signal, 2)
+	forced := make(chan os.Signal, 1)
+	ctx, stop := onSignals(context.Background(), sigs, natstest.Log("WORKER_TEST_LOG"), func(s os.Signal) { forced <- s })
+	defer stop()
+	if ctx.Err() != nil {
+		t.Fatal("context ended before any signal")
+	}
+	sigs <- os.Interrupt
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first signal did not end the context")
+	}
+	select {
+	case s := <-forced:
+		t.Fatalf("forced exit on the first signal (%v)", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+	sigs <- syscall.SIGTERM
+	select {
+	case s := <-forced:
+		if s != syscall.SIGTERM {
+			t.Fatalf("forced with %v, want SIGTERM", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second signal was swallowed")
+	}
+}
+
+// TestSignalWatchStops: after stop, signals are no longer acted on.
+func TestSignalWatchStops(t *testing.T) {
+	sigs := make(chan os.Signal, 2)
+	forced := make(chan os.Signal, 1)
+	ctx, stop := onSignals(context.Background(), sigs, natstest.Log("WORKER_TEST_LOG"), func(s os.Signal) { forced <- s })
+	stop()
+	stop() // idempotent
+	if ctx.Err() == nil {
+		t.Fatal("stop did not end the context")
+	}
+	sigs <- os.Interrupt
+	sigs <- os.Interrupt
+	select {
+	case s := <-forced:
+		t.Fatalf("forced exit after stop (%v)", s)
+	case <-time.After(100 * time.Millisecond):
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/selector"
 )
 
 // Source is what the endpoints read: *bus.SelectorService implements it.
@@ -56,12 +57,16 @@ type Collector struct {
 	conn *bus.ConnStats
 
 	ready, connected, degraded, recovering  *prometheus.Desc
+	disruption                              *prometheus.Desc
 	backoffLevel, pendingLaunches           *prometheus.Desc
 	targets, hosts, hostRAM, restartToReady *prometheus.Desc
 	failures, malformed                     *prometheus.Desc
 	counters                                []counterDef
 	natsSlow, natsAsync, natsDisc, natsReco *prometheus.Desc
 }
+
+// disruptionModes are the values of SelectorStatus.Disruption.
+var disruptionModes = []string{selector.DisruptionNormal, selector.DisruptionPartial, selector.DisruptionFull}
 
 // NewCollector returns a collector of src's status. conn, when not nil (see
 // bus.StatsOf), adds the NATS connection's counters.
@@ -71,7 +76,8 @@ func NewCollector(src Source, conn *bus.ConnStats) *Collector {
 		conn:            conn,
 		ready:           newDesc("ready", "1 when the selector is connected and past its recovery grace."),
 		connected:       newDesc("connected", "1 when the selector is connected to NATS."),
-		degraded:        newDesc("degraded", "1 while the mass-stale guard holds launches and loss declarations."),
+		degraded:        newDesc("degraded", "1 while the disruption mode is not normal (see taskselector_disruption)."),
+		disruption:      newDesc("disruption", "1 for the current disruption mode: normal, partial (silent hosts are declared lost at a limited rate) or full (nothing is declared lost or launched).", "mode"),
 		recovering:      newDesc("recovering", "1 while the selector rebuilds its state after a start or reconnect."),
 		backoffLevel:    newDesc("backoff_level", "Level of the global launch backoff (0: none)."),
 		pendingLaunches: newDesc("pending_launches", "Launches awaiting their first heartbeat."),
@@ -98,6 +104,8 @@ func NewCollector(src Source, conn *bus.ConnStats) *Collector {
 		{"requeues_total", "Targets put back in the pending queue.", func(c *schemas.Counters) uint64 { return c.Requeues }},
 		{"adoptions_total", "Unrecorded tasks with a newer epoch adopted.", func(c *schemas.Counters) uint64 { return c.Adoptions }},
 		{"fenced_heartbeats_total", "Heartbeats from superseded or unknown tasks (which are killed).", func(c *schemas.Counters) uint64 { return c.FencedHeartbeats }},
+		{"fences_total", "Kills sent to tasks that are not their target's, from any cause.", func(c *schemas.Counters) uint64 { return c.Fences }},
+		{"input_gaps_total", "Times the selector learned that it dropped heartbeats or host statuses.", func(c *schemas.Counters) uint64 { return c.InputGaps }},
 		{"heartbeats_total", "Heartbeats handled by the engine.", func(c *schemas.Counters) uint64 { return c.Heartbeats }},
 		{"events_total", "Task events handled.", func(c *schemas.Counters) uint64 { return c.Events }},
 		{"duplicate_events_total", "Task events seen before (redeliveries).", func(c *schemas.Counters) uint64 { return c.DuplicateEvents }},
@@ -114,7 +122,7 @@ func NewCollector(src Source, conn *bus.ConnStats) *Collector {
 // Describe sends the descriptors of every metric the collector exports.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.ready, c.connected, c.degraded, c.recovering, c.backoffLevel, c.pendingLaunches,
+		c.ready, c.connected, c.degraded, c.disruption, c.recovering, c.backoffLevel, c.pendingLaunches,
 		c.targets, c.hosts, c.hostRAM, c.restartToReady, c.failures, c.malformed,
 	} {
 		ch <- d
@@ -143,6 +151,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.ready, boolValue(st.Ready))
 	gauge(c.connected, boolValue(st.Connected))
 	gauge(c.degraded, boolValue(st.Degraded))
+	for _, m := range disruptionModes {
+		gauge(c.disruption, boolValue(st.Disruption == m), m)
+	}
 	gauge(c.recovering, boolValue(st.Recovering))
 	gauge(c.backoffLevel, float64(st.Backoff.Level))
 	gauge(c.pendingLaunches, float64(st.PendingLaunches))

@@ -48,7 +48,7 @@ func (f *fakeSource) statusCalls() int {
 
 func sampleStatus() schemas.SelectorStatus {
 	return schemas.SelectorStatus{
-		V: schemas.Version, Ready: true, Connected: true, Degraded: true, DegradedReason: "most hosts stale",
+		V: schemas.Version, Ready: true, Connected: true, Degraded: true, DegradedReason: "most hosts stale", Disruption: "partial",
 		Backoff:         schemas.Backoff{Level: 3},
 		PendingLaunches: 1,
 		Targets: []schemas.TargetStatus{
@@ -66,7 +66,7 @@ func sampleStatus() schemas.SelectorStatus {
 		Counters: schemas.Counters{
 			Launches: 10, Confirmed: 8, Timeouts: 2, Stale: 1, Kills: 3, Requeues: 4, Adoptions: 5,
 			FencedHeartbeats: 6, Heartbeats: 700, Events: 9, DuplicateEvents: 1, PhasesCompleted: 7,
-			HostsLost: 1, SlowConsumerDrops: 11, StoreErrors: 12,
+			HostsLost: 1, SlowConsumerDrops: 11, StoreErrors: 12, Fences: 14, InputGaps: 15,
 			Failures:          map[string]uint64{"insufficient_ram": 2, "helpers_unavailable": 1},
 			MalformedMessages: map[string]uint64{"heartbeat": 13},
 		},
@@ -81,9 +81,14 @@ func TestCollectorExportsStatus(t *testing.T) {
 # HELP taskselector_ready 1 when the selector is connected and past its recovery grace.
 # TYPE taskselector_ready gauge
 taskselector_ready 1
-# HELP taskselector_degraded 1 while the mass-stale guard holds launches and loss declarations.
+# HELP taskselector_degraded 1 while the disruption mode is not normal (see taskselector_disruption).
 # TYPE taskselector_degraded gauge
 taskselector_degraded 1
+# HELP taskselector_disruption 1 for the current disruption mode: normal, partial (silent hosts are declared lost at a limited rate) or full (nothing is declared lost or launched).
+# TYPE taskselector_disruption gauge
+taskselector_disruption{mode="full"} 0
+taskselector_disruption{mode="normal"} 0
+taskselector_disruption{mode="partial"} 1
 # HELP taskselector_recovering 1 while the selector rebuilds its state after a start or reconnect.
 # TYPE taskselector_recovering gauge
 taskselector_recovering 0
@@ -141,7 +146,7 @@ taskselector_failures_total{cause="insufficient_ram"} 2
 taskselector_malformed_messages_total{source="heartbeat"} 13
 `
 	names := []string{
-		"taskselector_ready", "taskselector_degraded", "taskselector_recovering", "taskselector_backoff_level",
+		"taskselector_ready", "taskselector_degraded", "taskselector_disruption", "taskselector_recovering", "taskselector_backoff_level",
 		"taskselector_pending_launches", "taskselector_restart_to_ready_seconds", "taskselector_targets",
 		"taskselector_hosts", "taskselector_host_ram_mib", "taskselector_launches_total",
 		"taskselector_heartbeats_total", "taskselector_store_errors_total", "taskselector_failures_total",
@@ -164,6 +169,7 @@ taskselector_malformed_messages_total{source="heartbeat"} 13
 		"heartbeats_total": k.Heartbeats, "events_total": k.Events, "duplicate_events_total": k.DuplicateEvents,
 		"phases_completed_total": k.PhasesCompleted, "hosts_lost_total": k.HostsLost,
 		"slow_consumer_drops_total": k.SlowConsumerDrops, "store_errors_total": k.StoreErrors,
+		"fences_total": k.Fences, "input_gaps_total": k.InputGaps,
 	} {
 		if got := collectedValue(t, c, "taskselector_"+name); got != float64(v) {
 			t.Errorf("taskselector_%s = %v, want %d", name, got, v)
