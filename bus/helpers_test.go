@@ -95,6 +95,12 @@ type fakeWorker struct {
 	kills    []schemas.KillRequest
 	// onLaunch, if set, runs on each launch request before it is answered.
 	onLaunchHook func(schemas.LaunchRequest)
+	// psError and killError make the worker refuse ps and kill requests:
+	// it answers them with the reply's error set (and kills nothing).
+	psError, killError bool
+	// silent lists the tasks that no longer heartbeat (they still run).
+	silent  map[string]bool
+	psCount int
 
 	stop chan struct{}
 	done chan struct{}
@@ -102,7 +108,7 @@ type fakeWorker struct {
 
 func startFakeWorker(t testing.TB, nc *nats.Conn, prefix, host string, ramMiB int64) *fakeWorker {
 	t.Helper()
-	w := &fakeWorker{nc: nc, subj: NewSubjects(prefix), host: host, ram: ramMiB, tasks: map[string]*schemas.Heartbeat{},
+	w := &fakeWorker{nc: nc, subj: NewSubjects(prefix), host: host, ram: ramMiB, tasks: map[string]*schemas.Heartbeat{}, silent: map[string]bool{},
 		nextPID: 1000, stop: make(chan struct{}), done: make(chan struct{})}
 	subs := []*nats.Subscription{}
 	sub := func(subject string, h nats.MsgHandler) {
@@ -159,7 +165,14 @@ func (w *fakeWorker) onLaunch(m *nats.Msg) {
 
 func (w *fakeWorker) onPs(m *nats.Msg) {
 	w.mu.Lock()
+	w.psCount++
 	rep := schemas.PsReply{V: schemas.Version, Host: w.host, Tasks: []schemas.PsTask{}}
+	if w.psError {
+		rep.Error = &schemas.ReplyError{Code: schemas.CodeInvalid, Message: "fake worker refuses ps"}
+		w.mu.Unlock()
+		_ = m.Respond(mustMarshalNoT(&rep))
+		return
+	}
 	for _, hb := range w.tasks {
 		rep.Tasks = append(rep.Tasks, schemas.PsTask{TaskID: hb.TaskID, Epoch: hb.Epoch, PID: hb.PID, Target: hb.Target, Type: hb.Type,
 			RAM: schemas.TaskRAM{HelpersMiB: hb.RAM.BudgetMiB}, StartedAt: time.Now().UTC()})
@@ -175,15 +188,20 @@ func (w *fakeWorker) onKill(m *nats.Msg) {
 	}
 	w.mu.Lock()
 	w.kills = append(w.kills, req)
-	delete(w.tasks, req.TaskID)
+	reply := schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID, Running: false}
+	if w.killError {
+		reply.Error = &schemas.ReplyError{Code: schemas.CodeInvalid, Message: "fake worker refuses kill"}
+	} else {
+		delete(w.tasks, req.TaskID)
+	}
 	w.mu.Unlock()
-	_ = m.Respond(mustMarshalNoT(&schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID, Running: false}))
+	_ = m.Respond(mustMarshalNoT(&reply))
 }
 
 func (w *fakeWorker) heartbeat(taskID string) {
 	w.mu.Lock()
 	hb, ok := w.tasks[taskID]
-	if !ok {
+	if !ok || w.silent[taskID] {
 		w.mu.Unlock()
 		return
 	}
@@ -225,6 +243,19 @@ func (w *fakeWorker) launchCount() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.launches
+}
+
+// set changes the worker's behaviour under its lock.
+func (w *fakeWorker) set(f func(w *fakeWorker)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f(w)
+}
+
+func (w *fakeWorker) psRequests() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.psCount
 }
 
 func (w *fakeWorker) killCount() int {

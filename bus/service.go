@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,12 +31,32 @@ type ServiceConfig struct {
 	Store StoreConfig
 	// Tick is how often time is let pass in the engine [50ms].
 	Tick time.Duration
-	// RequestTimeout bounds each launch, kill and ps request
-	// [Engine.ReplyTimeout].
+	// RequestTimeout bounds each launch, kill and ps request, from the
+	// moment it is sent [Engine.ReplyTimeout].
 	RequestTimeout time.Duration
-	// MaxInFlightRequests bounds the requests awaiting a reply; more wait
-	// their turn [64].
+	// MaxInFlightRequests bounds the requests awaiting a reply over all
+	// hosts; it is also the number of goroutines that send them [64].
 	MaxInFlightRequests int
+	// MaxInFlightPerHost bounds the requests awaiting a reply from one
+	// host; more wait in that host's queue, so that a host that does not
+	// answer delays only its own requests [4].
+	MaxInFlightPerHost int
+	// MaxQueuedRequests bounds the requests waiting to be sent over all
+	// hosts. A ps or kill beyond it is dropped and reported to the engine
+	// as unanswered, which retries it; launches are never dropped for room
+	// [8192].
+	MaxQueuedRequests int
+	// MaxQueuedFencesPerHost bounds the kills of impostor tasks (fences)
+	// waiting for one host; more are dropped, counted and logged, since the
+	// engine fences again on the impostor's next message [16].
+	MaxQueuedFencesPerHost int
+	// HeartbeatPending and HostStatusPending bound the heartbeats and host
+	// statuses received but not yet handled. Beyond them the NATS client
+	// drops messages; the service tells the engine (InputDropped), which
+	// then does not take the gap for silence. Zero fields take the NATS
+	// client's defaults (512Ki messages, 64 MiB).
+	HeartbeatPending  PendingLimits
+	HostStatusPending PendingLimits
 	// WriteTimeout bounds one KV write attempt; failed attempts are retried
 	// with backoff until they succeed or lose a compare-and-swap [5s].
 	WriteTimeout time.Duration
@@ -45,10 +66,22 @@ type ServiceConfig struct {
 	// StartedAt is when the process began connecting to NATS; the
 	// restart-to-ready time is measured from it [the start of Run].
 	StartedAt time.Time
+	// Faults injects faults, for tests only; nil in production.
+	Faults *ServiceFaults
+}
+
+// PendingLimits bound a subscription's buffer of messages not yet handled.
+// A zero field takes the NATS client's default.
+type PendingLimits struct {
+	Msgs  int
+	Bytes int
 }
 
 func (c ServiceConfig) withDefaults() ServiceConfig {
 	c.Engine = c.Engine.WithDefaults()
+	// The service reports when each launch really leaves (LaunchSent), so
+	// that a launch held back by a slow store write does not time out.
+	c.Engine.LaunchSentReported = true
 	if c.Tick <= 0 {
 		c.Tick = 50 * time.Millisecond
 	}
@@ -57,6 +90,15 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 	}
 	if c.MaxInFlightRequests <= 0 {
 		c.MaxInFlightRequests = 64
+	}
+	if c.MaxInFlightPerHost <= 0 {
+		c.MaxInFlightPerHost = 4
+	}
+	if c.MaxQueuedRequests <= 0 {
+		c.MaxQueuedRequests = 8192
+	}
+	if c.MaxQueuedFencesPerHost <= 0 {
+		c.MaxQueuedFencesPerHost = 16
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 5 * time.Second
@@ -74,9 +116,11 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 //
 // One mutex serializes every engine call. Messages are decoded before the
 // lock is taken, and commands are carried out after it is released: writes
-// by one ordered store writer, requests by bounded goroutines. A Step's
-// writes are stored before that Step's launch is sent (write-ahead), and a
-// task event is acked only once the writes it caused are stored.
+// by one ordered store writer, requests by a bounded pool of senders fed
+// from per-host queues (see requestQueue). A Step's writes are stored before
+// that Step's launch is sent (write-ahead), and the engine is told when the
+// launch really leaves (LaunchSent). Every task event is acked through the
+// store writer's queue, so only once every write queued before it is stored.
 type SelectorService struct {
 	nc   *nats.Conn
 	cfg  ServiceConfig
@@ -93,9 +137,7 @@ type SelectorService struct {
 
 	reqCtx    context.Context
 	reqCancel context.CancelFunc
-	reqSem    chan struct{}
-	inflight  inflight
-	stopping  atomic.Bool
+	reqs      *requestQueue
 
 	ready     chan struct{}
 	statusSub *nats.Subscription
@@ -111,13 +153,18 @@ type SelectorService struct {
 
 	heartbeats     atomic.Uint64
 	storeErrors    atomic.Uint64
+	replyErrors    atomic.Uint64
+	backlogEvents  atomic.Uint64
 	restartToReady atomic.Int64
 	malformed      map[string]*sourceCounter // fixed keys; values are safe for concurrent use
 	logLimit       rateLimiter               // for repeated bus errors
+	dropLog        rateLimiter               // for input drops
+	replyErrLog    rateLimiter               // for error replies to ps and kill
 
 	runOnce atomic.Bool
 
-	beforeWrite func() // test hook: runs before each store write
+	// wrapTasksKV, if set, wraps the tasks bucket's handle (bus tests).
+	wrapTasksKV func(jetstream.KeyValue) jetstream.KeyValue
 }
 
 // NewSelectorService returns a service on nc (typically from Connect). It
@@ -129,12 +176,11 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 	}
 	cfg = cfg.withDefaults()
 	s := &SelectorService{
-		nc:     nc,
-		cfg:    cfg,
-		subj:   NewSubjects(cfg.Prefix),
-		log:    log,
-		reqSem: make(chan struct{}, cfg.MaxInFlightRequests),
-		ready:  make(chan struct{}),
+		nc:    nc,
+		cfg:   cfg,
+		subj:  NewSubjects(cfg.Prefix),
+		log:   log,
+		ready: make(chan struct{}),
 		malformed: map[string]*sourceCounter{
 			SourceHeartbeat: {}, SourceHost: {}, SourceEvent: {}, SourceTargets: {}, SourceTasks: {},
 			SourceLaunchReply: {}, SourcePsReply: {}, SourceKillReply: {},
@@ -146,6 +192,7 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 	s.hbEv.Heartbeat = &s.hb
 	s.reqCtx, s.reqCancel = context.WithCancel(context.Background())
 	s.writer = newStoreWriter(s)
+	s.reqs = newRequestQueue(s, cfg.MaxInFlightPerHost, cfg.MaxQueuedRequests, cfg.MaxQueuedFencesPerHost)
 	return s
 }
 
@@ -264,9 +311,13 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	defer stopWriter()
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); s.writer.run(writerCtx) }()
+	s.reqs.start(s.cfg.MaxInFlightRequests)
 
 	consume, err := s.start(ctx)
 	if err != nil {
+		s.reqs.close()
+		s.reqCancel()
+		s.reqs.wait()
 		stopWriter()
 		<-writerDone
 		return err
@@ -315,14 +366,17 @@ func (s *SelectorService) Run(ctx context.Context) error {
 		consume.Stop()
 	}
 
-	// Let in-flight requests settle; their replies may still cause writes.
+	// Send no more launches; let queued and in-flight ps and kills settle,
+	// since their replies may still cause writes.
+	s.reqs.stopLaunches()
 	waitCtx, cancelWait := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	if err := s.inflight.wait(waitCtx); err != nil {
-		s.log.Warn("shutdown: in-flight requests did not settle in time; abandoning them", "in_flight", s.inflight.count())
+	if err := s.reqs.busy.wait(waitCtx); err != nil {
+		s.log.Warn("shutdown: requests did not settle in time; abandoning them", "pending", s.reqs.busy.count())
 	}
 	cancelWait()
-	s.stopping.Store(true)
+	s.reqs.close()
 	s.reqCancel()
+	s.reqs.wait()
 
 	// Flush the store writer.
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -342,7 +396,16 @@ func (s *SelectorService) Run(ctx context.Context) error {
 }
 
 // start brings the service up in the order that makes any status answer mean
-// "listening": store, replay, engine, subscriptions, then status.
+// "listening": store, replay, engine, event backlog, subscriptions, then
+// status.
+//
+// The task events that the durable consumer has not acked are stepped into
+// the engine before anything the rebuilt state calls for is carried out:
+// otherwise the ps probes of the recorded hosts could report a finished
+// task gone before its done event is read, and the event would then be
+// dropped as a duplicate. The commands of those steps (the probes included)
+// are dispatched, in order, before the durable consumer starts, so that the
+// acks of its redeliveries queue behind their writes.
 func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, error) {
 	js, err := jetstream.New(s.nc)
 	if err != nil {
@@ -351,19 +414,9 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	var specs map[string]schemas.TargetSpec
 	var states []schemas.TaskState
 	loadStart := time.Now()
-	for attempt := 1; ; attempt++ {
-		err = s.loadState(ctx, js, &specs, &states)
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("bus: selector start: %w", err)
-		}
-		wait := ReconnectDelay(attempt)
-		s.log.Warn("selector start: loading state failed; retrying", "attempt", attempt, "wait", wait, "err", err)
-		if !sleepCtx(ctx, wait) {
-			return nil, fmt.Errorf("bus: selector start: %w", ctx.Err())
-		}
+	err = s.retryStart(ctx, "loading state", func() error { return s.loadState(ctx, js, &specs, &states) })
+	if err != nil {
+		return nil, err
 	}
 	s.malformed[SourceTargets].n.Add(s.targets.Malformed())
 	s.malformed[SourceTasks].n.Add(s.tasks.Malformed())
@@ -374,13 +427,29 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 		_ = s.targets.Stop()
 		return nil, fmt.Errorf("bus: build engine: %w", err)
 	}
+	var backlog []*schemas.TaskEvent
+	err = s.retryStart(ctx, "reading the event backlog", func() error {
+		var err error
+		backlog, err = s.readBacklog(ctx)
+		return err
+	})
+	if err != nil {
+		_ = s.targets.Stop()
+		return nil, err
+	}
+	// The engine is not shared yet: step the backlog without the lock.
+	var startup []batch
+	for _, ev := range backlog {
+		startup = append(startup, s.collect(eng.Step(time.Now(), &selector.TaskEventReceived{Event: ev})))
+	}
+	s.backlogEvents.Store(uint64(len(backlog)))
 	s.mu.Lock()
 	s.eng = eng
-	s.mu.Unlock()
 	if !s.nc.IsConnected() {
-		s.step(&selector.Disconnected{}, nil)
+		startup = append(startup, s.collect(eng.Step(time.Now(), &selector.Disconnected{})))
 	}
-	s.log.Info("selector state rebuilt", "targets", len(specs), "tasks", len(states),
+	s.mu.Unlock()
+	s.log.Info("selector state rebuilt", "targets", len(specs), "tasks", len(states), "backlog_events", len(backlog),
 		"load", loaded.Sub(loadStart), "engine", time.Since(loaded))
 
 	fail := func(err error) (jetstream.ConsumeContext, error) {
@@ -392,16 +461,22 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 		}
 		return nil, err
 	}
-	hbSub, err := s.nc.Subscribe(s.subj.Heartbeats(), s.onHeartbeat)
+	hbSub, err := s.subscribeInput(s.subj.Heartbeats(), s.onHeartbeat, s.cfg.HeartbeatPending)
 	if err != nil {
-		return fail(fmt.Errorf("bus: subscribe %s: %w", s.subj.Heartbeats(), err))
+		return fail(err)
 	}
 	s.setSub(&s.hbSub, hbSub)
-	hostSub, err := s.nc.Subscribe(s.subj.Hosts(), s.onHostStatus)
+	hostSub, err := s.subscribeInput(s.subj.Hosts(), s.onHostStatus, s.cfg.HostStatusPending)
 	if err != nil {
-		return fail(fmt.Errorf("bus: subscribe %s: %w", s.subj.Hosts(), err))
+		return fail(err)
 	}
 	s.setSub(&s.hostSub, hostSub)
+	// What the backlog and the rebuilt state call for, in order, before
+	// any event of the durable consumer (whose acks must queue behind
+	// these writes).
+	for _, b := range startup {
+		s.dispatch(b, nil)
+	}
 	consume, err := s.store.Consumer.Consume(s.onEvent,
 		jetstream.PullMaxMessages(256),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
@@ -436,6 +511,47 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	return consume, nil
 }
 
+// retryStart runs a startup step until it succeeds, retrying failures with
+// backoff until ctx ends.
+func (s *SelectorService) retryStart(ctx context.Context, what string, step func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := step()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("bus: selector start: %s: %w", what, err)
+		}
+		wait := ReconnectDelay(attempt)
+		s.log.Warn("selector start: "+what+" failed; retrying", "attempt", attempt, "wait", wait, "err", err)
+		if !sleepCtx(ctx, wait) {
+			return fmt.Errorf("bus: selector start: %s: %w", what, ctx.Err())
+		}
+	}
+}
+
+// subscribeInput subscribes h to subject with the given pending limits.
+func (s *SelectorService) subscribeInput(subject string, h nats.MsgHandler, lim PendingLimits) (*nats.Subscription, error) {
+	sub, err := s.nc.Subscribe(subject, h)
+	if err != nil {
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
+	if lim.Msgs != 0 || lim.Bytes != 0 {
+		msgs, bytes := lim.Msgs, lim.Bytes
+		if msgs == 0 {
+			msgs = nats.DefaultSubPendingMsgsLimit
+		}
+		if bytes == 0 {
+			bytes = nats.DefaultSubPendingBytesLimit
+		}
+		if err := sub.SetPendingLimits(msgs, bytes); err != nil {
+			_ = sub.Unsubscribe()
+			return nil, fmt.Errorf("bus: pending limits of %s: %w", subject, err)
+		}
+	}
+	return sub, nil
+}
+
 // setSub records a subscription under the engine lock, for Status to read.
 func (s *SelectorService) setSub(field **nats.Subscription, sub *nats.Subscription) {
 	s.mu.Lock()
@@ -453,14 +569,18 @@ func (s *SelectorService) loadState(ctx context.Context, js jetstream.JetStream,
 	// Replay both buckets at once: each decodes on every core while it
 	// reads, and reading one overlaps decoding the other.
 	var (
-		tw     *TargetsWatcher
-		sp     map[string]schemas.TargetSpec
-		twErr  error
-		tasks  = NewTaskStore(store.Tasks, s.log)
-		st     []schemas.TaskState
-		stErr  error
-		replay sync.WaitGroup
+		tw      *TargetsWatcher
+		sp      map[string]schemas.TargetSpec
+		twErr   error
+		tasksKV = store.Tasks
+		st      []schemas.TaskState
+		stErr   error
+		replay  sync.WaitGroup
 	)
+	if s.wrapTasksKV != nil {
+		tasksKV = s.wrapTasksKV(tasksKV)
+	}
+	tasks := NewTaskStore(tasksKV, s.log)
 	replay.Go(func() { tw, sp, twErr = WatchTargets(opCtx, store.Targets, s.log) })
 	replay.Go(func() { st, stErr = tasks.Replay(opCtx) })
 	replay.Wait()
@@ -480,14 +600,49 @@ func (s *SelectorService) loadState(ctx context.Context, js jetstream.JetStream,
 func (s *SelectorService) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Tick)
 	defer t.Stop()
+	s.mu.Lock()
+	watches := []dropWatch{
+		{sub: s.hbSub, ev: selector.InputDropped{Source: selector.InputHeartbeats}},
+		{sub: s.hostSub, ev: selector.InputDropped{Source: selector.InputHostStatuses}},
+	}
+	s.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			for i := range watches {
+				s.checkDrops(&watches[i])
+			}
 			s.step(&s.tickEv, nil)
 		}
 	}
+}
+
+// dropWatch follows the drops of one input subscription.
+type dropWatch struct {
+	sub  *nats.Subscription
+	seen int // drops already reported
+	ev   selector.InputDropped
+}
+
+// checkDrops tells the engine when w's subscription has dropped messages
+// since the last check (it hit its pending limit): the silence of the
+// tasks or hosts whose messages were lost is then no evidence.
+func (s *SelectorService) checkDrops(w *dropWatch) {
+	if w.sub == nil {
+		return
+	}
+	n, err := w.sub.Dropped()
+	if err != nil || n <= w.seen {
+		return
+	}
+	if ok, suppressed := s.dropLog.allowCount(); ok {
+		s.log.Warn("slow consumer: input dropped; staleness is measured afresh", "source", w.ev.Source,
+			"subject", w.sub.Subject, "dropped", n-w.seen, "dropped_total", n, "suppressed", suppressed)
+	}
+	w.seen = n
+	s.step(&w.ev, nil)
 }
 
 // step runs one engine step for ev and carries out its commands; ack, if
@@ -508,7 +663,11 @@ type outCmd struct {
 	kind   selector.CommandKind
 	host   string
 	target string
-	taskID string
+	taskID string  // launch, kill
+	epoch  uint64  // launch
+	pid    int64   // kill
+	pids   []int64 // ps: the PIDs it asks about (nil: every task)
+	fence  bool    // kill of a task that is not its target's
 	data   []byte
 }
 
@@ -531,11 +690,15 @@ func (s *SelectorService) collect(cmds []selector.Command) batch {
 		var v schemas.Message
 		switch c.Kind {
 		case selector.CmdLaunch:
-			v, o.taskID = c.Launch, c.Launch.TaskID
+			v, o.taskID, o.epoch = c.Launch, c.Launch.TaskID, c.Launch.Epoch
 		case selector.CmdKill:
-			v, o.taskID = c.Kill, c.Kill.TaskID
+			v, o.taskID, o.pid = c.Kill, c.Kill.TaskID, c.Kill.PID
+			o.fence = c.Fence
 		case selector.CmdPs:
 			v = c.Ps
+			if len(c.Ps.PIDs) > 0 {
+				o.pids = slices.Clone(c.Ps.PIDs)
+			}
 		case selector.CmdPersist:
 			v, b.store = c.State, true
 			if o.target == "" {
@@ -562,31 +725,42 @@ func (s *SelectorService) collect(cmds []selector.Command) batch {
 
 // dispatch carries out a batch. Without writes, its requests go out at once;
 // with writes, the whole batch goes through the store writer, which sends
-// the requests once the writes before them are stored.
+// the requests once the writes before them are stored. An ack always goes
+// through the store writer's queue: it leaves only once every write queued
+// before it is stored (a duplicate event, whose step writes nothing, must
+// not be acked while the first delivery's writes wait).
 func (s *SelectorService) dispatch(b batch, ack func()) {
-	if !b.store {
-		for _, c := range b.cmds {
-			s.request(c)
-		}
-		if ack != nil {
-			ack()
-		}
+	if b.store {
+		s.writer.enqueue(writeItem{cmds: b.cmds, ack: ack})
 		return
 	}
-	s.writer.enqueue(writeItem{cmds: b.cmds, ack: ack})
+	for _, c := range b.cmds {
+		s.request(c)
+	}
+	if ack != nil {
+		s.writer.enqueue(writeItem{ack: ack})
+	}
 }
 
-// request sends one launch, kill or ps request in its own goroutine, bounded
-// by the in-flight semaphore, and feeds the reply (or its absence) back.
+// request queues one launch, kill or ps request for its host (see
+// requestQueue); a sender carries it out and feeds the reply, or its
+// absence, back to the engine.
 func (s *SelectorService) request(c outCmd) {
-	if s.stopping.Load() {
-		s.log.Debug("shutdown: request not sent", "kind", c.kind, "host", c.host)
-		return
+	switch c.kind {
+	case selector.CmdLaunch, selector.CmdKill, selector.CmdPs:
+		s.reqs.enqueue(c)
 	}
+}
+
+// send sends one request and steps the engine with its reply, or with its
+// absence. The reply timeout starts now. A launch is reported as sent
+// (LaunchSent) first, so that its launch timeout starts now too.
+func (s *SelectorService) send(c outCmd) {
 	var subject string
 	switch c.kind {
 	case selector.CmdLaunch:
 		subject = s.subj.Launch(c.host)
+		s.step(&selector.LaunchSent{TaskID: c.taskID}, nil)
 	case selector.CmdKill:
 		subject = s.subj.Kill(c.host)
 	case selector.CmdPs:
@@ -594,35 +768,41 @@ func (s *SelectorService) request(c outCmd) {
 	default:
 		return
 	}
-	s.inflight.add()
-	go func() {
-		defer s.inflight.done()
-		select {
-		case s.reqSem <- struct{}{}:
-		case <-s.reqCtx.Done():
-			s.step(unanswered(c, false), nil)
-			return
+	ctx, cancel := context.WithTimeout(s.reqCtx, s.cfg.RequestTimeout)
+	msg, err := s.nc.RequestWithContext(ctx, subject, c.data)
+	cancel()
+	if err != nil {
+		noResp := errors.Is(err, nats.ErrNoResponders)
+		if !noResp && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && s.logLimit.allow("request") {
+			s.log.Warn("request failed", "subject", subject, "err", err)
 		}
-		ctx, cancel := context.WithTimeout(s.reqCtx, s.cfg.RequestTimeout)
-		msg, err := s.nc.RequestWithContext(ctx, subject, c.data)
-		cancel()
-		<-s.reqSem
-		if err != nil {
-			noResp := errors.Is(err, nats.ErrNoResponders)
-			if !noResp && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && s.logLimit.allow("request") {
-				s.log.Warn("request failed", "subject", subject, "err", err)
-			}
-			s.step(unanswered(c, noResp), nil)
-			return
-		}
-		s.step(s.decodeReply(c, msg.Data), nil)
-	}()
+		s.step(unanswered(&c, noResp), nil)
+		return
+	}
+	s.step(s.decodeReply(&c, msg.Data), nil)
 }
 
-func unanswered(c outCmd, noResponders bool) selector.Event {
+// RequestsDropped counts the requests dropped because too many were queued
+// (fence kills beyond MaxQueuedFencesPerHost included).
+func (s *SelectorService) RequestsDropped() uint64 { return s.reqs.dropped.Load() }
+
+// RequestsMerged counts the kill and ps requests absorbed by an identical
+// one that was still waiting to be sent.
+func (s *SelectorService) RequestsMerged() uint64 { return s.reqs.merged.Load() }
+
+// ReplyErrors counts the ps and kill replies that carried an error (the
+// worker refused or could not read the request); each was fed to the engine
+// as unanswered.
+func (s *SelectorService) ReplyErrors() uint64 { return s.replyErrors.Load() }
+
+// BacklogEvents is the number of task events read at start from the
+// durable consumer's ack floor and stepped before anything else.
+func (s *SelectorService) BacklogEvents() uint64 { return s.backlogEvents.Load() }
+
+func unanswered(c *outCmd, noResponders bool) selector.Event {
 	switch c.kind {
 	case selector.CmdLaunch:
-		return &selector.LaunchUnanswered{Host: c.host, TaskID: c.taskID, NoResponders: noResponders}
+		return &selector.LaunchUnanswered{Host: c.host, Target: c.target, TaskID: c.taskID, NoResponders: noResponders}
 	case selector.CmdKill:
 		return &selector.KillUnanswered{Host: c.host, TaskID: c.taskID, NoResponders: noResponders}
 	default:
@@ -631,27 +811,38 @@ func unanswered(c outCmd, noResponders bool) selector.Event {
 }
 
 // decodeReply turns a reply into its event. A malformed reply is counted and
-// treated as a lost one: the worker may have acted on the request.
-func (s *SelectorService) decodeReply(c outCmd, data []byte) selector.Event {
+// treated as a lost one: the worker may have acted on the request. A ps or
+// kill reply with its error set (the worker refused the request or could
+// not read it) says nothing of the tasks: it is logged and treated as a lost
+// one too, so that the engine asks again, but not counted as malformed.
+func (s *SelectorService) decodeReply(c *outCmd, data []byte) selector.Event {
 	var err error
 	var source string
 	switch c.kind {
 	case selector.CmdLaunch:
 		var r schemas.LaunchReply
 		if r, err = decodeLaunchReply(data); err == nil {
-			return &selector.LaunchReplied{Host: c.host, Reply: r}
+			return &selector.LaunchReplied{Host: c.host, Target: c.target, Epoch: c.epoch, Reply: r}
 		}
 		source = SourceLaunchReply
 	case selector.CmdKill:
 		var r schemas.KillReply
 		if r, err = decodeKillReply(data); err == nil {
+			if r.Error != nil {
+				s.replyError(c, r.Error)
+				return unanswered(c, false)
+			}
 			return &selector.KillReplied{Host: c.host, Reply: r}
 		}
 		source = SourceKillReply
 	default:
 		var r schemas.PsReply
 		if r, err = decodePsReply(data); err == nil {
-			return &selector.PsReplied{Host: c.host, Reply: r}
+			if r.Error != nil {
+				s.replyError(c, r.Error)
+				return unanswered(c, false)
+			}
+			return &selector.PsReplied{Host: c.host, PIDs: c.pids, Reply: r}
 		}
 		source = SourcePsReply
 	}
@@ -659,10 +850,21 @@ func (s *SelectorService) decodeReply(c outCmd, data []byte) selector.Event {
 	return unanswered(c, false)
 }
 
+// replyError counts and (rate-limited) logs a ps or kill reply that carries
+// an error.
+func (s *SelectorService) replyError(c *outCmd, re *schemas.ReplyError) {
+	s.replyErrors.Add(1)
+	if ok, suppressed := s.replyErrLog.allowCount(); ok {
+		s.log.Warn("worker answered with an error; taken as unanswered", "kind", c.kind, "host", c.host,
+			"task_id", c.taskID, "code", re.Code, "message", re.Message, "suppressed", suppressed)
+	}
+}
+
 // onHeartbeat is the hot path: decode into the subscription's scratch
 // heartbeat, check it against its subject, step. No allocation beyond the
 // decoder's.
 func (s *SelectorService) onHeartbeat(m *nats.Msg) {
+	s.cfg.Faults.beforeInput(selector.InputHeartbeats)
 	defer s.heartbeats.Add(1)
 	if err := decodeHeartbeat(m.Data, &s.hb); err != nil {
 		s.malformedMsg(SourceHeartbeat, m.Subject, err)
@@ -681,6 +883,7 @@ func (s *SelectorService) onHeartbeat(m *nats.Msg) {
 }
 
 func (s *SelectorService) onHostStatus(m *nats.Msg) {
+	s.cfg.Faults.beforeInput(selector.InputHostStatuses)
 	hs, err := decodeHostStatus(m.Data)
 	if err == nil {
 		err = checkToken(m.Subject, s.subj.Prefix+".host.", hs.Host)
@@ -693,10 +896,7 @@ func (s *SelectorService) onHostStatus(m *nats.Msg) {
 }
 
 func (s *SelectorService) onEvent(m jetstream.Msg) {
-	ev, err := decodeTaskEvent(m.Data())
-	if err == nil {
-		err = checkToken(m.Subject(), s.subj.Prefix+".event.", ev.Target)
-	}
+	ev, err := s.parseEvent(m.Subject(), m.Data())
 	if err != nil {
 		s.malformedMsg(SourceEvent, m.Subject(), err)
 		// Redelivering it would not make it any better.
@@ -847,7 +1047,8 @@ func (r *rateLimiter) allow(key string) bool {
 	return true
 }
 
-// inflight counts running requests and lets shutdown wait for none.
+// inflight counts pending work (the request queue's queued and in-flight
+// requests and events to feed back) and lets shutdown wait for none.
 type inflight struct {
 	mu   sync.Mutex
 	n    int

@@ -121,9 +121,12 @@ func TestServiceLaunchToActive(t *testing.T) {
 	}
 	// Slow the store down, so that a launch sent before its state is stored
 	// would reach the worker first.
-	r := startService(t, connect(t, s.ClientURL()), ServiceConfig{}, func(svc *SelectorService) {
-		svc.beforeWrite = func() { time.Sleep(20 * time.Millisecond) }
-	})
+	r := startService(t, connect(t, s.ClientURL()), ServiceConfig{Faults: &ServiceFaults{
+		BeforeWrite: func(ctx context.Context, _ string) error {
+			sleepCtx(ctx, 20*time.Millisecond)
+			return nil
+		},
+	}})
 	if r.svc.RestartToReady() <= 0 {
 		t.Fatalf("restart-to-ready not recorded")
 	}

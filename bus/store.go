@@ -348,25 +348,47 @@ func (s *TaskStore) Delete(ctx context.Context, target string) error {
 	return nil
 }
 
+// ErrUnsettled is wrapped by Reconcile when the key still holds what the
+// store last saw: the earlier attempt has not landed, at least not yet (a
+// clustered stream refuses a compare-and-swap while an earlier proposal of
+// the same key is pending). Nothing proves another writer: retry the write.
+var ErrUnsettled = errors.New("bus: earlier write not settled yet")
+
 // Reconcile settles a write whose outcome was unknown (it timed out) and
 // whose retry then lost its compare-and-swap: it may be our own first
-// attempt that landed. It reads the key, and if it holds exactly data (or,
-// for a delete, data == nil and the key is gone), it adopts the current
-// revision and reports true.
+// attempt that landed, or one still pending. It reads the key:
+//   - if it holds exactly data (or, for a delete, data == nil and the key is
+//     gone), our write landed: it adopts the current revision and reports
+//     true;
+//   - if it still holds the revision last seen (or, for a first write, does
+//     not exist yet), nothing has landed: it returns an error wrapping
+//     ErrUnsettled, and the write may be retried;
+//   - otherwise another writer changed it: it reports false (a conflict).
+//
+// A failed read returns its error; that too is no evidence of a conflict.
 func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (bool, error) {
 	key := EncodeName(target)
+	s.mu.Lock()
+	seen, known := s.revs[key]
+	s.mu.Unlock()
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		if data == nil {
+		switch {
+		case data == nil:
 			s.mu.Lock()
 			delete(s.revs, key)
 			s.mu.Unlock()
 			return true, nil
+		case !known:
+			return false, fmt.Errorf("bus: reconcile %q: not created yet: %w", target, ErrUnsettled)
 		}
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("bus: reconcile %q: %w", target, err)
+	}
+	if known && e.Revision() == seen {
+		return false, fmt.Errorf("bus: reconcile %q: still at revision %d: %w", target, seen, ErrUnsettled)
 	}
 	if data == nil || !bytes.Equal(e.Value(), data) {
 		return false, nil
@@ -399,8 +421,18 @@ type TargetsWatcher struct {
 	w       jetstream.KeyWatcher
 	wcancel context.CancelFunc // ends w's context
 	lastRev uint64             // highest revision seen
+	probed  uint64             // the bucket's last revision at the previous probe
 	stopped bool
 }
+
+// WatchProbeInterval is how often a TargetsWatcher checks that its watcher
+// still delivers. A KV watcher is a consumer held by one server; when that
+// server goes away while the selector's own connection stays up (its node
+// stops, in a cluster), the client notices only after two missed idle
+// heartbeats, 10 s or more, and no target change reaches the selector
+// meanwhile. So when the bucket holds a revision that was already there at
+// the previous probe and has still not been delivered, the watch is resumed.
+const WatchProbeInterval = time.Second
 
 // WatchTargets starts watching kv (the targets bucket) and returns the specs
 // declared at the end of its initial values. Call Run to receive the changes
@@ -454,6 +486,8 @@ func (tw *TargetsWatcher) Resume() {
 // entry it could not use. It returns when ctx ends or Stop is called.
 func (tw *TargetsWatcher) Run(ctx context.Context, emit func(selector.Event)) {
 	var retry <-chan time.Time
+	probe := time.NewTicker(WatchProbeInterval)
+	defer probe.Stop()
 	for {
 		tw.mu.Lock()
 		w, stopped := tw.w, tw.stopped
@@ -473,6 +507,11 @@ func (tw *TargetsWatcher) Run(ctx context.Context, emit func(selector.Event)) {
 		case <-retry:
 			retry = nil
 			tw.resume(ctx, &retry)
+		case <-probe.C:
+			if w != nil && tw.stalled(ctx) {
+				tw.log.Warn("targets watch: changes not delivered; resuming the watch", "last_revision", tw.lastRevision())
+				tw.resume(ctx, &retry)
+			}
 		case e, ok := <-updates:
 			if !ok {
 				// Closed by Stop, or by resume replacing it.
@@ -505,6 +544,34 @@ func (tw *TargetsWatcher) Run(ctx context.Context, emit func(selector.Event)) {
 			}
 		}
 	}
+}
+
+// stalled reads the bucket's last revision and reports whether the one read
+// at the previous probe has still not been delivered. A failed read (no
+// quorum, or disconnected) is no evidence: there is nothing to resume to.
+func (tw *TargetsWatcher) stalled(ctx context.Context) bool {
+	pctx, cancel := context.WithTimeout(ctx, WatchProbeInterval)
+	defer cancel()
+	st, err := tw.kv.Status(pctx)
+	if err != nil {
+		return false
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return false
+	}
+	last := bs.StreamInfo().State.LastSeq
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	stalled := tw.probed > tw.lastRev
+	tw.probed = last
+	return stalled
+}
+
+func (tw *TargetsWatcher) lastRevision() uint64 {
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	return tw.lastRev
 }
 
 // resume swaps the current watcher for one that starts after lastRev. On

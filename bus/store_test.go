@@ -132,6 +132,20 @@ func TestTaskStoreReconcile(t *testing.T) {
 	if ok, err := b.Reconcile(ctx, "x", nil); err != nil || !ok {
 		t.Fatalf("reconcile of a delete = %v, %v; want true", ok, err)
 	}
+	// Nothing landed: the key holds the revision last seen, or a first
+	// write finds no key. Not a conflict: the write may be retried.
+	if err := a.Put(ctx, "y", v1); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Reconcile(ctx, "y", v2); ok || !errors.Is(err, ErrUnsettled) {
+		t.Fatalf("reconcile of a write that did not land = %v, %v; want ErrUnsettled", ok, err)
+	}
+	if ok, err := a.Reconcile(ctx, "y", nil); ok || !errors.Is(err, ErrUnsettled) {
+		t.Fatalf("reconcile of a delete that did not land = %v, %v; want ErrUnsettled", ok, err)
+	}
+	if ok, err := NewTaskStore(kv, testLog()).Reconcile(ctx, "z", v1); ok || !errors.Is(err, ErrUnsettled) {
+		t.Fatalf("reconcile of a create that did not land = %v, %v; want ErrUnsettled", ok, err)
+	}
 }
 
 func TestTaskStoreReplay(t *testing.T) {

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -21,12 +22,19 @@ type writeItem struct {
 // and in order, from an unbounded in-memory queue: enqueueing never blocks
 // the engine's lock holder and nothing is dropped. Launch, kill and ps
 // commands of a batch are sent once the writes before them are stored.
+//
+// Every ack of a task event goes through this queue, so it leaves only once
+// every write queued before it is stored. Once a write has failed (a lost
+// compare-and-swap, or a write abandoned at shutdown) no ack leaves any more:
+// the events are redelivered to the next selector, which has to start anyway.
 type storeWriter struct {
 	s *SelectorService
 
 	mu   sync.Mutex
 	q    []writeItem
 	wake chan struct{}
+
+	failed bool // a write failed: no more acks (owned by run's goroutine)
 }
 
 func newStoreWriter(s *SelectorService) *storeWriter {
@@ -95,12 +103,14 @@ func (w *storeWriter) process(ctx context.Context, it *writeItem) {
 		case selector.CmdPersist, selector.CmdDelete:
 			if err := w.write(ctx, c); err != nil {
 				failed = true
+				w.failed = true
 			}
 		case selector.CmdLaunch:
 			if failed {
 				// Write-ahead: a launch whose state is not stored is not
-				// sent. The engine sees no reply and takes its timeout path.
+				// sent, and the engine learns that nothing started.
 				w.s.log.Warn("launch not sent: its state could not be stored", "target", c.target, "host", c.host, "task_id", c.taskID)
+				w.s.step(notSent(&c), nil)
 				continue
 			}
 			w.s.request(c)
@@ -108,36 +118,50 @@ func (w *storeWriter) process(ctx context.Context, it *writeItem) {
 			w.s.request(c)
 		}
 	}
-	if it.ack != nil && !failed {
-		it.ack()
+	if it.ack == nil {
+		return
 	}
+	if w.failed || ctx.Err() != nil {
+		if w.s.logLimit.allow("ack-withheld") {
+			w.s.log.Warn("event not acked: a store write failed; it will be redelivered")
+		}
+		return
+	}
+	it.ack()
 }
 
 // write carries out one persist or delete, retrying failures that are not a
 // lost compare-and-swap until ctx ends. A lost compare-and-swap is reported
-// to the engine as a StoreConflict.
+// to the engine as a StoreConflict. When an attempt whose outcome is unknown
+// (it failed, but may have landed) is followed by a lost compare-and-swap,
+// the key is read to settle it; a failed read is a transient failure like
+// any other, retried.
 func (w *storeWriter) write(ctx context.Context, c outCmd) error {
 	s := w.s
 	ambiguous := false
 	for attempt := 1; ; attempt++ {
-		if s.beforeWrite != nil {
-			s.beforeWrite()
-		}
-		opCtx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
-		var err error
-		if c.kind == selector.CmdPersist {
-			err = s.tasks.Put(opCtx, c.target, c.data)
-		} else {
-			err = s.tasks.Delete(opCtx, c.target)
-		}
-		if err != nil && ambiguous && errors.Is(err, ErrConflict) {
-			// An earlier attempt may have landed before its reply was
-			// lost: if the key holds what we wrote, it did.
-			if ok, rerr := s.tasks.Reconcile(opCtx, c.target, c.data); rerr == nil && ok {
-				err = nil
+		err := s.cfg.Faults.beforeWrite(ctx, c.target)
+		wrote := false
+		if err == nil {
+			wrote = true
+			opCtx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			if c.kind == selector.CmdPersist {
+				err = s.tasks.Put(opCtx, c.target, c.data)
+			} else {
+				err = s.tasks.Delete(opCtx, c.target)
 			}
+			if err != nil && ambiguous && errors.Is(err, ErrConflict) {
+				// An earlier attempt may have landed before its reply was
+				// lost: if the key holds what we wrote, it did.
+				switch ok, rerr := s.tasks.Reconcile(opCtx, c.target, c.data); {
+				case rerr != nil:
+					err = fmt.Errorf("bus: settle an earlier attempt: %w", rerr)
+				case ok:
+					err = nil
+				}
+			}
+			cancel()
 		}
-		cancel()
 		if err == nil {
 			return nil
 		}
@@ -151,7 +175,9 @@ func (w *storeWriter) write(ctx context.Context, c outCmd) error {
 			s.log.Error("store write abandoned at shutdown", "target", c.target, "op", c.kind, "err", err)
 			return err
 		}
-		ambiguous = true
+		if wrote {
+			ambiguous = true
+		}
 		if s.logLimit.allow("store-write") {
 			s.log.Warn("store write failed; retrying", "target", c.target, "op", c.kind, "attempt", attempt, "err", err)
 		}

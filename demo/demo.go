@@ -58,6 +58,9 @@ type Options struct {
 	Log *slog.Logger
 	// NoFaults turns the injected crash off.
 	NoFaults bool
+	// FenceAfter is the workers' fence time [worker.DefaultFenceAfter]; it
+	// must leave Engine.HostStale a margin of two heartbeat intervals.
+	FenceAfter time.Duration
 }
 
 // Targets returns the demo's dozen targets: the early-game servers with
@@ -141,7 +144,11 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	// The workers fence themselves; the selector must not declare a host
 	// lost before its tasks are surely stopped.
-	if err := worker.CheckFenceMargin(o.Engine.WithDefaults().HostStale, worker.DefaultFenceAfter, worker.DefaultHeartbeatInterval); err != nil {
+	fenceAfter := o.FenceAfter
+	if fenceAfter <= 0 {
+		fenceAfter = worker.DefaultFenceAfter
+	}
+	if err := worker.CheckFenceMargin(o.Engine.WithDefaults().HostStale, fenceAfter, worker.DefaultHeartbeatInterval); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	for i, h := range Hosts {
@@ -161,7 +168,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			return fmt.Errorf("demo: worker %s: %w", h.Name, err)
 		}
 		agent, err := worker.New(wnc, worker.Config{Host: h.Name, RAMMiB: ram, Executor: worker.SimExecutor, KillOnShutdown: true,
-			FenceAfter: worker.DefaultFenceAfter}, exec, log)
+			FenceAfter: fenceAfter}, exec, log)
 		if err != nil {
 			return fmt.Errorf("demo: worker %s: %w", h.Name, err)
 		}

@@ -48,11 +48,12 @@ func TestDemoReachesHarvest(t *testing.T) {
 				BackoffBase:    50 * time.Millisecond,
 				BackoffMax:     time.Second,
 			},
-			Tick:    10 * time.Millisecond,
-			Refresh: 50 * time.Millisecond,
-			Out:     io.Discard, // the view is drawn too, as the demo does
-			Observe: observe,
-			Log:     testLog(),
+			FenceAfter: 2 * time.Second, // HostStale 4 s = 2 s + two 1 s heartbeat intervals
+			Tick:       10 * time.Millisecond,
+			Refresh:    50 * time.Millisecond,
+			Out:        io.Discard, // the view is drawn too, as the demo does
+			Observe:    observe,
+			Log:        testLog(),
 		})
 	}()
 

@@ -111,6 +111,16 @@ func partitionA(t *testing.T, fenceAfter time.Duration) *partition {
 	// B, with a task of its own: the stall then leaves one stale task of
 	// two, one silent host of two.
 	p.b = e.startFenceWorker("host-b", 1024, e.url, fenceAfter)
+	// Declare steady only once the selector knows B's RAM: before that it
+	// would go to A, scaled down to what is left there.
+	e.waitStatus(10*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
+		for _, h := range st.Hosts {
+			if h.Host == "host-b" && h.TotalMiB > 0 {
+				return true, ""
+			}
+		}
+		return false, describe(st)
+	})
 	e.putTarget("steady", longSpec())
 	if ts := e.waitActive(20*time.Second, "steady"); ts.Host != "host-b" {
 		t.Fatalf("steady on %q, want host-b", ts.Host)

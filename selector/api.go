@@ -196,6 +196,12 @@ type Command struct {
 	Kill   *schemas.KillRequest   // CmdKill
 	Ps     *schemas.PsRequest     // CmdPs
 	State  *schemas.TaskState     // CmdPersist
+	// Fence marks a CmdKill of a task that is not its target's (an
+	// impostor found through a heartbeat, a ps reply or a late launch
+	// reply). Such kills follow what other parties publish, so a flood of
+	// them is possible: the edge may merge or drop surplus ones, since the
+	// impostor's next message is fenced again.
+	Fence bool
 }
 
 // Config holds every timer and limit of the engine. Zero fields take the
@@ -217,6 +223,13 @@ type Config struct {
 	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
 	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
 	LaunchSentReported bool          // the edge feeds LaunchSent; launch timeouts count from it
+	// MaxStepGap is the longest the edge lets pass between two steps: its
+	// ticker steps the engine every tick. A longer gap means the selector
+	// itself was not running (a long GC pause, a stopped VM or process):
+	// silence up to then is no evidence, so task and host staleness are
+	// measured afresh, as after a reconnect. The service sets it to a
+	// number of ticks; 0 turns the check off [0].
+	MaxStepGap time.Duration
 	// UnhealthyHostFraction: when more than this fraction of the hosts went
 	// silent within one HostStale window while others still report, the
 	// selector is in partial disruption and declares silent hosts lost at

@@ -516,6 +516,12 @@ func (e *Engine) dropHost(h *host) {
 func (e *Engine) attach(k *task, h *host) {
 	k.host = h
 	k.t.task = k
+	if k.t.phase == "" {
+		// A target without a phase of its own (its spec is invalid, or
+		// it is not declared) is in its task's: every state persisted
+		// for it names a phase, as the tasks bucket requires.
+		k.t.phase = k.typ
+	}
 	k.idx = len(e.tasks)
 	e.tasks = append(e.tasks, k)
 	e.hot = append(e.hot, taskHot{phase: k.phase, lastHB: e.since(k.lastHB)})
@@ -653,6 +659,12 @@ func priorityOf(est workload.Estimate) float64 {
 // Step applies one event at time now and returns the commands it leads to.
 // The returned slice is reused by the next call.
 func (e *Engine) Step(now time.Time, ev Event) []Command {
+	if e.cfg.MaxStepGap > 0 && now.Sub(e.lastNow) > e.cfg.MaxStepGap {
+		// The selector was away (see Config.MaxStepGap): nothing was
+		// heard meanwhile because nothing listened.
+		e.counters.InputGaps++
+		e.staleBase, e.hostStaleBase, e.hbDropAt = now, now, now
+	}
 	e.lastNow = now
 	if e.started {
 		e.out = e.out[:0]
@@ -1200,7 +1212,7 @@ func (e *Engine) fence(now time.Time, hostName, targetName, taskID string, pid i
 	e.fenced[taskID] = now
 	e.counters.Fences++
 	e.counters.Kills++
-	e.emit(Command{Kind: CmdKill, Host: hostName, Target: targetName, Kill: &schemas.KillRequest{
+	e.emit(Command{Kind: CmdKill, Host: hostName, Target: targetName, Fence: true, Kill: &schemas.KillRequest{
 		V: schemas.Version, TaskID: taskID, PID: pid, Reason: "fenced: " + reason,
 	}})
 }
@@ -1464,6 +1476,9 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 			if ev.Kind == schemas.EventDone && ev.Type == t.phase && t.blocked == "" && !t.complete {
 				e.advance(t, ev)
 			}
+			if t.phase == "" {
+				t.phase = ev.Type // as attach does: a state names a phase
+			}
 			e.persist(now, t)
 			e.pending.remove(t)
 			e.delayed.remove(t)
@@ -1628,6 +1643,11 @@ func (e *Engine) tick(now time.Time) {
 		}
 	}
 	e.checkHosts(now)
+	for _, h := range e.hostSeq {
+		if h.lost && len(h.tasks) > 0 {
+			e.closeLost(now, h)
+		}
+	}
 	if len(e.fenced) >= 1024 {
 		for id, at := range e.fenced {
 			if now.Sub(at) >= e.cfg.ReplyTimeout {
@@ -1777,16 +1797,44 @@ func (e *Engine) refillLossTokens(now time.Time) {
 	e.lossTokensAt = now
 }
 
-// loseHost declares h lost: all of its tasks are gone and their targets
-// requeued.
+// loseHost declares h lost: its tasks are gone and their targets requeued,
+// except those that may still start or run unseen (see inFlight), which
+// closeLost settles later.
 func (e *Engine) loseHost(now time.Time, h *host) {
 	h.lost = true
 	h.lostAt = now
 	e.counters.HostsLost++
-	for len(h.tasks) > 0 {
-		k := h.tasks[len(h.tasks)-1]
-		e.close(now, k, closeRequeue, FailHostLost)
+	e.closeLost(now, h)
+}
+
+// closeLost closes the tasks of lost host h that are no longer in flight.
+func (e *Engine) closeLost(now time.Time, h *host) {
+	for i := len(h.tasks) - 1; i >= 0; i-- {
+		// close moves the last task into the slot it frees: every task
+		// from i on has been seen already.
+		if k := h.tasks[i]; !e.inFlight(now, k) {
+			e.close(now, k, closeRequeue, FailHostLost)
+		}
 	}
+}
+
+// inFlight reports whether k may still start, or run, on its host unseen
+// even though the host has been silent for HostStale: its launch has not
+// left yet (the edge holds it until the state written ahead of it is
+// stored, and sends it whatever happens meanwhile); or it left, or k
+// heartbeated, less than HostStale ago. A worker that takes the launch (at
+// most a reply timeout after it left) or heartbeats is on the bus at that
+// moment: cut off right after, it fences itself within the fence time plus
+// one probe period, which HostStale exceeds. Before then, relaunching k's
+// target elsewhere could run it twice.
+func (e *Engine) inFlight(now time.Time, k *task) bool {
+	switch {
+	case k.placed && !k.sent:
+		return true
+	case k.confirmed:
+		return now.Sub(k.lastHB) < e.cfg.HostStale
+	}
+	return now.Sub(k.launchedAt) < e.cfg.HostStale
 }
 
 // NextDeadline returns the earliest time at which a Tick may change
@@ -1835,6 +1883,15 @@ func (e *Engine) NextDeadline() time.Time {
 	for _, h := range e.hostSeq {
 		if h.lost {
 			at(h.lostAt.Add(e.cfg.HostStale))
+			for _, k := range h.tasks {
+				switch {
+				case k.placed && !k.sent:
+				case k.confirmed:
+					at(k.lastHB.Add(e.cfg.HostStale))
+				default:
+					at(k.launchedAt.Add(e.cfg.HostStale))
+				}
+			}
 			if len(h.tasks) == 0 {
 				at(maxTime(e.nextPrune, h.lostAt.Add(forgetHostAfter)))
 			}

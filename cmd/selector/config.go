@@ -34,6 +34,8 @@ type config struct {
 	UnhealthyFrac  float64       `envconfig:"SELECTOR_UNHEALTHY_HOST_FRACTION" default:"0.55" form:"a fraction above 0 and below 1, such as 0.55"`
 	LostPerMin     float64       `envconfig:"SELECTOR_LOST_HOSTS_PER_MIN" default:"6" form:"a number of hosts per minute above 0 and at most 1e6, such as 6"`
 	FenceAfter     time.Duration `envconfig:"SELECTOR_WORKER_FENCE_AFTER" default:"8s" form:"a duration of 0 or more (0: the workers do not fence), at most SELECTOR_HOST_STALE minus 2s"`
+	HBPending      int           `envconfig:"SELECTOR_HEARTBEAT_PENDING_MSGS" default:"0" form:"a whole number of messages, 0 or more (0: the NATS default, 524288)"`
+	HostPending    int           `envconfig:"SELECTOR_HOST_STATUS_PENDING_MSGS" default:"0" form:"a whole number of messages, 0 or more (0: the NATS default, 524288)"`
 	LogLevel       string        `envconfig:"SELECTOR_LOG_LEVEL" default:"info" form:"one of debug, info, warn, error"`
 	SimSpeed       float64       `envconfig:"SIM_SPEED" default:"0" form:"a number of game seconds per real second, above 0 (0: the demo's default)"`
 }
@@ -59,6 +61,8 @@ func (c *config) check() error {
 		envcfg.Check(c, "MaxPending", c.MaxPending >= 1),
 		envcfg.Check(c, "HeadroomMiB", c.HeadroomMiB >= 0),
 		envcfg.Check(c, "Tick", c.Tick > 0),
+		envcfg.Check(c, "HBPending", c.HBPending >= 0),
+		envcfg.Check(c, "HostPending", c.HostPending >= 0),
 		envcfg.Check(c, "UnhealthyFrac", c.UnhealthyFrac > 0 && c.UnhealthyFrac < 1),
 		envcfg.Check(c, "LostPerMin", c.LostPerMin > 0 && c.LostPerMin <= 1e6),
 		envcfg.Check(c, "FenceAfter", c.FenceAfter >= 0 && (c.FenceAfter == 0 || c.HostStale <= 0 ||

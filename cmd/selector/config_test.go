@@ -39,6 +39,8 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		{"SELECTOR_HTTP_LISTEN", "127.0.0.1:70000", "SELECTOR_HTTP_LISTEN: want host:port"},
 		{"SELECTOR_UNHEALTHY_HOST_FRACTION", "1", "SELECTOR_UNHEALTHY_HOST_FRACTION: want a fraction above 0 and below 1"},
 		{"SELECTOR_UNHEALTHY_HOST_FRACTION", "most", "SELECTOR_UNHEALTHY_HOST_FRACTION: want a fraction"},
+		{"SELECTOR_HEARTBEAT_PENDING_MSGS", "-1", "SELECTOR_HEARTBEAT_PENDING_MSGS: want a whole number of messages, 0 or more"},
+		{"SELECTOR_HOST_STATUS_PENDING_MSGS", "many", "SELECTOR_HOST_STATUS_PENDING_MSGS: want a whole number of messages"},
 		{"SELECTOR_LOST_HOSTS_PER_MIN", "0", "SELECTOR_LOST_HOSTS_PER_MIN: want a number of hosts per minute above 0"},
 		{"SELECTOR_WORKER_FENCE_AFTER", "9s", "SELECTOR_WORKER_FENCE_AFTER: want a duration of 0 or more"},
 		{"SELECTOR_WORKER_FENCE_AFTER", "-1s", "SELECTOR_WORKER_FENCE_AFTER: want a duration of 0 or more"},

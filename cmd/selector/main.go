@@ -49,11 +49,12 @@ func main() {
 
 	if *demoMode {
 		err = demo.Run(ctx, demo.Options{
-			Speed:  cfg.SimSpeed,
-			Engine: cfg.engine(),
-			Tick:   cfg.Tick,
-			Out:    os.Stdout,
-			ANSI:   isTerminal(os.Stdout),
+			Speed:      cfg.SimSpeed,
+			Engine:     cfg.engine(),
+			Tick:       cfg.Tick,
+			Out:        os.Stdout,
+			ANSI:       isTerminal(os.Stdout),
+			FenceAfter: cfg.FenceAfter,
 		})
 	} else {
 		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.level()}))
@@ -148,10 +149,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer nc.Close()
 	svc := bus.NewSelectorService(nc, bus.ServiceConfig{
-		Prefix:    cfg.SubjectPrefix,
-		Engine:    cfg.engine(),
-		Tick:      cfg.Tick,
-		StartedAt: started,
+		Prefix:            cfg.SubjectPrefix,
+		Engine:            cfg.engine(),
+		Tick:              cfg.Tick,
+		StartedAt:         started,
+		HeartbeatPending:  bus.PendingLimits{Msgs: cfg.HBPending},
+		HostStatusPending: bus.PendingLimits{Msgs: cfg.HostPending},
 	}, log)
 	if opsLn != nil {
 		h := ops.Handler(svc, ops.NewRegistry(svc, bus.StatsOf(nc)))

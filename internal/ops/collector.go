@@ -28,6 +28,19 @@ type Source interface {
 
 var _ Source = (*bus.SelectorService)(nil)
 
+// EdgeSource is a Source that also counts what its NATS edge did with
+// requests and events; *bus.SelectorService implements it, and the
+// collector exports these counters when its source does.
+type EdgeSource interface {
+	Source
+	RequestsDropped() uint64 // requests dropped for room (surplus fence kills, and ps/kill fed back unanswered)
+	RequestsMerged() uint64  // requests merged into an identical one already waiting
+	ReplyErrors() uint64     // kill and ps replies that carried an error
+	BacklogEvents() uint64   // task events read from the backlog at start
+}
+
+var _ EdgeSource = (*bus.SelectorService)(nil)
+
 // Metric name prefix.
 const namespace = "taskselector"
 
@@ -63,6 +76,13 @@ type Collector struct {
 	failures, malformed                     *prometheus.Desc
 	counters                                []counterDef
 	natsSlow, natsAsync, natsDisc, natsReco *prometheus.Desc
+	edge                                    []edgeDef
+}
+
+// edgeDef is one counter of an EdgeSource.
+type edgeDef struct {
+	desc *prometheus.Desc
+	get  func(EdgeSource) uint64
 }
 
 // disruptionModes are the values of SelectorStatus.Disruption.
@@ -116,6 +136,19 @@ func NewCollector(src Source, conn *bus.ConnStats) *Collector {
 	} {
 		c.counters = append(c.counters, counterDef{newDesc(d.name, d.help), d.get})
 	}
+	if _, ok := src.(EdgeSource); ok {
+		for _, d := range []struct {
+			name, help string
+			get        func(EdgeSource) uint64
+		}{
+			{"requests_dropped_total", "Requests to workers dropped for room: surplus fence kills, and ps or kill requests fed back unanswered.", EdgeSource.RequestsDropped},
+			{"requests_merged_total", "Requests to workers merged into an identical one already waiting.", EdgeSource.RequestsMerged},
+			{"reply_errors_total", "Kill and ps replies that carried an error (the request is retried).", EdgeSource.ReplyErrors},
+			{"backlog_events_total", "Task events read from the stream's backlog at start, before any host is probed.", EdgeSource.BacklogEvents},
+		} {
+			c.edge = append(c.edge, edgeDef{newDesc(d.name, d.help), d.get})
+		}
+	}
 	return c
 }
 
@@ -128,6 +161,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range c.counters {
+		ch <- d.desc
+	}
+	for _, d := range c.edge {
 		ch <- d.desc
 	}
 	if c.conn != nil {
@@ -207,6 +243,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.malformed, n, labelValue(src))
 	}
 
+	if es, ok := c.src.(EdgeSource); ok {
+		for _, d := range c.edge {
+			counter(d.desc, d.get(es))
+		}
+	}
 	if c.conn != nil {
 		counter(c.natsSlow, c.conn.SlowConsumers.Load())
 		counter(c.natsAsync, c.conn.AsyncErrors.Load())

@@ -307,3 +307,35 @@ func TestRegistryHasGoAndProcessMetrics(t *testing.T) {
 		}
 	}
 }
+
+// edgeSource is a fakeSource that also counts what its edge did.
+type edgeSource struct{ fakeSource }
+
+func (*edgeSource) RequestsDropped() uint64 { return 21 }
+func (*edgeSource) RequestsMerged() uint64  { return 22 }
+func (*edgeSource) ReplyErrors() uint64     { return 23 }
+func (*edgeSource) BacklogEvents() uint64   { return 24 }
+
+func TestCollectorExportsEdgeCountersWhenTheSourceHasThem(t *testing.T) {
+	src := &edgeSource{fakeSource{st: sampleStatus()}}
+	c := NewCollector(src, nil)
+	for name, want := range map[string]float64{
+		"requests_dropped_total": 21, "requests_merged_total": 22, "reply_errors_total": 23, "backlog_events_total": 24,
+	} {
+		if got := collectedValue(t, c, "taskselector_"+name); got != want {
+			t.Errorf("taskselector_%s = %v, want %v", name, got, want)
+		}
+	}
+	// A plain Source exports none of them.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(&fakeSource{st: sampleStatus()}, nil))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "taskselector_requests_") {
+			t.Errorf("plain source exports %s", mf.GetName())
+		}
+	}
+}

@@ -1,0 +1,359 @@
+package bus
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/taskselector/taskselector/selector"
+)
+
+// requestQueue schedules the service's launch, kill and ps requests. Work is
+// bounded before any goroutine is involved:
+//
+//   - requests wait in a FIFO per host; a fixed pool of senders (one per
+//     ServiceConfig.MaxInFlightRequests) carries them out, taking the hosts
+//     with work in turn, with at most MaxInFlightPerHost requests of one host
+//     awaiting a reply, so that a host that never answers holds only its own
+//     slots and delays only its own requests;
+//   - a kill or ps that is already waiting for the same host, task and PIDs
+//     absorbs a repeat of itself (counted as merged);
+//   - fence kills wait in a lower-priority FIFO of their own per host, at
+//     most MaxQueuedFencesPerHost; more are dropped (the engine fences again
+//     on the impostor's next message);
+//   - at most MaxQueuedRequests wait over all hosts; a ps or kill beyond that
+//     is dropped and fed back to the engine as unanswered, so that it
+//     retries. Launches are never dropped for room (the engine bounds them by
+//     MaxPendingLaunches);
+//   - a launch that is not sent because the service shuts down is fed back
+//     as LaunchUnanswered{NotSent: true}.
+//
+// A host's state is removed as soon as it has nothing queued or in flight.
+// Events fed back are stepped by the senders, never by the caller of
+// enqueue, which may be inside a step's dispatch.
+type requestQueue struct {
+	s         *SelectorService
+	perHost   int
+	maxQueued int
+	maxFences int
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when a job is ready or the queue closes
+	hosts    map[string]*hostQueue
+	runq     fifo[*hostQueue] // hosts with a queued request and a free slot, in turn
+	feedback fifo[selector.Event]
+	queued   int  // requests waiting, over all hosts
+	noLaunch bool // launches are fed back as not sent
+	closed   bool // nothing more is sent
+
+	busy    inflight // requests queued or in flight, and events to feed back
+	senders sync.WaitGroup
+
+	merged  atomic.Uint64
+	dropped atomic.Uint64
+	dropLog rateLimiter
+}
+
+// hostQueue is one host's waiting requests.
+type hostQueue struct {
+	name     string
+	main     fifo[outCmd] // launches, ps, and kills of the engine's own tasks
+	fences   fifo[outCmd] // kills of impostor tasks
+	keys     map[string]struct{}
+	inflight int
+	inRunq   bool
+}
+
+func (h *hostQueue) queued() int { return h.main.len() + h.fences.len() }
+
+// requestJob is a sender's next piece of work: a request to send (host set)
+// or an event to feed back to the engine (ev set).
+type requestJob struct {
+	cmd  outCmd
+	host *hostQueue
+	ev   selector.Event
+}
+
+func newRequestQueue(s *SelectorService, perHost, maxQueued, maxFences int) *requestQueue {
+	q := &requestQueue{s: s, perHost: perHost, maxQueued: maxQueued, maxFences: maxFences, hosts: make(map[string]*hostQueue)}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+// start starts n senders.
+func (q *requestQueue) start(n int) {
+	for range n {
+		q.senders.Go(q.runSender)
+	}
+}
+
+func (q *requestQueue) runSender() {
+	for {
+		j, ok := q.next()
+		if !ok {
+			return
+		}
+		if j.ev != nil {
+			q.s.step(j.ev, nil)
+		} else {
+			q.s.send(j.cmd)
+		}
+		q.done(j)
+	}
+}
+
+// mergeKey identifies requests that one send answers for: kills of one task
+// (and PID), and ps of one PID list. Launches are never merged.
+func mergeKey(c *outCmd) string {
+	switch c.kind {
+	case selector.CmdKill:
+		return "k\x00" + c.taskID + "\x00" + strconv.FormatInt(c.pid, 10)
+	case selector.CmdPs:
+		var b strings.Builder
+		b.WriteString("p")
+		for _, p := range c.pids {
+			b.WriteByte(0)
+			b.WriteString(strconv.FormatInt(p, 10))
+		}
+		return b.String()
+	}
+	return ""
+}
+
+// enqueue queues c for its host. It never blocks on the network.
+func (q *requestQueue) enqueue(c outCmd) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		if c.kind == selector.CmdLaunch {
+			q.s.log.Debug("shutdown: launch not sent", "target", c.target, "host", c.host, "task_id", c.taskID)
+			q.s.step(notSent(&c), nil)
+		}
+		return
+	}
+	if c.kind == selector.CmdLaunch && q.noLaunch {
+		q.pushFeedbackLocked(notSent(&c), true)
+		q.mu.Unlock()
+		return
+	}
+	h := q.hosts[c.host]
+	if h == nil {
+		h = &hostQueue{name: c.host, keys: make(map[string]struct{})}
+		q.hosts[c.host] = h
+	}
+	key := mergeKey(&c)
+	if _, dup := h.keys[key]; key != "" && dup {
+		q.mu.Unlock()
+		q.merged.Add(1)
+		return
+	}
+	drop := false
+	switch {
+	case c.fence:
+		drop = h.fences.len() >= q.maxFences || q.queued >= q.maxQueued
+	case c.kind != selector.CmdLaunch:
+		drop = q.queued >= q.maxQueued
+	}
+	if drop {
+		q.forgetIfIdleLocked(h)
+		if !c.fence {
+			// A request for one of the engine's tasks: it retries.
+			q.pushFeedbackLocked(unanswered(&c, false), true)
+		}
+		q.mu.Unlock()
+		q.logDrop(&c)
+		return
+	}
+	if key != "" {
+		h.keys[key] = struct{}{}
+	}
+	if c.fence {
+		h.fences.push(c)
+	} else {
+		h.main.push(c)
+	}
+	q.queued++
+	q.busy.add()
+	q.scheduleLocked(h)
+	q.mu.Unlock()
+}
+
+func (q *requestQueue) logDrop(c *outCmd) {
+	q.dropped.Add(1)
+	if ok, suppressed := q.dropLog.allowCount(); ok {
+		q.s.log.Warn("request dropped: too many requests queued", "kind", c.kind, "host", c.host,
+			"task_id", c.taskID, "fence", c.fence, "suppressed", suppressed)
+	}
+}
+
+// pushFeedbackLocked queues ev for a sender to step; count says whether it
+// is new work (false: it replaces a queued request already counted).
+func (q *requestQueue) pushFeedbackLocked(ev selector.Event, count bool) {
+	q.feedback.push(ev)
+	if count {
+		q.busy.add()
+	}
+	q.cond.Signal()
+}
+
+// scheduleLocked puts h in the run queue if it has a queued request and a
+// free slot.
+func (q *requestQueue) scheduleLocked(h *hostQueue) {
+	if !h.inRunq && h.queued() > 0 && h.inflight < q.perHost {
+		h.inRunq = true
+		q.runq.push(h)
+		q.cond.Signal()
+	}
+}
+
+// forgetIfIdleLocked removes h once nothing of it is queued or in flight.
+func (q *requestQueue) forgetIfIdleLocked(h *hostQueue) {
+	if h.queued() == 0 && h.inflight == 0 && !h.inRunq && q.hosts[h.name] == h {
+		delete(q.hosts, h.name)
+	}
+}
+
+// next blocks until there is a job, or returns false once the queue is
+// closed and no event is left to feed back.
+func (q *requestQueue) next() (requestJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		if q.feedback.len() > 0 {
+			return requestJob{ev: q.feedback.pop()}, true
+		}
+		if q.closed {
+			return requestJob{}, false
+		}
+		if q.runq.len() > 0 {
+			h := q.runq.pop()
+			h.inRunq = false
+			if h.queued() == 0 || h.inflight >= q.perHost {
+				q.forgetIfIdleLocked(h)
+				continue
+			}
+			var c outCmd
+			if h.main.len() > 0 {
+				c = h.main.pop()
+			} else {
+				c = h.fences.pop()
+			}
+			if key := mergeKey(&c); key != "" {
+				delete(h.keys, key)
+			}
+			q.queued--
+			h.inflight++
+			q.scheduleLocked(h) // more of h go after the other hosts' turn
+			return requestJob{cmd: c, host: h}, true
+		}
+		q.cond.Wait()
+	}
+}
+
+// done ends a job taken from next.
+func (q *requestQueue) done(j requestJob) {
+	if h := j.host; h != nil {
+		q.mu.Lock()
+		h.inflight--
+		q.scheduleLocked(h)
+		q.forgetIfIdleLocked(h)
+		q.mu.Unlock()
+	}
+	q.busy.done()
+}
+
+// stopLaunches makes every launch, queued or to come, be fed back as not
+// sent; ps and kills still go out.
+func (q *requestQueue) stopLaunches() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.noLaunch = true
+	for _, h := range q.hosts {
+		for range h.main.len() {
+			c := h.main.pop()
+			if c.kind != selector.CmdLaunch {
+				h.main.push(c)
+				continue
+			}
+			q.queued--
+			q.pushFeedbackLocked(notSent(&c), false)
+		}
+		q.forgetIfIdleLocked(h)
+	}
+}
+
+// close stops sending: queued launches are fed back as not sent, other
+// queued requests are dropped. Senders finish the request they are sending
+// (cancel the service's request context to end it), feed back what is left,
+// and exit; wait for them with wait.
+func (q *requestQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return
+	}
+	q.closed = true
+	q.runq = fifo[*hostQueue]{}
+	for _, h := range q.hosts {
+		h.inRunq = false
+		for _, f := range []*fifo[outCmd]{&h.main, &h.fences} {
+			for f.len() > 0 {
+				c := f.pop()
+				q.queued--
+				if c.kind == selector.CmdLaunch {
+					q.pushFeedbackLocked(notSent(&c), false)
+				} else {
+					q.busy.done()
+				}
+			}
+		}
+		clear(h.keys)
+		q.forgetIfIdleLocked(h)
+	}
+	q.cond.Broadcast()
+}
+
+// wait waits for the senders to exit (after close).
+func (q *requestQueue) wait() { q.senders.Wait() }
+
+// stats returns the number of requests waiting and the number of hosts with
+// state, for tests.
+func (q *requestQueue) stats() (queued, hosts int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.queued, len(q.hosts)
+}
+
+func notSent(c *outCmd) selector.Event {
+	return &selector.LaunchUnanswered{Host: c.host, Target: c.target, TaskID: c.taskID, NotSent: true}
+}
+
+// fifo is a first-in first-out queue.
+type fifo[T any] struct {
+	items []T
+	head  int
+}
+
+func (f *fifo[T]) len() int { return len(f.items) - f.head }
+
+func (f *fifo[T]) push(v T) { f.items = append(f.items, v) }
+
+func (f *fifo[T]) pop() T {
+	var zero T
+	v := f.items[f.head]
+	f.items[f.head] = zero
+	f.head++
+	switch {
+	case f.head == len(f.items):
+		f.items, f.head = f.items[:0], 0
+	case f.head >= 64 && 2*f.head >= len(f.items):
+		// Compact, so that a queue that never empties does not grow.
+		n := copy(f.items, f.items[f.head:])
+		clear(f.items[n:])
+		f.items, f.head = f.items[:n], 0
+	}
+	return v
+}
+
+
