@@ -209,12 +209,24 @@ type PsTask struct {
 	StartedAt time.Time `json:"started_at"`
 }
 
-// PsReply lists the tasks a host runs. A worker that could not answer the
+// PsEnded is a task that ended recently, as a PsReply names it: its event
+// (Kind done or failed) is on its way to the selector, or already there.
+type PsEnded struct {
+	TaskID string `json:"task_id"`
+	Epoch  uint64 `json:"epoch"`
+	Kind   string `json:"kind"`
+}
+
+// PsReply lists the tasks a host runs and, in Ended, tasks that ended
+// recently (those the request names by PID, or the most recent ones), so
+// that a task that finished is not taken for one that vanished while its
+// done event is still on its way. A worker that could not answer the
 // request sets Error, and Tasks says nothing then.
 type PsReply struct {
 	V     int         `json:"v"`
 	Host  string      `json:"host"`
 	Tasks []PsTask    `json:"tasks"`
+	Ended []PsEnded   `json:"ended,omitempty"`
 	Error *ReplyError `json:"error,omitempty"`
 }
 

@@ -376,6 +376,17 @@ func (m PsReply) Validate() error {
 			break
 		}
 	}
+	for i := range m.Ended {
+		d := &m.Ended[i]
+		s := c.elem("ended", i)
+		s.name("task_id", d.TaskID)
+		s.positiveU("epoch", d.Epoch)
+		s.enum("kind", d.Kind, eventKinds)
+		c.merge(s)
+		if c.err != nil {
+			break
+		}
+	}
 	if m.Error != nil {
 		c.replyError(m.Error, probeCodes)
 	}

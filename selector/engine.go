@@ -154,9 +154,12 @@ type task struct {
 	lastHB      time.Time
 
 	suspectAt time.Time // when it last became suspect
-	probeOut  bool      // a ps or kill request is outstanding
-	probeAt   time.Time // when the last ps or kill was sent
-	psMissing bool      // the last ps of this task went unanswered
+	// awaitDoneAt is when a ps reply said the task ended done; its done
+	// event is awaited until HostStale after that (zero: not awaited).
+	awaitDoneAt time.Time
+	probeOut    bool      // a ps or kill request is outstanding
+	probeAt     time.Time // when the last ps or kill was sent
+	psMissing   bool      // the last ps of this task went unanswered
 
 	idx     int // index in Engine.tasks
 	hostIdx int // index in host.tasks
@@ -1271,6 +1274,13 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 		e.psUnanswered(now, &PsUnanswered{Host: ev.Host})
 		return
 	}
+	var ended map[string]schemas.PsEnded
+	for _, d := range ev.Reply.Ended {
+		if ended == nil {
+			ended = make(map[string]schemas.PsEnded, len(ev.Reply.Ended))
+		}
+		ended[d.TaskID] = d
+	}
 	running := make(map[string]*schemas.PsTask, len(ev.Reply.Tasks))
 	for i := range ev.Reply.Tasks {
 		p := &ev.Reply.Tasks[i]
@@ -1312,6 +1322,14 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 				continue
 			}
 			e.kill(now, k, silentReason(k.why))
+			continue
+		}
+		if d, ok := ended[k.id]; ok && d.Kind == schemas.EventDone && d.Epoch == k.epoch {
+			// It finished, and its done event is on its way: closing
+			// it as gone now would run its phase again.
+			if k.awaitDoneAt.IsZero() {
+				k.awaitDoneAt = now
+			}
 			continue
 		}
 		cause, fail := goneCause(k)
@@ -1624,6 +1642,15 @@ func (e *Engine) tick(now time.Time) {
 				e.suspect(now, k, suspectStale)
 			}
 		case tSuspect:
+			if !k.awaitDoneAt.IsZero() {
+				// Its host says it finished; its done event closes it.
+				// Should the event never come, it is taken as gone.
+				if now.Sub(k.awaitDoneAt) >= e.cfg.HostStale {
+					cause, fail := goneCause(k)
+					e.close(now, k, cause, fail)
+				}
+				continue
+			}
 			if k.probeOut && now.Sub(k.probeAt) >= lost {
 				e.probeMissed(k)
 			}

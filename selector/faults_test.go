@@ -595,3 +595,57 @@ func TestErrorRepliesSayNothingOfTheTasks(t *testing.T) {
 		t.Fatalf("the real kill reply did not close it: %+v", ts)
 	}
 }
+
+// A task found gone whose host says it finished done is not closed as gone
+// (which would run its phase again): its done event, on its way, closes it.
+// Should the event never come, it is taken as gone after HostStale.
+func TestGoneButDoneWaitsForItsEvent(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxPendingLaunches = 2
+	h := newHarness(t, cfg)
+	two := declared(phase("build", 10, 10, 40), phase("serve", 10, 10, 40))
+	two.Phases[1].Repeat = true
+	h.declare("a", two)
+	h.declare("b", two)
+	h.warm("h1=1000")
+	for _, n := range []string{"a#1", "b#1"} {
+		h.reply(n, 0)
+		h.heartbeat(n)
+	}
+	endedDone := func(c Command) []Command {
+		var ended []schemas.PsEnded
+		for _, n := range []string{"a#1", "b#1"} {
+			l := h.task(n)
+			ended = append(ended, schemas.PsEnded{TaskID: l.id, Epoch: l.epoch, Kind: schemas.EventDone})
+		}
+		return h.step(&PsReplied{Host: c.Host, PIDs: c.Ps.PIDs, Reply: schemas.PsReply{V: schemas.Version, Host: c.Host,
+			Tasks: []schemas.PsTask{}, Ended: ended}})
+	}
+	// Both finish, but their done events are held up: stale, then ps.
+	cmds := h.loop(7*time.Second, nil, endedDone)
+	if n := len(only(cmds, CmdLaunch)); n != 0 {
+		t.Fatalf("relaunched a finished phase: %q", h.format(only(cmds, CmdLaunch)))
+	}
+	if ts := h.targetStatus("a"); ts.State != StateSuspect || !strings.Contains(ts.Reason, "waiting for its done event") {
+		t.Fatalf("a: %+v", ts)
+	}
+	// a's event arrives: its next phase is launched.
+	cmds = h.event("a#1", schemas.EventDone, "", nil)
+	if got := only(cmds, CmdLaunch); len(got) != 1 || got[0].Launch.Type != "serve" {
+		t.Fatalf("after a's done event: %q", h.format(cmds))
+	}
+	// b's never does: after HostStale it is taken as gone, and its phase
+	// runs again (nothing acknowledged it as done).
+	h.reply("a#2", 0)
+	h.heartbeat("a#2")
+	cmds = h.loop(cfg.HostStale, []string{"a#2"}, endedDone)
+	var bLaunches []Command
+	for _, c := range only(cmds, CmdLaunch) {
+		if c.Launch.Target == "b" {
+			bLaunches = append(bLaunches, c)
+		}
+	}
+	if len(bLaunches) != 1 || bLaunches[0].Launch.Type != "build" {
+		t.Fatalf("b after HostStale: %q", h.format(cmds))
+	}
+}

@@ -48,8 +48,8 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 			Host:        h.name,
 			TotalMiB:    h.total,
 			UsedMiB:     h.used,
-			ReservedMiB: h.reserved,
-			FreeMiB:     max(h.free(e.cfg.HostHeadroomMiB), 0),
+			ReservedMiB: clampMiB(h.reserved), // sums of bounded figures: bounded for display
+			FreeMiB:     clampMiB(h.free(e.cfg.HostHeadroomMiB)),
 			Tasks:       len(h.tasks),
 			Stale:       now.Sub(h.lastStatus) >= e.cfg.HostStale,
 			Lost:        h.lost,
@@ -119,7 +119,7 @@ func (e *Engine) targetStatus(now time.Time, t *target) schemas.TargetStatus {
 		Target:  t.name,
 		Phase:   t.phase,
 		Epoch:   t.epoch,
-		FullMiB: t.est.FullMiB(),
+		FullMiB: clampMiB(t.est.FullMiB()),
 		State:   StatePending,
 		Reason:  t.blocked,
 	}
@@ -168,6 +168,9 @@ func suspectReason(k *task) string {
 	}
 	if k.phase == tKilling {
 		return r + "; killing"
+	}
+	if !k.awaitDoneAt.IsZero() {
+		return r + "; its host says it finished: waiting for its done event"
 	}
 	if k.psMissing {
 		return r + "; host does not answer"

@@ -770,8 +770,15 @@ func (a *Agent) handlePs(m *nats.Msg) {
 	}
 }
 
+// psEndedMax bounds the ended tasks a ps reply that names no PID lists:
+// the most recent ones.
+const psEndedMax = 64
+
 // ps lists the running tasks (hung ones included), only those with the
-// requested PIDs when there are any, ordered by PID.
+// requested PIDs when there are any, ordered by PID. It also lists, in
+// Ended, the tasks that ended on their own with those PIDs (or the most
+// recent ones), so that the selector can tell a task whose done event is
+// on its way from one that vanished.
 func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 	a.mu.Lock()
 	reply := schemas.PsReply{V: schemas.Version, Host: a.cfg.Host, Tasks: make([]schemas.PsTask, 0, len(a.tasks))}
@@ -784,6 +791,19 @@ func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 			Type: e.spec.Type, RAM: e.spec.RAM, StartedAt: e.startedAt.UTC(),
 		})
 	}
+	a.ended.recent(func(sp TaskSpan) bool {
+		if sp.Kind == "" || sp.Epoch == 0 {
+			return true // vanished without a word: no event will come
+		}
+		if len(req.PIDs) > 0 {
+			if slices.Contains(req.PIDs, sp.PID) {
+				reply.Ended = append(reply.Ended, schemas.PsEnded{TaskID: sp.TaskID, Epoch: sp.Epoch, Kind: sp.Kind})
+			}
+			return true
+		}
+		reply.Ended = append(reply.Ended, schemas.PsEnded{TaskID: sp.TaskID, Epoch: sp.Epoch, Kind: sp.Kind})
+		return len(reply.Ended) < psEndedMax
+	})
 	a.mu.Unlock()
 	sort.Slice(reply.Tasks, func(i, j int) bool { return reply.Tasks[i].PID < reply.Tasks[j].PID })
 	return reply
@@ -895,6 +915,20 @@ func (c *endedCache) add(sp TaskSpan) {
 	c.ring[c.next] = sp.TaskID
 	c.next = (c.next + 1) % len(c.ring)
 	c.spans[sp.TaskID] = sp
+}
+
+// recent calls f with the ended spans, the most recent first, until f
+// returns false.
+func (c *endedCache) recent(f func(TaskSpan) bool) {
+	for i := range len(c.ring) {
+		id := c.ring[(c.next-1-i+2*len(c.ring))%len(c.ring)]
+		if id == "" {
+			return
+		}
+		if !f(c.spans[id]) {
+			return
+		}
+	}
 }
 
 // get returns the PID of an ended task_id.

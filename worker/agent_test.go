@@ -455,3 +455,31 @@ func TestShutdownLeavesTasks(t *testing.T) {
 		t.Fatalf("%d events published for a task left running", n)
 	}
 }
+
+// TestPsListsEndedTasks: a task that ended on its own is named in the
+// reply's Ended with how it ended, so that the selector waits for its done
+// event instead of taking it for a task that vanished.
+func TestPsListsEndedTasks(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	short := declared("n00dles", "work", 10, 100, 5)
+	short.Epoch = 4
+	pid := h.mustLaunch(short)
+	long := declared("joesguns", "work", 10, 100, 1e6)
+	long.Epoch = 2
+	longPID := h.mustLaunch(long)
+	h.sim.Advance(time.Second)
+	h.sim.Advance(10 * time.Second)
+	if ev := h.nextEvent(); ev.Kind != schemas.EventDone || ev.TaskID != short.TaskID {
+		t.Fatalf("event %+v", ev)
+	}
+	one := h.ps(pid)
+	if len(one.Tasks) != 0 || len(one.Ended) != 1 || one.Ended[0] != (schemas.PsEnded{TaskID: short.TaskID, Epoch: 4, Kind: schemas.EventDone}) {
+		t.Fatalf("ps of the ended pid: %+v", one)
+	}
+	if other := h.ps(longPID); len(other.Tasks) != 1 || len(other.Ended) != 0 {
+		t.Fatalf("ps of the running pid: %+v", other)
+	}
+	if all := h.ps(); len(all.Tasks) != 1 || len(all.Ended) != 1 || all.Ended[0].TaskID != short.TaskID {
+		t.Fatalf("ps of every task: %+v", all)
+	}
+}

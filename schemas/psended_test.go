@@ -1,0 +1,23 @@
+package schemas
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPsReplyEnded(t *testing.T) {
+	good := `{"v":1,"host":"h","tasks":[],"ended":[{"task_id":"a#3.x","epoch":3,"kind":"done"}]}`
+	r, err := DecodePsReply([]byte(good))
+	if err != nil || len(r.Ended) != 1 || r.Ended[0].Kind != EventDone || r.Ended[0].Epoch != 3 {
+		t.Fatalf("DecodePsReply(%s) = %+v, %v", good, r, err)
+	}
+	for _, tc := range []struct{ in, field string }{
+		{`{"v":1,"host":"h","tasks":[],"ended":[{"task_id":"a","epoch":3,"kind":"vanished"}]}`, `"ended[0].kind"`},
+		{`{"v":1,"host":"h","tasks":[],"ended":[{"task_id":"a","epoch":0,"kind":"done"}]}`, `"ended[0].epoch"`},
+		{`{"v":1,"host":"h","tasks":[],"ended":[{"epoch":1,"kind":"done"}]}`, `"ended[0].task_id"`},
+	} {
+		if _, err := DecodePsReply([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("DecodePsReply(%s) = %v, want an error naming %s", tc.in, err, tc.field)
+		}
+	}
+}
