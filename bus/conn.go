@@ -65,8 +65,9 @@ func StatsOf(nc *nats.Conn) *ConnStats {
 //
 // onDisconnect and onReconnect (either may be nil) are called, from the
 // client's callback goroutine, on each loss and recovery. Asynchronous errors
-// are logged and counted; see StatsOf.
-func Connect(ctx context.Context, url string, name string, log *slog.Logger, onDisconnect, onReconnect func()) (*nats.Conn, error) {
+// are logged and counted; see StatsOf. Options in extra are applied after
+// these (a test, say, adds nats.SetCustomDialer to watch the connection).
+func Connect(ctx context.Context, url string, name string, log *slog.Logger, onDisconnect, onReconnect func(), extra ...nats.Option) (*nats.Conn, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -119,6 +120,7 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 			log.Warn("nats async error", "name", name, "subject", subject, "err", err)
 		}),
 	}
+	opts = append(opts, extra...)
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {

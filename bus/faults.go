@@ -19,6 +19,9 @@ type ServiceFaults struct {
 	// handled. Blocking in it makes the service a slow consumer of that
 	// source, so that its subscription drops messages once its pending
 	// limit (ServiceConfig.HeartbeatPending, HostStatusPending) is reached.
+	// Below the limit the messages wait in the queue, and the engine judges
+	// silence only up to the arrival of the oldest one waiting (see
+	// selector.Tick).
 	BeforeInput func(source string)
 }
 

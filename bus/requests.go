@@ -355,5 +355,3 @@ func (f *fifo[T]) pop() T {
 	}
 	return v
 }
-
-

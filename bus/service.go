@@ -85,6 +85,12 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 	if c.Tick <= 0 {
 		c.Tick = 50 * time.Millisecond
 	}
+	// The ticker steps the engine every tick: a gap of many ticks means the
+	// selector itself was not running (a long pause), not that the fleet
+	// fell silent.
+	if c.Engine.MaxStepGap <= 0 {
+		c.Engine.MaxStepGap = max(20*c.Tick, time.Second)
+	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = c.Engine.ReplyTimeout
 	}
@@ -121,6 +127,11 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 // that Step's launch is sent (write-ahead), and the engine is told when the
 // launch really leaves (LaunchSent). Every task event is acked through the
 // store writer's queue, so only once every write queued before it is stored.
+//
+// Heartbeats and host statuses may wait in their subscriptions' queues when
+// the service handles them late. Each Tick tells the engine up to when each
+// input is known to be handled (see inputLag), so that what waits there is
+// not taken for silence of the workers.
 type SelectorService struct {
 	nc   *nats.Conn
 	cfg  ServiceConfig
@@ -150,8 +161,12 @@ type SelectorService struct {
 	hbEv selector.HeartbeatReceived
 
 	tickEv selector.Tick
+	// How far the heartbeats and host statuses are handled (see inputLag);
+	// set by start, then owned by the tick loop.
+	hbLag, hostLag *inputLag
 
-	heartbeats     atomic.Uint64
+	heartbeats     atomic.Uint64 // heartbeat messages handled
+	hostStatuses   atomic.Uint64 // host status messages handled
 	storeErrors    atomic.Uint64
 	replyErrors    atomic.Uint64
 	backlogEvents  atomic.Uint64
@@ -159,6 +174,7 @@ type SelectorService struct {
 	malformed      map[string]*sourceCounter // fixed keys; values are safe for concurrent use
 	logLimit       rateLimiter               // for repeated bus errors
 	dropLog        rateLimiter               // for input drops
+	lagLog         rateLimiter               // for input handled late
 	replyErrLog    rateLimiter               // for error replies to ps and kill
 
 	runOnce atomic.Bool
@@ -461,16 +477,22 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 		}
 		return nil, err
 	}
+	// Nothing of an input has arrived before its subscription is made: its
+	// lag is measured from then.
+	hbStart := time.Now()
 	hbSub, err := s.subscribeInput(s.subj.Heartbeats(), s.onHeartbeat, s.cfg.HeartbeatPending)
 	if err != nil {
 		return fail(err)
 	}
 	s.setSub(&s.hbSub, hbSub)
+	s.hbLag = &inputLag{source: selector.InputHeartbeats, sub: hbSub, handled: &s.heartbeats, clock: newLagClock(hbStart)}
+	hostStart := time.Now()
 	hostSub, err := s.subscribeInput(s.subj.Hosts(), s.onHostStatus, s.cfg.HostStatusPending)
 	if err != nil {
 		return fail(err)
 	}
 	s.setSub(&s.hostSub, hostSub)
+	s.hostLag = &inputLag{source: selector.InputHostStatuses, sub: hostSub, handled: &s.hostStatuses, clock: newLagClock(hostStart)}
 	// What the backlog and the rebuilt state call for, in order, before
 	// any event of the durable consumer (whose acks must queue behind
 	// these writes).
@@ -581,6 +603,10 @@ func (s *SelectorService) loadState(ctx context.Context, js jetstream.JetStream,
 		tasksKV = s.wrapTasksKV(tasksKV)
 	}
 	tasks := NewTaskStore(tasksKV, s.log)
+	tasks.RecreateWith(func(ctx context.Context) error {
+		_, err := js.CreateKeyValue(ctx, TasksBucketConfig(s.cfg.Store))
+		return err
+	})
 	replay.Go(func() { tw, sp, twErr = WatchTargets(opCtx, store.Targets, s.log) })
 	replay.Go(func() { st, stErr = tasks.Replay(opCtx) })
 	replay.Wait()
@@ -597,6 +623,9 @@ func (s *SelectorService) loadState(ctx context.Context, js jetstream.JetStream,
 	return nil
 }
 
+// tickLoop steps the engine with a Tick every cfg.Tick. Before each, it
+// reports input drops (checkDrops) and estimates how far each input is
+// handled (inputAsOf), so that the engine judges silence only up to then.
 func (s *SelectorService) tickLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Tick)
 	defer t.Stop()
@@ -614,6 +643,8 @@ func (s *SelectorService) tickLoop(ctx context.Context) {
 			for i := range watches {
 				s.checkDrops(&watches[i])
 			}
+			s.tickEv.HeartbeatsAsOf = s.inputAsOf(s.hbLag)
+			s.tickEv.HostStatusesAsOf = s.inputAsOf(s.hostLag)
 			s.step(&s.tickEv, nil)
 		}
 	}
@@ -643,6 +674,35 @@ func (s *SelectorService) checkDrops(w *dropWatch) {
 	}
 	w.seen = n
 	s.step(&w.ev, nil)
+}
+
+// inputAsOf returns the time up to which l's input is known to be handled
+// (the zero time: up to now), for the Tick. It logs when the input starts to
+// be handled more than half a heartbeat-stale threshold late, and when it
+// catches up again: silence is then judged that much later.
+func (s *SelectorService) inputAsOf(l *inputLag) time.Time {
+	if l == nil {
+		return time.Time{}
+	}
+	asOf := l.asOf()
+	lag := time.Duration(0)
+	if !asOf.IsZero() {
+		lag = time.Since(asOf)
+	}
+	switch late := lag > s.cfg.Engine.HeartbeatStale/2; {
+	case late && !l.lagging:
+		l.lagging = true
+		if ok, suppressed := s.lagLog.allowCount(); ok {
+			s.log.Warn("input handled late; silence is judged as of the oldest message waiting", "source", l.source,
+				"subject", l.sub.Subject, "lag", lag.Round(time.Millisecond), "suppressed", suppressed)
+		}
+	case !late && l.lagging:
+		l.lagging = false
+		if ok, suppressed := s.lagLog.allowCount(); ok {
+			s.log.Info("input caught up", "source", l.source, "subject", l.sub.Subject, "suppressed", suppressed)
+		}
+	}
+	return asOf
 }
 
 // step runs one engine step for ev and carries out its commands; ack, if
@@ -882,8 +942,12 @@ func (s *SelectorService) onHeartbeat(m *nats.Msg) {
 	s.step(&s.hbEv, nil)
 }
 
+// onHostStatus decodes and checks a host status, and steps it. It counts
+// every message handled (malformed ones included) once its step is done, for
+// inputLag.
 func (s *SelectorService) onHostStatus(m *nats.Msg) {
 	s.cfg.Faults.beforeInput(selector.InputHostStatuses)
+	defer s.hostStatuses.Add(1)
 	hs, err := decodeHostStatus(m.Data)
 	if err == nil {
 		err = checkToken(m.Subject, s.subj.Prefix+".host.", hs.Host)

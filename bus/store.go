@@ -95,15 +95,7 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 	if err != nil {
 		return nil, fmt.Errorf("bus: ensure bucket %s: %w", TargetsBucket, err)
 	}
-	tasks, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       TasksBucket,
-		Description:  "taskselector: selector state per target (key = encoded target name, value = TaskState); written by the selector only",
-		History:      1,
-		MaxValueSize: schemas.MaxMessageBytes,
-		Storage:      jetstream.FileStorage,
-		Replicas:     cfg.Replicas,
-		// No TTL, ever: expiring task state would forget live tasks.
-	})
+	tasks, err := js.CreateOrUpdateKeyValue(ctx, TasksBucketConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("bus: ensure bucket %s: %w", TasksBucket, err)
 	}
@@ -139,6 +131,21 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 	return &Store{Targets: targets, Tasks: tasks, Events: stream, Consumer: cons}, nil
 }
 
+// TasksBucketConfig is the configuration of the tasks bucket under cfg (its
+// zero fields taking their defaults).
+func TasksBucketConfig(cfg StoreConfig) jetstream.KeyValueConfig {
+	cfg = cfg.withDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:       TasksBucket,
+		Description:  "taskselector: selector state per target (key = encoded target name, value = TaskState); written by the selector only",
+		History:      1,
+		MaxValueSize: schemas.MaxMessageBytes,
+		Storage:      jetstream.FileStorage,
+		Replicas:     cfg.Replicas,
+		// No TTL, ever: expiring task state would forget live tasks.
+	}
+}
+
 // ErrConflict is wrapped by TaskStore writes that lost a compare-and-swap:
 // the key changed since the selector last saw it, so another writer exists.
 var ErrConflict = errors.New("bus: store conflict")
@@ -147,14 +154,22 @@ var ErrConflict = errors.New("bus: store conflict")
 // writes it with compare-and-swap on the revision it last saw for each key.
 // Its methods are safe for concurrent use, but writes of one key must come
 // from one goroutine, in order.
+//
+// It also keeps the last value it stored (or replayed) under each key, so
+// that when the bucket itself is lost it can recreate it and store every
+// target's state again (see RecreateWith).
 type TaskStore struct {
-	kv  jetstream.KeyValue
-	log *slog.Logger
+	kv       jetstream.KeyValue
+	log      *slog.Logger
+	recreate func(context.Context) error // nil: a lost bucket is not recreated
 
 	mu   sync.Mutex
 	revs map[string]uint64 // KV key -> last revision seen
+	vals map[string][]byte // KV key -> last good value stored or replayed
+	lost map[string]bool   // keys of vals that a lost bucket took and that are not stored again yet
 
 	malformed atomic.Uint64
+	recreated atomic.Uint64
 }
 
 // NewTaskStore returns a TaskStore on kv (the tasks bucket).
@@ -162,11 +177,27 @@ func NewTaskStore(kv jetstream.KeyValue, log *slog.Logger) *TaskStore {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &TaskStore{kv: kv, log: log, revs: make(map[string]uint64)}
+	return &TaskStore{kv: kv, log: log, revs: make(map[string]uint64), vals: make(map[string][]byte), lost: make(map[string]bool)}
 }
+
+// RecreateWith sets how the store recreates the tasks bucket once the server
+// says it does not exist (an operator deleted it, say): fn creates it again,
+// empty. The write that found it gone is then retried, and every other key
+// the store knows is stored again, with its last value, before the next
+// write: the bucket holds every target's state again, so a restarted
+// selector rebuilds the same state. Only the server's "not found" counts: a
+// timeout or a lost quorum says nothing of the bucket and is an ordinary
+// write error. Without fn, a lost bucket is such an error too, so writes
+// fail (and the service's writer retries them) until it is back. Call it
+// before the first write.
+func (s *TaskStore) RecreateWith(fn func(context.Context) error) { s.recreate = fn }
 
 // Malformed counts the values Replay could not use.
 func (s *TaskStore) Malformed() uint64 { return s.malformed.Load() }
+
+// Recreated counts the times the store found the bucket gone and recreated
+// it.
+func (s *TaskStore) Recreated() uint64 { return s.recreated.Load() }
 
 // Revision returns the last revision seen of target's key.
 func (s *TaskStore) Revision(target string) (uint64, bool) {
@@ -208,6 +239,7 @@ func (s *TaskStore) Replay(ctx context.Context) ([]schemas.TaskState, error) {
 	}
 	states := make([]schemas.TaskState, 0, len(entries))
 	revs := make(map[string]uint64, len(entries))
+	vals := make(map[string][]byte, len(entries))
 	for i := range entries {
 		r := &entries[i]
 		key := r.e.Key()
@@ -225,10 +257,14 @@ func (s *TaskStore) Replay(ctx context.Context) ([]schemas.TaskState, error) {
 			continue
 		}
 		states = append(states, r.v.st)
+		vals[key] = r.e.Value()
 	}
 	s.mu.Lock()
 	for k, r := range revs {
 		s.revs[k] = r
+	}
+	for k, v := range vals {
+		s.vals[k] = v
 	}
 	s.mu.Unlock()
 	return states, nil
@@ -301,50 +337,166 @@ func replayDecode[T any](ctx context.Context, w jetstream.KeyWatcher, bucket str
 // Put writes data (an encoded TaskState) as target's state: an Update at the
 // last revision seen, or a Create when none was seen. A lost compare-and-swap
 // returns an error wrapping ErrConflict (and the KV error).
+//
+// With RecreateWith set, a Put that finds the bucket gone recreates it and
+// writes again; and every Put first stores again what a lost bucket took.
+// data must not be modified afterwards: the store keeps it.
 func (s *TaskStore) Put(ctx context.Context, target string, data []byte) error {
 	key := EncodeName(target)
-	s.mu.Lock()
-	rev, known := s.revs[key]
-	s.mu.Unlock()
-	var newRev uint64
-	var err error
-	if known {
-		newRev, err = s.kv.Update(ctx, key, data, rev)
-	} else {
-		newRev, err = s.kv.Create(ctx, key, data)
-	}
-	if err != nil {
+	for retried := false; ; retried = true {
+		if err := s.storeLost(ctx, key); err != nil {
+			return fmt.Errorf("bus: persist %q: %w", target, err)
+		}
+		s.mu.Lock()
+		rev, known := s.revs[key]
+		s.mu.Unlock()
+		var newRev uint64
+		var err error
+		if known {
+			newRev, err = s.kv.Update(ctx, key, data, rev)
+		} else {
+			newRev, err = s.kv.Create(ctx, key, data)
+		}
+		if err == nil {
+			s.mu.Lock()
+			s.revs[key] = newRev
+			s.vals[key] = data
+			delete(s.lost, key)
+			s.mu.Unlock()
+			return nil
+		}
 		if isCASError(err) {
 			return fmt.Errorf("bus: persist %q (seen revision %d): %w: %w", target, rev, ErrConflict, err)
 		}
+		if !retried && s.recreateLost(ctx) {
+			continue
+		}
 		return fmt.Errorf("bus: persist %q: %w", target, err)
 	}
-	s.mu.Lock()
-	s.revs[key] = newRev
-	s.mu.Unlock()
-	return nil
 }
 
 // Delete deletes target's state at the last revision seen. With no revision
 // seen there is nothing of ours to delete and it does nothing. A lost
 // compare-and-swap returns an error wrapping ErrConflict.
+//
+// A delete that finds the bucket gone (with RecreateWith set) recreates it;
+// the key is then gone already, and so is done.
 func (s *TaskStore) Delete(ctx context.Context, target string) error {
 	key := EncodeName(target)
-	s.mu.Lock()
-	rev, known := s.revs[key]
-	s.mu.Unlock()
-	if !known {
-		return nil
-	}
-	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+	for retried := false; ; retried = true {
+		s.mu.Lock()
+		rev, known := s.revs[key]
+		if !known || s.lost[key] {
+			// Nothing of ours is stored under key: never written, or
+			// taken by a lost bucket and not stored again.
+			delete(s.vals, key)
+			delete(s.lost, key)
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		if err == nil {
+			s.mu.Lock()
+			delete(s.revs, key)
+			delete(s.vals, key)
+			s.mu.Unlock()
+			return nil
+		}
 		if isCASError(err) {
 			return fmt.Errorf("bus: delete %q (seen revision %d): %w: %w", target, rev, ErrConflict, err)
 		}
+		if !retried && s.recreateLost(ctx) {
+			continue
+		}
 		return fmt.Errorf("bus: delete %q: %w", target, err)
 	}
+}
+
+// recreateLost asks the server whether the bucket still exists. When it
+// says the bucket is not found, and RecreateWith was set, it recreates the
+// bucket and, if that left it empty (no other writer got there first),
+// forgets every revision and marks every value it holds as lost, for
+// storeLost to store again. It reports whether it did. Any other answer (the
+// bucket is there, or no answer: a timeout, no quorum) leaves everything as
+// it was.
+func (s *TaskStore) recreateLost(ctx context.Context) bool {
+	if s.recreate == nil {
+		return false
+	}
+	if _, err := s.kv.Status(ctx); !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false
+	}
 	s.mu.Lock()
-	delete(s.revs, key)
+	n := len(s.vals)
 	s.mu.Unlock()
+	s.log.Warn("tasks bucket is gone; recreating it and storing every target's state again", "targets", n)
+	if err := s.recreate(ctx); err != nil {
+		s.log.Error("tasks bucket is gone and cannot be recreated", "err", err)
+		return false
+	}
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return false
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); !ok || bs.StreamInfo() == nil || bs.StreamInfo().State.LastSeq != 0 {
+		// Not the empty bucket we made: another writer recreated it
+		// and wrote to it. The revisions we hold judge our writes there.
+		return false
+	}
+	s.mu.Lock()
+	clear(s.revs)
+	for k := range s.vals {
+		s.lost[k] = true
+	}
+	s.mu.Unlock()
+	s.recreated.Add(1)
+	return true
+}
+
+// storeLost stores again, with Create, every value a lost bucket took, but
+// skip's (the caller writes that one). A key that exists already is ours if
+// it holds our value (an earlier attempt landed), and a conflict otherwise.
+func (s *TaskStore) storeLost(ctx context.Context, skip string) error {
+	s.mu.Lock()
+	if len(s.lost) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	keys := make([]string, 0, len(s.lost))
+	for k := range s.lost {
+		if k != skip {
+			keys = append(keys, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, k := range keys {
+		s.mu.Lock()
+		data := s.vals[k]
+		s.mu.Unlock()
+		rev, err := s.kv.Create(ctx, k, data)
+		if err != nil && isCASError(err) {
+			e, gerr := s.kv.Get(ctx, k)
+			switch {
+			case gerr != nil:
+				err = gerr // no evidence either way: retried
+			case bytes.Equal(e.Value(), data):
+				rev, err = e.Revision(), nil
+			default:
+				return fmt.Errorf("store %q again in the recreated bucket: %w: %w", k, ErrConflict, err)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("store %q again in the recreated bucket: %w", k, err)
+		}
+		s.mu.Lock()
+		s.revs[k] = rev
+		delete(s.lost, k)
+		s.mu.Unlock()
+	}
+	if len(keys) > 0 {
+		s.log.Info("tasks bucket recreated: every target's state is stored again", "targets", len(keys))
+	}
 	return nil
 }
 
@@ -377,6 +529,7 @@ func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (
 		case data == nil:
 			s.mu.Lock()
 			delete(s.revs, key)
+			delete(s.vals, key)
 			s.mu.Unlock()
 			return true, nil
 		case !known:
@@ -395,6 +548,7 @@ func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (
 	}
 	s.mu.Lock()
 	s.revs[key] = e.Revision()
+	s.vals[key] = data
 	s.mu.Unlock()
 	return true, nil
 }

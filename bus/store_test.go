@@ -97,6 +97,114 @@ func TestTaskStoreCAS(t *testing.T) {
 	}
 }
 
+// TestTaskStoreRecreatesALostBucket: the tasks bucket is deleted under a
+// running store. Without a way to recreate it every write fails, for good
+// (the service's writer retried forever, holding back the launch queued
+// behind it). With RecreateWith, the first write recreates the bucket and
+// every target's state is stored again, so that a replay finds all of it,
+// and later updates and deletes work at the new revisions.
+func TestTaskStoreRecreatesALostBucket(t *testing.T) {
+	s := natstest.Server(t)
+	nc := connect(t, s.ClientURL())
+	kv := kvOf(t, nc, TasksBucket)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 20*time.Second)
+	recreate := func(ctx context.Context) error {
+		_, err := js.CreateKeyValue(ctx, TasksBucketConfig(StoreConfig{}))
+		return err
+	}
+	val := func(target, taskID string, epoch uint64) []byte {
+		return mustMarshal(t, ptr(taskState(target, taskID, epoch)))
+	}
+	stored := func() map[string]string {
+		t.Helper()
+		states, err := NewTaskStore(kv, testLog()).Replay(ctx)
+		if err != nil {
+			t.Fatalf("replay: %v", err)
+		}
+		out := map[string]string{}
+		for _, st := range states {
+			out[st.Target] = st.Task.TaskID
+		}
+		return out
+	}
+	lose := func() {
+		t.Helper()
+		if err := js.DeleteKeyValue(ctx, TasksBucket); err != nil {
+			t.Fatalf("delete the bucket: %v", err)
+		}
+	}
+
+	st := NewTaskStore(kv, testLog())
+	st.RecreateWith(recreate)
+	plain := NewTaskStore(kv, testLog()) // no way to recreate
+	for _, name := range []string{"a", "b", "c"} {
+		if err := st.Put(ctx, name, val(name, name+"#1", 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := plain.Put(ctx, "p", val("p", "p#1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	lose()
+
+	// Without RecreateWith the write fails, and not as a conflict: it is
+	// retried, and fails again as long as nobody recreates the bucket.
+	for range 2 {
+		if err := plain.Put(ctx, "p", val("p", "p#2", 2)); err == nil || errors.Is(err, ErrConflict) {
+			t.Fatalf("write to a lost bucket without RecreateWith: %v, want a plain error", err)
+		}
+	}
+
+	// With it, the write lands, and the other targets are stored again.
+	if err := st.Put(ctx, "a", val("a", "a#2", 2)); err != nil {
+		t.Fatalf("write to a lost bucket: %v", err)
+	}
+	if n := st.Recreated(); n != 1 {
+		t.Errorf("recreated %d times, want 1", n)
+	}
+	want := map[string]string{"a": "a#2", "b": "b#1", "c": "c#1"}
+	if got := stored(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("bucket holds %v after the loss, want %v", got, want)
+	}
+	if err := st.Put(ctx, "b", val("b", "b#2", 2)); err != nil {
+		t.Fatalf("update after the recreation: %v", err)
+	}
+	if err := st.Delete(ctx, "c"); err != nil {
+		t.Fatalf("delete after the recreation: %v", err)
+	}
+	want = map[string]string{"a": "a#2", "b": "b#2"}
+	if got := stored(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("bucket holds %v, want %v", got, want)
+	}
+
+	// Lost again, and the first write is a delete: it is done (the key is
+	// gone with the bucket), and the next write stores the rest again.
+	lose()
+	if err := st.Delete(ctx, "b"); err != nil {
+		t.Fatalf("delete in a lost bucket: %v", err)
+	}
+	if err := st.Put(ctx, "d", val("d", "d#1", 1)); err != nil {
+		t.Fatalf("write after the second loss: %v", err)
+	}
+	want = map[string]string{"a": "a#2", "d": "d#1"}
+	if got := stored(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("bucket holds %v after the second loss, want %v", got, want)
+	}
+	if n := st.Recreated(); n != 2 {
+		t.Errorf("recreated %d times, want 2", n)
+	}
+
+	// A store that recreated nothing but finds its key changed still
+	// reports a conflict: the recreated bucket is no licence to overwrite.
+	if err := plain.Put(ctx, "a", val("a", "a#9", 9)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("create over another store's key: %v, want ErrConflict", err)
+	}
+}
+
 func TestTaskStoreReconcile(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())

@@ -105,7 +105,23 @@ type TaskEventReceived struct{ Event *schemas.TaskEvent }
 type HostStatusReceived struct{ Status *schemas.HostStatus }
 
 // Tick lets time pass: timeouts, staleness and launches are evaluated.
-type Tick struct{}
+//
+// HeartbeatsAsOf and HostStatusesAsOf tell how far the edge has handled each
+// input: every heartbeat (host status) that reached the selector before that
+// time has been stepped into the engine, while later ones may still wait in
+// the edge's own queue. A message that waits there is no silence of its
+// sender, so the silence of tasks (heartbeat staleness, the launch timeout
+// that awaits a first heartbeat) and of hosts (host staleness, the
+// disruption modes, whether a host may take a launch) is judged as of
+// min(now, as-of time) instead of now. The zero time means the input is
+// handled up to now. The estimate must not be later than the arrival of the
+// oldest message not yet handled; an earlier one only delays a judgement.
+// Reply timeouts, backoff, restart delays and kill rounds stay on now. The
+// as-of times hold until the next Tick.
+type Tick struct {
+	HeartbeatsAsOf   time.Time
+	HostStatusesAsOf time.Time
+}
 
 // Disconnected reports that the bus connection is down: nothing is declared
 // stale and nothing is launched until Reconnected.

@@ -129,6 +129,10 @@ const (
 	suspectStale                          // active, then no heartbeat within HeartbeatStale
 	suspectRecovered                      // recorded by an earlier run and not yet confirmed
 	suspectDeleted                        // its target was deleted
+	// suspectSuperseded: a late done event of an earlier epoch finished the
+	// phase this task runs, and the target moved on: the task must stop
+	// before the target's next phase is launched.
+	suspectSuperseded
 )
 
 type task struct {
@@ -181,7 +185,12 @@ type target struct {
 
 	epoch       uint64 // the last epoch issued (or recorded)
 	closedEpoch uint64 // every epoch up to this one is closed
-	task        *task
+	// doneFloor is the last epoch issued when the target last completed a
+	// phase or changed its phase. Every epoch above it ran the current
+	// phase, so a late done event of a closed epoch above it still
+	// completes the phase (see lateDone).
+	doneFloor uint64
+	task      *task
 
 	blocked  string // reason; launches wait until the spec changes
 	complete bool
@@ -253,6 +262,8 @@ type Engine struct {
 	staleBase     time.Time // task staleness is measured from no earlier than this
 	hostStaleBase time.Time // host silence is measured from no earlier than this
 	hbDropAt      time.Time // when the edge last reported dropped heartbeats
+	hbAsOf        time.Time // heartbeats are handled up to this time (zero: now); see Tick
+	hostAsOf      time.Time // host statuses are handled up to this time (zero: now); see Tick
 	disruption    string    // DisruptionNormal, DisruptionPartial or DisruptionFull
 	degraded      string    // why the disruption mode is not normal
 	lossTokens    float64   // host losses allowed now in partial disruption (token bucket)
@@ -365,6 +376,11 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 	for i := range snap.Tasks {
 		e.restore(now, &snap.Tasks[i])
 	}
+	for _, t := range e.targets {
+		// What an earlier run closed is not known to have run the
+		// current phase: no late done event of it is taken.
+		t.doneFloor = t.closedEpoch
+	}
 	e.slab = nil
 	// Hosts are placed on in order of first sight: make that order the
 	// names', whatever order the store listed the records in.
@@ -387,7 +403,7 @@ func (e *Engine) newTarget(name string) *target {
 	if tb, ok := e.tombs[name]; ok {
 		// Declared again after a deletion: its epochs continue, so that a
 		// late message from a task of its earlier life is still fenced.
-		t.epoch, t.closedEpoch = tb.epoch, tb.epoch
+		t.epoch, t.closedEpoch, t.doneFloor = tb.epoch, tb.epoch, tb.epoch
 		delete(e.tombs, name)
 	}
 	e.targets[name] = t
@@ -487,6 +503,9 @@ func (e *Engine) setPhase(t *target, phase string) bool {
 	est, err := e.cfg.Workload.Estimate(&t.spec, phase)
 	if err != nil {
 		return false
+	}
+	if phase != t.phase {
+		t.doneFloor = t.epoch
 	}
 	t.phase = phase
 	t.est, t.estErr = est, nil
@@ -605,6 +624,9 @@ func (e *Engine) setSpec(t *target, spec schemas.TargetSpec) {
 	if t.spec.Profile == schemas.ProfileDeclared && !wasComplete && t.phase != "" && hasPhase(&t.spec, t.phase) {
 		phase = t.phase // a declared target keeps its place in the lifecycle
 	}
+	if phase != t.phase {
+		t.doneFloor = t.epoch
+	}
 	t.phase = phase
 	e.estimate(t)
 }
@@ -683,6 +705,7 @@ func (e *Engine) Step(now time.Time, ev Event) []Command {
 		}
 		return e.out
 	case *Tick:
+		e.hbAsOf, e.hostAsOf = ev.HeartbeatsAsOf, ev.HostStatusesAsOf
 		e.tick(now)
 	case *TargetUpserted:
 		e.upsertTarget(now, ev)
@@ -871,10 +894,30 @@ func (e *Engine) schedule(now time.Time) {
 	}
 }
 
-// eligible reports whether a new task may be placed on h.
+// eligible reports whether a new task may be placed on h: among other
+// things, h has not been silent for HostStale as of the time host statuses
+// are handled up to (see hostsHeard).
 func (e *Engine) eligible(now time.Time, h *host) bool {
-	return h.seen && !h.lost && !h.draining && !h.avoided && now.Sub(h.lastStatus) < e.cfg.HostStale
+	return h.seen && !h.lost && !h.draining && !h.avoided && e.hostsHeard(now).Sub(h.lastStatus) < e.cfg.HostStale
 }
+
+// heardAsOf returns the time up to which an input whose edge reported asOf
+// (see Tick) is known to be handled: asOf, or now when asOf is zero or later.
+func heardAsOf(now, asOf time.Time) time.Time {
+	if asOf.IsZero() || asOf.After(now) {
+		return now
+	}
+	return asOf
+}
+
+// heartbeatsHeard is the time up to which heartbeats are known to be
+// handled: the silence of a task is judged as of then, since heartbeats that
+// arrived later may still wait in the edge's queue.
+func (e *Engine) heartbeatsHeard(now time.Time) time.Time { return heardAsOf(now, e.hbAsOf) }
+
+// hostsHeard is the time up to which host statuses are known to be handled:
+// the silence of a host is judged as of then.
+func (e *Engine) hostsHeard(now time.Time) time.Time { return heardAsOf(now, e.hostAsOf) }
 
 // launchOne takes the best pending target that fits somewhere and launches
 // it. Targets that fit nowhere even at their minimum wait; up to MaxSkips of
@@ -1039,8 +1082,8 @@ func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {
 	if k.phase == tLaunching {
 		e.setTaskPhase(k, tLaunched)
 	}
-	if k.why == suspectDeleted && k.phase != tKilling && k.phase != tSuspect {
-		e.kill(now, k, "target deleted")
+	if (k.why == suspectDeleted || k.why == suspectSuperseded) && k.phase != tKilling && k.phase != tSuspect {
+		e.kill(now, k, silentReason(k.why))
 	}
 }
 
@@ -1146,6 +1189,10 @@ func (e *Engine) confirm(now time.Time, k *task, pid int64) bool {
 	}
 	if k.t.deleted {
 		e.kill(now, k, "target deleted")
+		return false
+	}
+	if k.why == suspectSuperseded {
+		e.kill(now, k, silentReason(k.why))
 		return false
 	}
 	first := !k.confirmed
@@ -1316,7 +1363,7 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 				k.why = 0
 				e.persist(now, k.t)
 				continue
-			case e.disruption == DisruptionFull && k.why != suspectDeleted:
+			case e.disruption == DisruptionFull && k.why != suspectDeleted && k.why != suspectSuperseded:
 				// Heartbeats may be what is failing: do not kill a
 				// running task on their account; ask again later.
 				continue
@@ -1343,6 +1390,8 @@ func silentReason(w suspicion) string {
 		return "no first heartbeat"
 	case suspectDeleted:
 		return "target deleted"
+	case suspectSuperseded:
+		return "phase already done"
 	case suspectRecovered:
 		return "no heartbeat since restart"
 	}
@@ -1361,18 +1410,22 @@ func (e *Engine) psUnanswered(now time.Time, ev *PsUnanswered) {
 	}
 }
 
-// probeMissed records that a ps of suspect task k went unanswered. A host
-// that is silent altogether is declared lost in time, which settles k. A
-// host that still reports but answers no ps (its replies fail to decode, or
-// it refuses them) may never settle it: then k keeps its RAM and its target
-// waits, since the task may still run, but k no longer holds a
-// pending-launch slot, so that one broken host cannot stop every launch.
+// probeMissed records that a ps of suspect task k went unanswered. The task
+// may still run, so k keeps its RAM and its target waits: a host that is
+// silent altogether is declared lost in time, which settles k, and a host
+// that still reports but answers no ps (its replies fail to decode, or it
+// refuses them) may never settle it. Either way k no longer holds a
+// pending-launch slot, so that one silent or broken host cannot stop every
+// launch elsewhere until it is lost. A host that took such a launch and has
+// not reported since the ps was sent gets no new launch until it reports
+// again: the slot given back must not go to it.
 func (e *Engine) probeMissed(k *task) {
 	k.probeOut = false
 	k.psMissing = true
-	if !k.host.lastStatus.Before(k.probeAt) {
-		e.releasePending(k)
+	if k.countedPen && k.host.lastStatus.Before(k.probeAt) {
+		k.host.avoided = true
 	}
+	e.releasePending(k)
 }
 
 func (e *Engine) killReplied(now time.Time, ev *KillReplied) {
@@ -1419,13 +1472,13 @@ func goneCause(k *task) (closeCause, string) {
 	case suspectRecovered:
 		return closeRequeue, FailGoneAfterRestart
 	}
-	return closeRequeue, ""
+	return closeRequeue, "" // deleted, or superseded: not the task's fault
 }
 
 // killedCause is how a task killed for its silence is closed.
 func killedCause(k *task) (closeCause, string) {
 	switch k.why {
-	case suspectDeleted:
+	case suspectDeleted, suspectSuperseded:
 		return closeRequeue, ""
 	case suspectLaunch:
 		return closeCrash, FailSilent
@@ -1480,6 +1533,9 @@ func failReason(r string) string {
 func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	e.counters.Events++
 	t := e.targets[ev.Target]
+	if t != nil && ev.Epoch <= t.closedEpoch && ev.Kind == schemas.EventDone && e.lateDone(now, t, ev) {
+		return
+	}
 	if t == nil || ev.Epoch <= t.closedEpoch {
 		e.counters.DuplicateEvents++
 		return
@@ -1505,12 +1561,21 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 		return
 	}
 	if ev.Kind == schemas.EventDone {
-		e.advance(t, ev)
+		if k.why != suspectSuperseded && k.typ == t.phase {
+			e.advance(t, ev)
+		}
+		// Otherwise the phase it ran was completed already (see
+		// lateDone), or the target has left it: the target is where it
+		// should be.
 		e.close(now, k, closeDone, "")
 		return
 	}
 	reason := failReason(ev.Reason)
 	switch {
+	case k.why == suspectSuperseded && reason != schemas.ReasonHelpersUnavailable:
+		// Stopped, or ended, after its phase was done: nothing to
+		// penalize.
+		e.close(now, k, closeRequeue, reason)
 	case reason == schemas.ReasonHelpersUnavailable:
 		e.close(now, k, closeRAM, reason)
 	case k.phase == tKilling:
@@ -1531,9 +1596,56 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	}
 }
 
+// lateDone applies the done event ev of an epoch of t that is closed
+// already, and reports whether it did. A task closed without its done event
+// (its host was lost, it was killed or found gone, the done event was
+// awaited too long) may have finished its phase all the same, its event
+// held up in its worker's outbox: dropping the event would run the phase
+// again. So a done event of a closed epoch completes t's phase if t has
+// neither completed a phase nor changed phase since that epoch was issued
+// (the epoch is above t.doneFloor), and it names t's phase.
+//
+// If t has no task, it moves on to its next phase. If t runs a later epoch
+// of the same phase, that task is superseded: it is stopped (at once, or as
+// soon as its launch is answered or times out) and t's next phase is
+// launched only once it is closed, so that t never has two live tasks. A
+// repeating phase whose next run is the one the live task already runs
+// keeps that task.
+func (e *Engine) lateDone(now time.Time, t *target, ev *schemas.TaskEvent) bool {
+	if ev.Epoch <= t.doneFloor || ev.Type != t.phase || !t.hasSpec || t.blocked != "" || t.complete || t.deleted {
+		return false
+	}
+	k := t.task
+	if k != nil && (k.epoch <= ev.Epoch || k.typ != t.phase || k.why == suspectDeleted || k.why == suspectSuperseded) {
+		return false
+	}
+	e.advance(t, ev)
+	e.persist(now, t)
+	if k == nil {
+		// Its priority, readiness or completion changed: back in line.
+		e.pending.remove(t)
+		e.delayed.remove(t)
+		e.requeue(now, t)
+		return true
+	}
+	if !t.complete && t.blocked == "" && k.typ == t.phase {
+		return true // the live task runs the next repetition
+	}
+	k.why = suspectSuperseded
+	switch k.phase {
+	case tLaunching:
+		// No PID yet: its reply, heartbeat or launch timeout brings one.
+	case tKilling:
+	default:
+		e.kill(now, k, silentReason(k.why))
+	}
+	return true
+}
+
 // advance moves t to the phase after the one its task finished.
 func (e *Engine) advance(t *target, ev *schemas.TaskEvent) {
 	e.counters.PhasesCompleted++
+	t.doneFloor = t.epoch // no earlier epoch's done completes what comes next
 	next, complete, updated, err := workload.AfterDone(&t.spec, t.phase, ev.Metrics)
 	if err != nil {
 		t.blocked = "lifecycle: " + err.Error()
@@ -1616,10 +1728,13 @@ func (e *Engine) tick(now time.Time) {
 	}
 	watch := !now.Before(e.graceUntil)
 	lost := 2 * e.cfg.ReplyTimeout // a probe this old is taken as unanswered
-	// An active task is stale once max(lastHB, staleBase) is this old; the
-	// common case, an active task heard from recently, is decided from the
-	// hot slice alone.
-	staleAt := now.Sub(e.start) - e.cfg.HeartbeatStale
+	// Silence is judged only up to the time heartbeats are handled up to:
+	// what waits in the edge's queue is no silence of the tasks.
+	heard := e.heartbeatsHeard(now)
+	// An active task is stale once max(lastHB, staleBase) is this old as of
+	// heard; the common case, an active task heard from recently, is decided
+	// from the hot slice alone.
+	staleAt := heard.Sub(e.start) - e.cfg.HeartbeatStale
 	checkStale := watch && e.since(e.staleBase) <= staleAt
 	for i := 0; i < len(e.tasks); i++ {
 		if hk := &e.hot[i]; hk.phase == tActive && (!checkStale || hk.lastHB > staleAt) {
@@ -1628,16 +1743,16 @@ func (e *Engine) tick(now time.Time) {
 		k := e.tasks[i]
 		switch k.phase {
 		case tLaunching, tLaunched:
-			if k.sent && now.Sub(k.launchedAt) >= e.cfg.LaunchTimeout {
+			if k.sent && heard.Sub(k.launchedAt) >= e.cfg.LaunchTimeout {
 				e.counters.Timeouts++
 				why := suspectLaunch
-				if k.why == suspectDeleted {
-					why = suspectDeleted
+				if k.why == suspectDeleted || k.why == suspectSuperseded {
+					why = k.why
 				}
 				e.suspect(now, k, why)
 			}
 		case tActive:
-			if now.Sub(maxTime(k.lastHB, e.staleBase)) >= e.cfg.HeartbeatStale {
+			if heard.Sub(maxTime(k.lastHB, e.staleBase)) >= e.cfg.HeartbeatStale {
 				e.counters.Stale++
 				e.suspect(now, k, suspectStale)
 			}
@@ -1742,11 +1857,17 @@ func (e *Engine) setDisruption(mode, reason string) {
 // as silent here. Every mode leads somewhere that does not depend on the
 // fault healing: partial disruption loses hosts at a bounded rate, and full
 // disruption ends as soon as one host reports.
+//
+// Silence is measured up to the time host statuses are handled up to (see
+// Tick), not up to now: statuses that wait in the edge's own queue are no
+// silence of their hosts.
 func (e *Engine) checkHosts(now time.Time) {
 	if now.Before(e.graceUntil) {
 		return
 	}
 	near := e.cfg.HostStale - e.cfg.HostStale/4
+	// Host silence is judged up to the time statuses are handled up to.
+	heard := e.hostsHeard(now)
 	stale := e.stale[:0]
 	total, silent, reporting := 0, 0, 0
 	for _, h := range e.hostSeq {
@@ -1761,7 +1882,7 @@ func (e *Engine) checkHosts(now time.Time) {
 			continue
 		}
 		total++
-		quiet := now.Sub(maxTime(h.lastStatus, e.hostStaleBase))
+		quiet := heard.Sub(maxTime(h.lastStatus, e.hostStaleBase))
 		if quiet >= e.cfg.HostStale {
 			stale = append(stale, h)
 		}
@@ -1867,6 +1988,8 @@ func (e *Engine) inFlight(now time.Time, k *task) bool {
 // NextDeadline returns the earliest time at which a Tick may change
 // something, or the zero time when nothing waits on time. It costs a pass
 // over every task and host; call it when arming a timer, not per message.
+// It assumes that the input is handled up to the Tick's time: while the
+// edge's queues lag (see Tick), the deadlines of silence come later.
 func (e *Engine) NextDeadline() time.Time {
 	var next time.Time
 	at := func(t time.Time) {

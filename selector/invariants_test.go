@@ -1,8 +1,11 @@
 package selector
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+
+	"github.com/taskselector/taskselector/schemas"
 )
 
 // checkInvariants verifies the engine's internal bookkeeping: every index
@@ -46,6 +49,9 @@ func (e *Engine) checkInvariants() error {
 		if k.epoch > k.t.epoch {
 			return fmt.Errorf("task %s: epoch %d above its target's %d", k.id, k.epoch, k.t.epoch)
 		}
+		if !inMiB(k.budget) || !inMiB(k.used) || k.wrapper < 0 || k.wrapper > k.budget || k.pid < 0 {
+			return fmt.Errorf("task %s: bad figures budget=%d wrapper=%d used=%d pid=%d", k.id, k.budget, k.wrapper, k.used, k.pid)
+		}
 		if k.budget < 0 || k.used < 0 || k.wrapper < 0 || k.wrapper > k.budget {
 			return fmt.Errorf("task %s: bad RAM budget=%d wrapper=%d used=%d", k.id, k.budget, k.wrapper, k.used)
 		}
@@ -55,8 +61,8 @@ func (e *Engine) checkInvariants() error {
 				return fmt.Errorf("task %s: confirmed but counted as a pending launch", k.id)
 			}
 		}
-		if k.host.lost {
-			return fmt.Errorf("task %s: on lost host %s", k.id, k.host.name)
+		if k.host.lost && !e.inFlight(k.host.lostAt, k) {
+			return fmt.Errorf("task %s: on lost host %s, and was not in flight when it was lost", k.id, k.host.name)
 		}
 		s := perHost[k.host]
 		if s == nil {
@@ -65,6 +71,23 @@ func (e *Engine) checkInvariants() error {
 		}
 		s.reserved += k.accounted()
 		s.used += k.used
+	}
+	onHosts := 0
+	for i, h := range e.hostSeq {
+		onHosts += len(h.tasks)
+		switch {
+		case h.seq != i:
+			return fmt.Errorf("host %s: seq %d, at %d", h.name, h.seq, i)
+		case e.hosts[h.name] != h:
+			return fmt.Errorf("host %s: not in hosts", h.name)
+		case h.reserved < 0 || h.taskUsed < 0:
+			return fmt.Errorf("host %s: negative ledger: reserved %d, task use %d", h.name, h.reserved, h.taskUsed)
+		case !inMiB(h.total) || !inMiB(h.used) || !inMiB(h.foreignMiB):
+			return fmt.Errorf("host %s: figure out of 0..MaxMiB: total %d used %d foreign %d", h.name, h.total, h.used, h.foreignMiB)
+		}
+	}
+	if onHosts != len(e.tasks) {
+		return fmt.Errorf("hosts list %d tasks, the engine %d", onHosts, len(e.tasks))
 	}
 	if len(e.hot) != len(e.tasks) {
 		return fmt.Errorf("hot has %d entries, tasks %d", len(e.hot), len(e.tasks))
@@ -78,8 +101,11 @@ func (e *Engine) checkInvariants() error {
 	if e.pendingLaunches > e.cfg.MaxPendingLaunches {
 		return fmt.Errorf("pendingLaunches %d above the window %d", e.pendingLaunches, e.cfg.MaxPendingLaunches)
 	}
+	if e.pendingLaunches < 0 {
+		return fmt.Errorf("pendingLaunches %d", e.pendingLaunches)
+	}
 	for key, k := range e.pendingByPID {
-		if e.byID[k.id] != k || k.pid != key.pid || k.host.name != key.host || k.confirmed {
+		if e.byID[k.id] != k || k.pid != key.pid || k.host.name != key.host || k.confirmed || !k.countedPen {
 			return fmt.Errorf("pendingByPID[%v] -> %s is stale", key, k.id)
 		}
 	}
@@ -109,6 +135,12 @@ func (e *Engine) checkInvariants() error {
 		if t.closedEpoch > t.epoch {
 			return fmt.Errorf("target %s: closed epoch %d above epoch %d", name, t.closedEpoch, t.epoch)
 		}
+		if t.task != nil && seenTarget[t] != t.task {
+			return fmt.Errorf("target %s points at task %s, which the engine does not hold", name, t.task.id)
+		}
+		if _, ok := e.tombs[name]; ok {
+			return fmt.Errorf("target %s is declared and has a tomb", name)
+		}
 		inP, inD := e.pending.contains(t), e.delayed.contains(t)
 		if inP && inD {
 			return fmt.Errorf("target %s is both pending and delayed", name)
@@ -134,6 +166,99 @@ func (e *Engine) checkInvariants() error {
 	}
 	if e.pending.len()+e.delayed.len() > len(e.targets) {
 		return fmt.Errorf("queues hold %d targets, only %d exist", e.pending.len()+e.delayed.len(), len(e.targets))
+	}
+	if e.backoff.level < 0 {
+		return fmt.Errorf("backoff level %d", e.backoff.level)
+	}
+	if math.IsNaN(e.lossTokens) || e.lossTokens < -1e-9 || e.lossTokens > 1+1e-9 {
+		return fmt.Errorf("loss tokens %v out of 0..1", e.lossTokens)
+	}
+	switch e.disruption {
+	case DisruptionNormal, DisruptionPartial, DisruptionFull:
+	default:
+		return fmt.Errorf("disruption mode %q", e.disruption)
+	}
+	return nil
+}
+
+// inMiB reports whether v is a RAM figure the wire format allows.
+func inMiB(v int64) bool { return v >= 0 && v <= schemas.MaxMiB }
+
+// checkCommands checks one step's commands against the engine that returned
+// them: each encodes (so no NaN or infinity) and passes its message's
+// validation (so that a worker or the store takes it: a persisted state that
+// fails would be dropped by the next start's replay); each names what it
+// should; a launch is its target's task, is written ahead (a persist naming
+// it comes before it in the same step) and fits its host's ledger.
+func checkCommands(e *Engine, cmds []Command) error {
+	persisted := map[string]string{} // target -> task id of its last persist in this step
+	for i, c := range cmds {
+		b, err := json.Marshal(c)
+		if err != nil {
+			return fmt.Errorf("command %d (%s) does not encode: %v", i, c.Kind, err)
+		}
+		var msg schemas.Message
+		fields := 0
+		for _, set := range []bool{c.Launch != nil, c.Kill != nil, c.Ps != nil, c.State != nil} {
+			if set {
+				fields++
+			}
+		}
+		switch c.Kind {
+		case CmdLaunch:
+			if c.Launch == nil || fields != 1 || c.Host == "" || c.Target != c.Launch.Target {
+				return fmt.Errorf("malformed launch: %s", b)
+			}
+			msg = c.Launch
+		case CmdKill:
+			if c.Kill == nil || fields != 1 || c.Host == "" {
+				return fmt.Errorf("malformed kill: %s", b)
+			}
+			msg = c.Kill
+		case CmdPs:
+			if c.Ps == nil || fields != 1 || c.Host == "" {
+				return fmt.Errorf("malformed ps: %s", b)
+			}
+			msg = c.Ps
+		case CmdPersist:
+			if c.State == nil || fields != 1 || c.State.Target != c.Target {
+				return fmt.Errorf("malformed persist: %s", b)
+			}
+			msg = c.State
+			persisted[c.Target] = ""
+			if c.State.Task != nil {
+				persisted[c.Target] = c.State.Task.TaskID
+			}
+		case CmdDelete:
+			if fields != 0 || c.Target == "" || c.Host != "" {
+				return fmt.Errorf("malformed delete: %s", b)
+			}
+		default:
+			return fmt.Errorf("unknown command kind %d", c.Kind)
+		}
+		if msg != nil {
+			if err := msg.Validate(); err != nil {
+				return fmt.Errorf("command %d (%s) would be refused: %v: %s", i, c.Kind, err, b)
+			}
+		}
+		if c.Kind != CmdLaunch {
+			continue
+		}
+		r := c.Launch
+		k := e.byID[r.TaskID]
+		switch {
+		case k == nil || k.t.task != k || k.t.name != r.Target || k.epoch != r.Epoch || k.host.name != c.Host:
+			return fmt.Errorf("launch %s is not its target's task: %s", r.TaskID, b)
+		case persisted[r.Target] != r.TaskID:
+			return fmt.Errorf("launch %s is not written ahead: no persist naming it before it", r.TaskID)
+		case r.RAM.WrapperMiB+r.RAM.HelpersMiB != k.budget:
+			return fmt.Errorf("launch %s asks %d MiB, its task books %d", r.TaskID, r.RAM.WrapperMiB+r.RAM.HelpersMiB, k.budget)
+		case k.host.lost:
+			return fmt.Errorf("launch %s on lost host %s", r.TaskID, c.Host)
+		case k.host.reserved+k.host.foreign() > k.host.total-e.cfg.HostHeadroomMiB:
+			return fmt.Errorf("launch %s over capacity: host %s reserves %d + foreign %d > %d - headroom %d",
+				r.TaskID, c.Host, k.host.reserved, k.host.foreign(), k.host.total, e.cfg.HostHeadroomMiB)
+		}
 	}
 	return nil
 }

@@ -2,752 +2,1553 @@ package selector
 
 import (
 	"container/heap"
-	"encoding/json"
+	"flag"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/taskselector/taskselector/schemas"
 )
 
-// TestPropertyRandomClusters drives the engine through a simulated cluster
-// with random faults: lost and late messages, silent, crashing and finishing
-// tasks, hosts that crash or drop off the bus, foreign RAM use, spec changes,
-// deletions, bus disconnects, and restarts of the selector from the last
-// state it persisted. After every step it checks:
+// TestPropertyRandomClusters drives the engine through a simulated fleet (see
+// world) with seeded random faults, in three stages:
 //
-//   - the engine's own bookkeeping (checkInvariants: one task per target,
-//     the ledger sums what its tasks hold, no target forgotten);
-//   - in the simulated truth, at most one live process per target is one the
-//     engine would accept: every other is one it answers with a kill the
-//     moment it hears of it (a closed epoch, not the target's task, or a
-//     target no longer declared);
-//   - every launch fits its host: the host's reservations plus the RAM used
-//     by others stay within capacity minus headroom, and the budgets of the
-//     tasks this engine placed never exceed it;
-//   - no command carries NaN or negative RAM;
-//   - no launch of a target while a process of it that the engine would
-//     accept has been reachable (heartbeating over a connected bus) for
-//     five seconds: the engine had every chance to hear of it.
+//  1. Chaos: hosts die and come back (their PIDs start over), partitions
+//     start and heal (some past the workers' fence time), the selector
+//     disconnects, pauses (a long GC, a stopped VM) and restarts from a
+//     store that lacks its unwritten tail (sometimes taking the embedded bus,
+//     and so every worker's connection, with it), the store and the
+//     selector's subscriptions turn slow, messages to the selector are late,
+//     reordered and duplicated (heartbeats also lost), replies are lost,
+//     workers drop task events, tasks crash, hang, finish or fail to get
+//     their helpers, foreign processes take RAM, and targets come, change
+//     (phases too) and go (names are reused).
+//  2. Permanent faults: the transient faults end, and then hosts die or are
+//     partitioned for good, sometimes followed by a selector restart whose
+//     records name them. Message faults and task crashes go on.
+//  3. Calm: every remaining transient fault stops; the permanent ones stay.
 //
-// A restarted selector reads the store as a watcher would: possibly missing
-// its last few seconds of writes.
+// Throughout, it fails the run on:
 //
-// Then the faults stop and RAM frees up, and it checks liveness: every
-// declared target that is not complete runs exactly one confirmed task, every
-// live process is its target's task, and nothing waits.
+//   - any overlap in time of two live processes of one target, judged from
+//     the workers' side (the processes the simulated hosts really run,
+//     partitioned ones included), with no exemption: a worker fences itself
+//     after wFenceAfter without a round trip, and that is the only thing
+//     that stops a partitioned host's processes;
+//   - any break of the engine's own invariants (checkInvariants) or of the
+//     commands' sanity (checkCommands), after every step;
+//   - a target that stays without a live process on a reachable host for
+//     longer than wStallBound while some reachable host has room for it.
+//
+// In stage 2, while the permanent faults are active, every target that ran
+// on a host struck for good must run again on a surviving host within
+// HostStale + (hosts struck - 1) × 60 s / LostHostsPerMin + 5 s + 3 s per
+// pending-launch round (from the last strike, or the restart after it). At
+// the end of stage 3 every declared target runs exactly one process, the
+// engine's active task, on a surviving host (or is complete), and the
+// engine's reservations equal what those processes hold.
+//
+// The engine runs with the defaults (HostStale 10 s against the workers' 8 s
+// fence time, heartbeats and statuses every second), LaunchSentReported and
+// MaxStepGap set as the service sets them, and 1 to 3 pending launches.
+// -world.seeds=N runs N seeds; -world.seed=S replays seed S alone.
 func TestPropertyRandomClusters(t *testing.T) {
-	seeds := 24
+	first, seeds := 1, 64
 	if testing.Short() {
-		seeds = 6
+		seeds = 8
 	}
-	for seed := 1; seed <= seeds; seed++ {
+	if *worldSeeds > 0 {
+		seeds = *worldSeeds
+	}
+	if *worldSeed > 0 {
+		first, seeds = *worldSeed, 1
+	}
+	for seed := first; seed < first+seeds; seed++ {
 		t.Run("seed="+strconv.Itoa(seed), func(t *testing.T) {
 			t.Parallel()
-			s := newSim(t, uint64(seed))
-			s.run()
+			w := newWorld(t, rand.New(rand.NewPCG(uint64(seed), uint64(seed)*7919)), uint64(seed))
+			w.run(defaultPlan)
 		})
 	}
 }
 
-type simProc struct {
+var (
+	worldSeeds = flag.Int("world.seeds", 0, "how many seeds TestPropertyRandomClusters runs (0: its default)")
+	worldSeed  = flag.Int("world.seed", 0, "run TestPropertyRandomClusters for this seed alone")
+)
+
+// TestPropertyWorldSeesOverlapWithoutFence checks the checker: with the
+// workers' fence turned off (the trade-off the README documents), a worker
+// partitioned past HostStale keeps its tasks while the selector relaunches
+// them elsewhere, and the world must report the overlap.
+func TestPropertyWorldSeesOverlapWithoutFence(t *testing.T) {
+	for seed := uint64(1); seed <= 16; seed++ {
+		w := newWorld(t, rand.New(rand.NewPCG(seed, seed*7919)), seed)
+		w.fenceAfter = 0
+		var msg string
+		w.failed = func(m string) { msg = m }
+		w.run(defaultPlan)
+		if strings.Contains(msg, "runs twice") {
+			return
+		}
+	}
+	t.Fatal("no seed saw a target run twice with the fence off")
+}
+
+// wPlan is how long each stage of a world's run lasts.
+type wPlan struct {
+	chaos  time.Duration // stage 1
+	settle time.Duration // transient faults healed, before the permanent faults
+	calm   time.Duration // stage 3
+}
+
+var defaultPlan = wPlan{chaos: 4 * time.Minute, settle: 40 * time.Second, calm: 80 * time.Second}
+
+// Constants of the simulated fleet.
+const (
+	// wFenceAfter is the workers' fence time: a worker without a round trip
+	// to its NATS server for this long stops its tasks. The engine's
+	// HostStale (10 s) exceeds it by two beat periods, as the README asks.
+	wFenceAfter = 8 * time.Second
+	// wBeat is the period of heartbeats, host statuses and fence probes.
+	wBeat = time.Second
+	// wTick is the selector's tick period.
+	wTick = 50 * time.Millisecond
+	// wAckWait is how long the event stream waits for an ack before it
+	// delivers an event again.
+	wAckWait = 5 * time.Second
+	// wStallBound is the longest a target may wait without a live process
+	// on a reachable host while one of them has room for it. It covers the
+	// longest legitimate waits: a crash-looping target's restart delay
+	// (capped at 20 s here), the launch backoff (10 s), a host-stale window
+	// (10 s) and the rate-limited host losses of a partial disruption.
+	wStallBound = 90 * time.Second
+)
+
+// wFaults sets how often each fault strikes; zero turns it off.
+type wFaults struct {
+	msgLoss, msgLate, msgDup float64 // messages to the selector (loss: heartbeats only)
+	replyLoss                float64 // replies lost on their way back
+	eventLoss                float64 // a worker's outbox is full and drops a task event
+	silent, crash, helpers   float64 // a started task hangs, crashes, or fails to get its helpers
+	refuse                   float64 // a launch is refused with unknown_type (the target is blocked)
+	finish                   bool    // tasks end (done or failed) on their own
+	host                     bool    // transient host, bus, store and selector faults, and target churn
+}
+
+var chaosFaults = wFaults{msgLoss: 0.01, msgLate: 0.02, msgDup: 0.02, replyLoss: 0.01, eventLoss: 0.01,
+	silent: 0.08, crash: 0.1, helpers: 0.04, refuse: 0.01, finish: true, host: true}
+
+// wProc is a process that a simulated worker runs.
+type wProc struct {
 	id, target, typ string
 	epoch           uint64
 	pid             int64
 	budget, used    int64
 	silent          bool
-	host            *simHost
+	host            *wHost
 	started         time.Time
 }
 
-type simHost struct {
-	name        string
-	total       int64
-	foreign     int64
-	procs       map[string]*simProc
-	nextPID     int64
-	down        bool
-	partitioned bool
-	outbox      []*schemas.TaskEvent // events published while partitioned
-	cut         time.Time            // the last time it was down or partitioned
+// wHost is a simulated host and its worker agent.
+type wHost struct {
+	name         string
+	total        int64
+	foreign      int64
+	procs        map[string]*wProc
+	ended        map[string]int64 // task ids that ended here, with their PIDs: a repeated launch starts nothing
+	nextPID      int64
+	dead         bool      // the host is down: its processes died with it
+	cut          bool      // partitioned: its connection to the bus stalls
+	serverDropAt time.Time // when the server gives up the stalled connection
+	forever      bool      // struck for good: it never comes back
+	lastOK       time.Time // the last successful round trip of its fence probe
+	fenced       bool      // it stopped its tasks and refuses launches until it reconnects
+	inbox        []func()  // requests the server holds for the stalled connection
+	held         []func()  // messages published while cut, sent late when it heals
+	outbox       []*schemas.TaskEvent
+	lastIn       time.Time // requests reach the worker in the order they were sent
+	life         int       // bumps when it dies: the dead worker's requests are void
 }
 
-type simEvent struct {
+// free is the RAM a launch may take, as the worker agent counts it.
+func (h *wHost) free() int64 {
+	used := h.foreign
+	for _, p := range h.procs {
+		used += max(p.budget, p.used)
+	}
+	return h.total - used
+}
+
+func (h *wHost) reachable() bool { return !h.dead && !h.cut }
+
+// wWrite is one batch of commands waiting in the store writer: its writes
+// are stored in order, then its requests sent, then the event that caused it
+// acked. A batch without writes that only waits to ack has no commands.
+type wWrite struct {
+	cmds []Command
+	ack  func()
+}
+
+// wPaused is an event that reached a paused selector.
+type wPaused struct {
+	ev  Event
+	ack func()
+}
+
+// wStreamEvent is a task event in the TASK_EVENTS stream.
+type wStreamEvent struct {
+	ev        *schemas.TaskEvent
+	delivered bool
+	acked     bool
+}
+
+type wTimer struct {
 	at  time.Time
 	seq int
 	fn  func()
 }
 
-type simQueue []*simEvent
+type wQueue []*wTimer
 
-func (q simQueue) Len() int { return len(q) }
-func (q simQueue) Less(i, j int) bool {
+func (q wQueue) Len() int { return len(q) }
+func (q wQueue) Less(i, j int) bool {
 	if !q[i].at.Equal(q[j].at) {
 		return q[i].at.Before(q[j].at)
 	}
 	return q[i].seq < q[j].seq
 }
-func (q simQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *simQueue) Push(x any)   { *q = append(*q, x.(*simEvent)) }
-func (q *simQueue) Pop() any {
+func (q wQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *wQueue) Push(x any)   { *q = append(*q, x.(*wTimer)) }
+func (q *wQueue) Pop() any {
 	old := *q
 	x := old[len(old)-1]
 	*q = old[:len(old)-1]
 	return x
 }
 
-type kvVersion struct {
-	at time.Time
-	st *schemas.TaskState // nil: deleted
+// wStall tracks how long a target has waited for a process.
+type wStall struct {
+	roomSince time.Time // zero while it runs, or while no reachable host has room for it
 }
 
-type sim struct {
-	t         *testing.T
-	rng       *rand.Rand
-	cfg       Config
+// world is a simulated fleet around one engine: worker agents on hosts that
+// die and get partitioned, a bus that delays, reorders, duplicates and (for
+// heartbeats) loses messages to the selector, a store whose writes take
+// time, an event stream that delivers at least once, and the selector's edge,
+// which carries out the engine's commands as bus.SelectorService does:
+// requests only after the writes before them are stored, LaunchSent when a
+// launch leaves, one outcome per request (a reply, or "unanswered" after the
+// reply timeout, or at once without responders), acks after every earlier
+// write, InputDropped for what a slow subscription drops, and the unacked
+// event backlog first after a restart.
+//
+// A worker takes its requests in the order they were sent. A partitioned
+// worker's connection stalls: the server holds requests for it for a few
+// seconds (then answers "no responders"), the worker holds what it
+// publishes and sends it late when it heals, and its fence probe fails, so
+// that after wFenceAfter it stops its tasks, reports them fenced, and
+// refuses launches until it is back.
+//
+// Every random choice is drawn from rng, in a deterministic order, so that a
+// seed (or a fuzzer's bytes) replays exactly.
+type world struct {
+	tb   testing.TB
+	rng  *rand.Rand
+	cfg  Config
+	f    wFaults
+	now  time.Time
+	q    wQueue
+	seq  int
+	tick time.Duration
+	// fenceAfter is the workers' fence time (wFenceAfter); 0 turns
+	// fencing off.
+	fenceAfter time.Duration
+	// failed, when set, receives a failure instead of tb.Fatalf: the
+	// world stops at the first one (see runUntil).
+	failed  func(msg string)
+	stopped bool
+
 	e         *Engine
-	gen       int
-	now       time.Time
-	q         simQueue
-	seq       int
-	specs     map[string]schemas.TargetSpec
-	kv        map[string]schemas.TaskState
-	kvHist    map[string][]kvVersion // every write, for stale reads
-	cut       time.Time              // the last bus disconnect
-	hosts     []*simHost
-	hostByNm  map[string]*simHost
-	connected bool
-	faults    bool
-	drop      float64
-	steps     int
-	created   int
-	pending   []*schemas.TaskEvent // stream events not yet delivered (bus down)
-	log       []string             // the last few steps, for failure reports
+	gen       int  // bumps at every selector restart: replies to an earlier run are void
+	up        bool // the selector process runs
+	connected bool // its bus connection is up
+
+	hosts  []*wHost
+	byName map[string]*wHost
+
+	specs   map[string]schemas.TargetSpec // the targets bucket
+	created int
+	retired []string // names of deleted targets, for reuse
+
+	stored     map[string]schemas.TaskState // the tasks bucket
+	writer     []*wWrite
+	writing    bool
+	slowStore  time.Time // writes are slow until then
+	clientBuf  []func()  // requests published while the selector is disconnected
+	specBuf    []func()  // target changes the watcher delivers once connected
+	specAt     time.Time // target changes are delivered in order
+	stream     []*wStreamEvent
+	consumerAt time.Time // the consumer delivers in stream order
+	dropUntil  map[string]time.Time
+	dropReport map[string]bool
+	// pausedUntil: the selector process is paused (a long GC, a stopped
+	// VM) until then; the events that reach it meanwhile wait in paused.
+	pausedUntil time.Time
+	paused      []wPaused
+
+	stalls   map[string]*wStall
+	struck   map[string]bool // targets that ran on a host struck for good
+	restored map[string]bool // of those, the ones that ran again on a surviving host
+	strikeAt time.Time
+
+	steps, starts int
+	faults        map[string]int // how often each fault struck, for the log
+	log           []string
 }
 
-func newSim(t *testing.T, seed uint64) *sim {
+func newWorld(tb testing.TB, rng *rand.Rand, seed uint64) *world {
 	cfg := DefaultConfig()
 	cfg.Seed = seed
+	cfg.LaunchSentReported = true
+	cfg.MaxStepGap = 20 * wTick
 	cfg.RestartDelayMax = 20 * time.Second
 	cfg.RestartDelayReset = time.Minute
-	rng := rand.New(rand.NewPCG(seed, seed*7919))
 	cfg.MaxPendingLaunches = 1 + rng.IntN(3)
 	cfg.HostHeadroomMiB = int64(rng.IntN(3)) * 32
-	s := &sim{
-		t: t, rng: rng, cfg: cfg, now: t0,
-		specs: map[string]schemas.TargetSpec{}, kv: map[string]schemas.TaskState{}, kvHist: map[string][]kvVersion{},
-		hostByNm: map[string]*simHost{}, connected: true, faults: true, drop: 0.05,
+	w := &world{
+		tb: tb, rng: rng, cfg: cfg, f: chaosFaults, now: t0, tick: wTick, fenceAfter: wFenceAfter,
+		byName: map[string]*wHost{}, specs: map[string]schemas.TargetSpec{},
+		stored: map[string]schemas.TaskState{}, dropUntil: map[string]time.Time{}, dropReport: map[string]bool{},
+		stalls: map[string]*wStall{}, struck: map[string]bool{}, restored: map[string]bool{},
+		faults: map[string]int{},
 	}
-	for i := range 3 + rng.IntN(3) {
-		h := &simHost{name: "h" + strconv.Itoa(i), total: 1000, procs: map[string]*simProc{}, nextPID: 100}
-		s.hosts = append(s.hosts, h)
-		s.hostByNm[h.name] = h
+	// h0 alone holds every target at full size with room to spare, so
+	// that any other host may be struck for good.
+	n := 3 + rng.IntN(4)
+	for i := range n {
+		total := int64(500 + rng.IntN(1000))
+		if i == 0 {
+			total = 2600
+		}
+		h := &wHost{name: "h" + strconv.Itoa(i), total: total, procs: map[string]*wProc{}, ended: map[string]int64{}, nextPID: 100}
+		w.hosts = append(w.hosts, h)
+		w.byName[h.name] = h
 	}
 	for range 6 + rng.IntN(6) {
-		s.newTarget()
+		name, spec := w.newSpec()
+		w.specs[name] = spec
 	}
-	return s
+	return w
 }
 
-// newTarget declares a target with a fresh name (a deleted name is never
-// reused, so that no process of an earlier life can pass for a new one).
-func (s *sim) newTarget() string {
-	name := "t" + strconv.Itoa(s.created)
-	s.created++
+// newSpec makes a target of one to three phases, at most 150 MiB each; its
+// name is fresh or, now and then, one that was deleted.
+func (w *world) newSpec() (string, schemas.TargetSpec) {
+	var name string
+	if len(w.retired) > 0 && w.rng.IntN(3) == 0 {
+		i := w.rng.IntN(len(w.retired))
+		name = w.retired[i]
+		w.retired = slices.Delete(w.retired, i, i+1)
+	} else {
+		name = "t" + strconv.Itoa(w.created)
+		w.created++
+	}
+	return name, w.randomSpec()
+}
+
+// randomSpec is a declared spec of one to three phases, at most 150 MiB each.
+func (w *world) randomSpec() schemas.TargetSpec {
 	var phases []schemas.Phase
-	for i := range 1 + s.rng.IntN(3) {
-		mn := int64(5 + s.rng.IntN(40))
+	for i := range 1 + w.rng.IntN(3) {
+		mn := int64(5 + w.rng.IntN(40))
 		phases = append(phases, schemas.Phase{
-			Type: "p" + strconv.Itoa(i), WrapperMiB: int64(s.rng.IntN(15)),
-			HelpersMinMiB: mn, HelpersFullMiB: mn + int64(s.rng.IntN(90)), WorkS: 1,
+			Type: "p" + strconv.Itoa(i), WrapperMiB: int64(w.rng.IntN(15)),
+			HelpersMinMiB: mn, HelpersFullMiB: mn + int64(w.rng.IntN(90)), WorkS: 1,
 		})
 	}
-	phases[len(phases)-1].Repeat = s.rng.IntN(4) != 0
+	phases[len(phases)-1].Repeat = w.rng.IntN(4) != 0
 	spec := declared(phases...)
-	v := 0.5 + s.rng.Float64()
+	v := 0.5 + w.rng.Float64()
 	spec.Value = &v
-	s.specs[name] = spec
-	return name
+	return spec
 }
 
-func (s *sim) at(d time.Duration, fn func()) {
-	s.seq++
-	heap.Push(&s.q, &simEvent{at: s.now.Add(d), seq: s.seq, fn: fn})
+// ----- scheduling and reporting -----
+
+func (w *world) at(d time.Duration, fn func()) {
+	w.seq++
+	heap.Push(&w.q, &wTimer{at: w.now.Add(d), seq: w.seq, fn: fn})
 }
 
-func (s *sim) delay() time.Duration { return time.Duration(s.rng.IntN(200)) * time.Millisecond }
+func (w *world) chance(p float64) bool { return p > 0 && w.rng.Float64() < p }
 
-func (s *sim) lost() bool { return s.faults && s.rng.Float64() < s.drop }
+// delay is a message's ordinary transit time.
+func (w *world) delay() time.Duration { return time.Duration(1+w.rng.IntN(150)) * time.Millisecond }
 
-func (s *sim) fatalf(format string, args ...any) {
-	s.t.Helper()
-	s.t.Fatalf("at +%v step %d: %s\nlast steps:\n%s", s.now.Sub(t0), s.steps, fmt.Sprintf(format, args...),
-		joinLines(s.log))
-}
-
-func joinLines(l []string) string {
-	out := ""
-	for _, x := range l {
-		out += "  " + x + "\n"
-	}
-	return out
-}
-
-func (s *sim) record(line string) {
-	if len(s.log) >= 30 {
-		s.log = s.log[1:]
-	}
-	s.log = append(s.log, fmt.Sprintf("+%v %s", s.now.Sub(t0), line))
-}
-
-// start builds an engine from the declared targets and the store, as read
-// lag behind the latest writes.
-func (s *sim) start(lag time.Duration) {
-	snap := Snapshot{Targets: maps.Clone(s.specs)}
-	seen := s.now.Add(-lag)
-	for _, name := range slices.Sorted(maps.Keys(s.kvHist)) {
-		var last *schemas.TaskState
-		for _, v := range s.kvHist[name] {
-			if v.at.After(seen) {
-				break
-			}
-			last = v.st
+func (w *world) fail(format string, args ...any) {
+	w.tb.Helper()
+	msg := fmt.Sprintf("at +%v (step %d): %s\n%s\nlast steps:\n  %s", w.now.Sub(t0), w.steps, fmt.Sprintf(format, args...),
+		w.summary(), strings.Join(w.log, "\n  "))
+	if w.failed != nil {
+		if !w.stopped {
+			w.stopped = true
+			w.failed(msg)
 		}
-		if last != nil {
-			snap.Tasks = append(snap.Tasks, *last)
-		}
+		return
 	}
-	e, err := New(s.cfg, s.now, snap)
-	if err != nil {
-		s.fatalf("New: %v", err)
-	}
-	s.e = e
-	s.gen++
-	s.connected = true
-	s.record(fmt.Sprintf("engine started (gen %d) from %d records, %v behind", s.gen, len(snap.Tasks), lag))
-	if err := e.checkInvariants(); err != nil {
-		s.fatalf("after New: %v", err)
-	}
+	w.tb.Fatal(msg)
 }
 
-// step feeds one event to the engine, checks every invariant and carries out
-// the commands.
-func (s *sim) step(ev Event) {
-	s.steps++
-	s.record(fmt.Sprintf("%T%s", ev, describe(ev)))
-	reachable := s.reachableAccepted()
-	cmds := slices.Clone(s.e.Step(s.now, ev))
-	if err := s.e.checkInvariants(); err != nil {
-		s.fatalf("engine invariant: %v", err)
+// count counts a fault for the log.
+func (w *world) count(kind string, forever bool) {
+	if forever {
+		kind += " for good"
 	}
+	w.faults[kind]++
+}
+
+func (w *world) record(format string, args ...any) {
+	if len(w.log) >= 120 {
+		w.log = w.log[1:]
+	}
+	w.log = append(w.log, fmt.Sprintf("+%v ", w.now.Sub(t0))+fmt.Sprintf(format, args...))
+}
+
+// runUntil carries out every timer due by end, in time order.
+func (w *world) runUntil(end time.Time) {
+	for !w.stopped && w.q.Len() > 0 && !w.q[0].at.After(end) {
+		x := heap.Pop(&w.q).(*wTimer)
+		w.now = x.at
+		x.fn()
+	}
+	w.now = end
+}
+
+// ----- the selector's edge -----
+
+// step feeds one event to the engine, checks it, and dispatches the commands;
+// ack, when set, is called once every write before it is stored.
+func (w *world) step(ev Event, ack func()) {
+	if !w.up {
+		return
+	}
+	if w.now.Before(w.pausedUntil) {
+		if _, tick := ev.(*Tick); !tick {
+			w.paused = append(w.paused, wPaused{ev, ack})
+		}
+		return
+	}
+	w.steps++
+	cmds := slices.Clone(w.e.Step(w.now, ev))
+	if _, tick := ev.(*Tick); !tick || len(cmds) > 0 {
+		w.record("%T%s -> %s", ev, describe(ev), describeCmds(cmds))
+	}
+	if err := w.e.checkInvariants(); err != nil {
+		w.fail("engine invariant: %v", err)
+	}
+	if err := checkCommands(w.e, cmds); err != nil {
+		w.fail("%v", err)
+	}
+	w.checkPlaced()
+	w.dispatch(cmds, ack)
+}
+
+// describeCmds lists a step's requests for the log.
+func describeCmds(cmds []Command) string {
+	var out []string
 	for _, c := range cmds {
-		s.checkCommand(c)
-		if p := reachable[c.Target]; c.Kind == CmdLaunch && p != nil {
-			s.fatalf("launched %s while %s (epoch %d, up since +%v) runs and would be accepted",
-				c.Launch.TaskID, p.id, p.epoch, p.started.Sub(t0))
+		switch c.Kind {
+		case CmdLaunch:
+			out = append(out, fmt.Sprintf("launch %s on %s", c.Launch.TaskID, c.Host))
+		case CmdKill:
+			out = append(out, fmt.Sprintf("kill %s on %s", c.Kill.TaskID, c.Host))
+		case CmdPs:
+			out = append(out, fmt.Sprintf("ps %s %v", c.Host, c.Ps.PIDs))
+		case CmdPersist:
+			out = append(out, "persist "+c.Target)
+		case CmdDelete:
+			out = append(out, "delete "+c.Target)
 		}
 	}
-	s.checkTruth()
-	for _, c := range cmds {
-		s.carryOut(c)
-	}
+	return strings.Join(out, ", ")
 }
 
 func describe(ev Event) string {
 	switch ev := ev.(type) {
 	case *HeartbeatReceived:
-		return " " + ev.Heartbeat.TaskID
+		return " " + ev.Heartbeat.TaskID + " on " + ev.Heartbeat.Host
 	case *LaunchReplied:
 		if ev.Reply.Error != nil {
 			return " " + ev.Reply.TaskID + " " + ev.Reply.Error.Code
 		}
-		return " " + ev.Reply.TaskID
+		return fmt.Sprintf(" %s pid %d", ev.Reply.TaskID, ev.Reply.PID)
 	case *LaunchUnanswered:
 		return fmt.Sprintf(" %s noresp=%v", ev.TaskID, ev.NoResponders)
+	case *LaunchSent:
+		return " " + ev.TaskID
 	case *TaskEventReceived:
 		return " " + ev.Event.TaskID + " " + ev.Event.Kind + " " + ev.Event.Reason
 	case *KillReplied:
-		return " " + ev.Reply.TaskID
+		return fmt.Sprintf(" %s running=%v", ev.Reply.TaskID, ev.Reply.Running)
+	case *KillUnanswered:
+		return fmt.Sprintf(" %s noresp=%v", ev.TaskID, ev.NoResponders)
 	case *PsReplied:
-		return " " + ev.Host
+		ids := make([]string, 0, len(ev.Reply.Tasks))
+		for _, p := range ev.Reply.Tasks {
+			ids = append(ids, p.TaskID)
+		}
+		return fmt.Sprintf(" %s pids=%v: %v", ev.Host, ev.PIDs, ids)
+	case *PsUnanswered:
+		return fmt.Sprintf(" %s noresp=%v", ev.Host, ev.NoResponders)
 	case *HostStatusReceived:
-		return " " + ev.Status.Host
+		return fmt.Sprintf(" %s %v", ev.Status.Host, ev.Status.Tasks)
 	case *TargetUpserted:
 		return " " + ev.Target
 	case *TargetDeleted:
 		return " " + ev.Target
+	case *InputDropped:
+		return " " + ev.Source
 	}
 	return ""
 }
 
-func (s *sim) checkCommand(c Command) {
-	b, err := json.Marshal(c)
-	if err != nil {
-		s.fatalf("command does not encode: %v", err)
-	}
-	switch c.Kind {
-	case CmdLaunch:
-		r := c.Launch.RAM
-		if r.WrapperMiB < 0 || r.HelpersMiB < 0 {
-			s.fatalf("negative RAM: %s", b)
-		}
-		h := s.e.hosts[c.Host]
-		if h == nil || h.reserved+h.foreign() > h.total-s.cfg.HostHeadroomMiB {
-			s.fatalf("launch over capacity: %s (host %+v)", b, h)
-		}
-	case CmdPersist:
-		if c.State.Task != nil && c.State.Task.BudgetMiB < 0 {
-			s.fatalf("negative budget: %s", b)
-		}
-	}
-}
-
-// reachableAccepted returns, per target, a live process the engine would
-// accept and has had five seconds to hear from.
-func (s *sim) reachableAccepted() map[string]*simProc {
-	const quiet = 5 * time.Second
-	var out map[string]*simProc
-	if !s.connected || s.now.Sub(s.cut) < quiet {
-		return nil
-	}
-	for _, h := range s.hosts {
-		if h.down || h.partitioned || s.now.Sub(h.cut) < quiet {
-			continue
-		}
-		for _, p := range h.procs {
-			if p.silent || s.now.Sub(p.started) < quiet || s.e.wouldFence(p.target, p.id, p.epoch) {
-				continue
-			}
-			if out == nil {
-				out = map[string]*simProc{}
-			}
-			out[p.target] = p
-		}
-	}
-	return out
-}
-
-// checkTruth checks the simulated cluster against the engine: at most one
-// live process per target that the engine would not kill on sight, and the
-// budgets this engine placed fit every host.
-func (s *sim) checkTruth() {
-	accepted := map[string]string{}
-	for _, h := range s.hosts {
-		if h.down {
-			continue
-		}
-		for _, p := range h.procs {
-			if s.e.wouldFence(p.target, p.id, p.epoch) {
-				continue
-			}
-			if other, ok := accepted[p.target]; ok {
-				s.fatalf("target %s has two live processes the engine accepts: %s and %s", p.target, other, p.id)
-			}
-			accepted[p.target] = p.id
-		}
-	}
-	for _, h := range s.e.hostSeq {
+// checkPlaced checks that the budgets this engine placed on each host fit the
+// host's real capacity.
+func (w *world) checkPlaced() {
+	for _, h := range w.e.hostSeq {
 		var placed int64
 		for _, k := range h.tasks {
 			if k.placed {
 				placed += k.budget
 			}
 		}
-		if sh := s.hostByNm[h.name]; sh != nil && placed > sh.total-s.cfg.HostHeadroomMiB {
-			s.fatalf("host %s: placed budgets %d exceed capacity %d minus headroom", h.name, placed, sh.total)
+		if wh := w.byName[h.name]; wh != nil && placed > wh.total-w.cfg.HostHeadroomMiB {
+			w.fail("host %s: placed budgets %d exceed its %d MiB minus headroom", h.name, placed, wh.total)
 		}
 	}
 }
 
-// request models a NATS request to a worker: it is lost, answered, or times
-// out; the edge feeds back exactly one outcome, to the engine that sent it.
-func (s *sim) request(h *simHost, handle func() any, reply func(any), unanswered func(noResponders bool)) {
-	gen := s.gen
-	mine := func(f func()) func() {
-		return func() {
-			if s.gen == gen {
-				f()
+// dispatch carries out a step's commands as the service does: a batch
+// without writes sends its requests at once; a batch with writes waits in the
+// store writer, which sends its requests once its writes are stored. An ack
+// waits for every write before it.
+func (w *world) dispatch(cmds []Command, ack func()) {
+	write := slices.ContainsFunc(cmds, func(c Command) bool { return c.Kind == CmdPersist || c.Kind == CmdDelete })
+	if !write {
+		for _, c := range cmds {
+			w.send(c)
+		}
+		if ack != nil {
+			if len(w.writer) == 0 {
+				ack()
+			} else {
+				w.writer = append(w.writer, &wWrite{ack: ack})
 			}
 		}
-	}
-	if !s.connected || h.down {
-		s.at(time.Millisecond, mine(func() { unanswered(true) }))
 		return
 	}
-	timeout := s.cfg.ReplyTimeout
-	if h.partitioned || s.lost() {
-		s.at(timeout, mine(func() { unanswered(false) }))
+	w.writer = append(w.writer, &wWrite{cmds: cmds, ack: ack})
+	w.pumpWriter()
+}
+
+// pumpWriter stores the writer's next batch. The store is reachable only
+// while the selector is connected; a write cut short by a restart is lost.
+func (w *world) pumpWriter() {
+	if w.writing || len(w.writer) == 0 || !w.up || !w.connected {
 		return
 	}
-	d1 := s.delay()
-	sent := s.now
-	s.at(d1, func() {
-		if h.down || h.partitioned {
-			s.at(sent.Add(timeout).Sub(s.now), mine(func() { unanswered(false) }))
+	if w.now.Before(w.pausedUntil) {
+		return // resumed when the pause ends
+	}
+	it := w.writer[0]
+	var lat time.Duration
+	if it.cmds != nil {
+		lat = time.Duration(2+w.rng.IntN(20)) * time.Millisecond
+		if w.now.Before(w.slowStore) {
+			lat = time.Duration(300+w.rng.IntN(3500)) * time.Millisecond
+		}
+	}
+	w.writing = true
+	gen := w.gen
+	w.at(lat, func() {
+		if w.gen != gen {
 			return
 		}
-		r := handle() // the worker acts, whoever sent it
-		d2 := s.delay()
-		if d1+d2 >= timeout || s.lost() {
-			s.at(sent.Add(timeout).Sub(s.now), mine(func() { unanswered(false) }))
-			return
+		w.writing = false
+		if !w.connected {
+			return // retried once the bus is back
 		}
-		s.at(d2, mine(func() {
-			if !s.connected {
-				unanswered(false)
-				return
+		w.writer = w.writer[1:]
+		for _, c := range it.cmds {
+			switch c.Kind {
+			case CmdPersist:
+				w.stored[c.Target] = *c.State
+			case CmdDelete:
+				delete(w.stored, c.Target)
 			}
-			reply(r)
-		}))
+		}
+		for _, c := range it.cmds {
+			w.send(c)
+		}
+		if it.ack != nil {
+			it.ack()
+		}
+		w.pumpWriter()
 	})
 }
 
-func (s *sim) carryOut(c Command) {
+func unansweredEvent(c Command, noResponders bool) Event {
 	switch c.Kind {
-	case CmdPersist:
-		s.kv[c.Target] = *c.State
-		st := *c.State
-		s.kvHist[c.Target] = append(s.kvHist[c.Target], kvVersion{at: s.now, st: &st})
-	case CmdDelete:
-		delete(s.kv, c.Target)
-		s.kvHist[c.Target] = append(s.kvHist[c.Target], kvVersion{at: s.now})
 	case CmdLaunch:
-		h := s.hostByNm[c.Host]
-		req := *c.Launch
-		s.request(h, func() any { return s.workerLaunch(h, &req) },
-			func(r any) {
-				s.step(&LaunchReplied{Host: h.name, Target: req.Target, Epoch: req.Epoch, Reply: r.(schemas.LaunchReply)})
-			},
-			func(nr bool) {
-				s.step(&LaunchUnanswered{Host: h.name, Target: req.Target, TaskID: req.TaskID, NoResponders: nr})
-			})
+		return &LaunchUnanswered{Host: c.Host, Target: c.Target, TaskID: c.Launch.TaskID, NoResponders: noResponders}
 	case CmdKill:
-		h := s.hostByNm[c.Host]
-		if h == nil {
-			return // a fenced heartbeat named a host that does not exist
-		}
-		req := *c.Kill
-		s.request(h, func() any { return s.workerKill(h, &req) },
-			func(r any) { s.step(&KillReplied{Host: h.name, Reply: r.(schemas.KillReply)}) },
-			func(nr bool) { s.step(&KillUnanswered{Host: h.name, TaskID: req.TaskID, NoResponders: nr}) })
-	case CmdPs:
-		h := s.hostByNm[c.Host]
-		pids := slices.Clone(c.Ps.PIDs)
-		s.request(h, func() any { return s.workerPs(h, pids) },
-			func(r any) { s.step(&PsReplied{Host: h.name, PIDs: pids, Reply: r.(schemas.PsReply)}) },
-			func(nr bool) { s.step(&PsUnanswered{Host: h.name, NoResponders: nr}) })
+		return &KillUnanswered{Host: c.Host, TaskID: c.Kill.TaskID, NoResponders: noResponders}
 	}
+	return &PsUnanswered{Host: c.Host, NoResponders: noResponders}
+}
+
+// send carries out one launch, kill or ps request: exactly one outcome is fed
+// back to the engine that sent it, a reply or, after ReplyTimeout (or at once
+// without responders), its absence.
+func (w *world) send(c Command) {
+	if c.Kind != CmdLaunch && c.Kind != CmdKill && c.Kind != CmdPs {
+		return
+	}
+	if c.Kind == CmdLaunch {
+		w.step(&LaunchSent{TaskID: c.Launch.TaskID}, nil)
+	}
+	gen := w.gen
+	answered := false
+	feed := func(ev Event) {
+		if answered || w.gen != gen || !w.up || !w.connected {
+			return
+		}
+		answered = true
+		w.step(ev, nil)
+	}
+	w.at(w.cfg.ReplyTimeout, func() { feed(unansweredEvent(c, false)) })
+	deliver := func() { w.toWorker(c, feed) }
+	if !w.connected {
+		// The client buffers it and sends it once reconnected, long after
+		// the request has timed out.
+		w.clientBuf = append(w.clientBuf, deliver)
+		return
+	}
+	deliver()
+}
+
+// toWorker takes a request from the server to its worker: at once without
+// responders when no worker listens, held while the worker's connection
+// stalls, else in the order the requests were sent.
+func (w *world) toWorker(c Command, feed func(Event)) {
+	h := w.byName[c.Host]
+	if h == nil || h.dead || (h.cut && !w.now.Before(h.serverDropAt)) {
+		w.at(time.Millisecond, func() { feed(unansweredEvent(c, true)) })
+		return
+	}
+	handle := func() { w.handle(h, c, feed) }
+	if h.cut {
+		h.inbox = append(h.inbox, handle)
+		return
+	}
+	at := maxTime(h.lastIn, w.now.Add(w.delay()))
+	h.lastIn = at
+	life := h.life
+	w.at(at.Sub(w.now), func() {
+		switch {
+		case h.life != life:
+			// The worker died with the request.
+		case h.cut:
+			h.inbox = append(h.inbox, handle)
+		default:
+			handle()
+		}
+	})
+}
+
+// handle lets the worker act on a request and sends its reply back.
+func (w *world) handle(h *wHost, c Command, feed func(Event)) {
+	var reply Event
+	switch c.Kind {
+	case CmdLaunch:
+		r := w.workerLaunch(h, c.Launch)
+		reply = &LaunchReplied{Host: h.name, Target: c.Launch.Target, Epoch: c.Launch.Epoch, Reply: r}
+	case CmdKill:
+		reply = &KillReplied{Host: h.name, Reply: w.workerKill(h, c.Kill)}
+	case CmdPs:
+		pids := slices.Clone(c.Ps.PIDs)
+		reply = &PsReplied{Host: h.name, PIDs: pids, Reply: w.workerPs(h, pids)}
+	}
+	if w.chance(w.f.replyLoss) {
+		return
+	}
+	w.at(w.delay(), func() { feed(reply) })
+}
+
+// toSelector carries a message published by a worker to the selector: late
+// now and then, sometimes twice, and lost while the selector is away or
+// drops its source as a slow consumer (which the edge reports). Heartbeats
+// are also lost now and then, unreported. Host statuses are not: a status
+// published before a worker's last successful round trip has reached the
+// server (the round trip flushes the connection), which is what the fence
+// margin rests on; those published later are held with the connection (see
+// publish).
+func (w *world) toSelector(src string, fn func()) {
+	if src == InputHeartbeats && w.chance(w.f.msgLoss) {
+		return
+	}
+	d := w.delay()
+	if w.chance(w.f.msgLate) {
+		d += time.Duration(500+w.rng.IntN(2000)) * time.Millisecond
+	}
+	deliver := func() {
+		if !w.up || !w.connected {
+			return
+		}
+		if w.now.Before(w.dropUntil[src]) {
+			w.reportDrop(src)
+			return
+		}
+		fn()
+	}
+	w.at(d, deliver)
+	if w.chance(w.f.msgDup) {
+		w.at(d+time.Duration(w.rng.IntN(5000))*time.Millisecond, deliver)
+	}
+}
+
+// reportDrop tells the engine, within one tick, that a source dropped
+// messages.
+func (w *world) reportDrop(src string) {
+	if w.dropReport[src] {
+		return
+	}
+	w.dropReport[src] = true
+	w.at(w.tick, func() {
+		w.dropReport[src] = false
+		w.step(&InputDropped{Source: src}, nil)
+	})
+}
+
+// publish sends a worker's heartbeat or status: a cut-off worker's client
+// holds the last few and sends them, late, when the connection heals.
+func (w *world) publish(h *wHost, src string, fn func()) {
+	switch {
+	case h.dead:
+	case h.cut:
+		h.held = append(h.held, func() { w.toSelector(src, fn) })
+		if len(h.held) > 8 {
+			h.held = h.held[1:]
+		}
+	default:
+		w.toSelector(src, fn)
+	}
+}
+
+// ----- the event stream -----
+
+// emitEvent queues a task event in the worker's outbox, which publishes it
+// to the stream while the worker is connected.
+func (w *world) emitEvent(h *wHost, p *wProc, kind, reason string) {
+	if w.chance(w.f.eventLoss) {
+		w.record("fault: %s drops the event of %s", h.name, p.id)
+		w.count("event dropped", false)
+		return
+	}
+	h.outbox = append(h.outbox, &schemas.TaskEvent{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, PID: p.pid,
+		Host: h.name, Target: p.target, Type: p.typ, Kind: kind, Reason: reason, At: w.now})
+	w.flushOutbox(h)
+}
+
+func (w *world) flushOutbox(h *wHost) {
+	if !h.reachable() {
+		return
+	}
+	for _, ev := range h.outbox {
+		se := &wStreamEvent{ev: ev}
+		w.stream = append(w.stream, se)
+		w.deliver(se)
+	}
+	h.outbox = nil
+}
+
+// deliver hands a stream event to the selector's consumer, in stream order,
+// and again after wAckWait while it is not acked.
+func (w *world) deliver(se *wStreamEvent) {
+	if !w.up || !w.connected || se.acked {
+		return
+	}
+	se.delivered = true
+	at := maxTime(w.consumerAt, w.now.Add(w.delay()))
+	w.consumerAt = at
+	gen := w.gen
+	w.at(at.Sub(w.now), func() {
+		if w.gen != gen || !w.up || !w.connected || se.acked {
+			se.delivered = false
+			return
+		}
+		w.step(&TaskEventReceived{Event: se.ev}, func() { se.acked = true })
+		if w.chance(w.f.msgDup) {
+			w.at(time.Duration(w.rng.IntN(3000))*time.Millisecond, func() {
+				if w.gen == gen && w.up && w.connected {
+					w.step(&TaskEventReceived{Event: se.ev}, func() { se.acked = true })
+				}
+			})
+		}
+		w.at(wAckWait, func() {
+			if w.gen == gen && !se.acked {
+				w.deliver(se)
+			}
+		})
+	})
 }
 
 // ----- the workers -----
 
-func (s *sim) workerLaunch(h *simHost, req *schemas.LaunchRequest) any {
-	budget := req.RAM.WrapperMiB + req.RAM.HelpersMiB
-	used := h.foreign
-	for _, p := range h.procs {
-		used += p.budget
-	}
+// workerLaunch is the worker agent's launch: idempotent per task id, refused
+// while fenced or without room, else the process starts and heartbeats at
+// once.
+func (w *world) workerLaunch(h *wHost, req *schemas.LaunchRequest) schemas.LaunchReply {
 	rep := schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID}
+	if p := h.procs[req.TaskID]; p != nil {
+		rep.PID = p.pid
+		return rep
+	}
+	if pid, ok := h.ended[req.TaskID]; ok {
+		rep.PID = pid
+		return rep
+	}
+	budget := req.RAM.WrapperMiB + req.RAM.HelpersMiB
 	switch {
-	case used+budget > h.total:
+	case h.fenced:
+		rep.Error = &schemas.ReplyError{Code: schemas.CodeDraining, Message: "fenced"}
+		return rep
+	case budget > h.free():
 		rep.Error = &schemas.ReplyError{Code: schemas.CodeInsufficientRAM, Message: "no room"}
 		return rep
-	case s.faults && s.rng.Float64() < 0.01:
+	case w.chance(w.f.refuse):
 		rep.Error = &schemas.ReplyError{Code: schemas.CodeUnknownType, Message: "no such type"}
 		return rep
 	}
 	h.nextPID++
-	p := &simProc{id: req.TaskID, target: req.Target, typ: req.Type, epoch: req.Epoch, pid: h.nextPID,
-		budget: budget, used: budget * int64(50+s.rng.IntN(51)) / 100, host: h, started: s.now,
-		silent: s.faults && s.rng.Float64() < 0.08}
-	h.procs[p.id] = p
+	p := &wProc{id: req.TaskID, target: req.Target, typ: req.Type, epoch: req.Epoch, pid: h.nextPID,
+		budget: budget, used: budget * int64(50+w.rng.IntN(51)) / 100, host: h, started: w.now,
+		silent: w.chance(w.f.silent)}
+	w.startProc(p)
 	rep.PID = p.pid
 	if !p.silent {
-		s.heartbeat(p) // workers heartbeat at once
+		w.heartbeat(p)
 	}
-	// How it ends: never, done, or failed.
-	if r := s.rng.Float64(); r < 0.6 {
-		life := time.Duration(2+s.rng.IntN(30)) * time.Second
-		kind, reason := schemas.EventDone, ""
-		switch {
-		case !s.faults:
-		case r < 0.15:
-			kind, reason = schemas.EventFailed, schemas.ReasonCrashed
-		case r < 0.2:
-			kind, reason = schemas.EventFailed, schemas.ReasonHelpersUnavailable
-		case r < 0.25:
-			kind, reason = schemas.EventFailed, schemas.ReasonExited
+	switch {
+	case w.chance(w.f.helpers):
+		w.endAfter(p, time.Duration(100+w.rng.IntN(900))*time.Millisecond, schemas.EventFailed, schemas.ReasonHelpersUnavailable)
+	case w.chance(w.f.crash):
+		reason := schemas.ReasonCrashed
+		if w.rng.IntN(3) == 0 {
+			reason = schemas.ReasonExited
 		}
-		s.at(life, func() {
-			if h.procs[p.id] != p || h.down {
-				return
-			}
-			delete(h.procs, p.id)
-			s.publish(h, p, kind, reason)
-		})
+		w.endAfter(p, time.Duration(1+w.rng.IntN(20))*time.Second, schemas.EventFailed, reason)
+	case w.f.finish && w.rng.IntN(3) != 0:
+		w.endAfter(p, time.Duration(2+w.rng.IntN(30))*time.Second, schemas.EventDone, "")
 	}
 	return rep
 }
 
-func (s *sim) workerKill(h *simHost, req *schemas.KillRequest) any {
-	if p := h.procs[req.TaskID]; p != nil {
-		delete(h.procs, p.id)
-		if s.rng.IntN(2) == 0 {
-			s.publish(h, p, schemas.EventFailed, schemas.ReasonKilled)
+// startProc starts p on its host: no other process of its target may live
+// anywhere at that moment.
+func (w *world) startProc(p *wProc) {
+	w.starts++
+	for _, h := range w.hosts {
+		for _, id := range slices.Sorted(maps.Keys(h.procs)) {
+			if q := h.procs[id]; q.target == p.target {
+				state := "reachable"
+				switch {
+				case h.dead:
+					state = "dead"
+				case h.cut:
+					state = fmt.Sprintf("partitioned, fenced=%v", h.fenced)
+				}
+				w.fail("target %s runs twice: %s (epoch %d) starts on %s while %s (epoch %d, up since +%v) runs on %s (%s)",
+					p.target, p.id, p.epoch, p.host.name, q.id, q.epoch, q.started.Sub(t0), h.name, state)
+			}
 		}
 	}
-	return schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID, Running: false}
+	p.host.procs[p.id] = p
+	w.record("  started %s (epoch %d) on %s pid %d", p.id, p.epoch, p.host.name, p.pid)
+	if w.struck[p.target] && !p.host.forever {
+		w.restored[p.target] = true
+	}
 }
 
-func (s *sim) workerPs(h *simHost, pids []int64) any {
+// endAfter ends p after d, unless it is gone by then.
+func (w *world) endAfter(p *wProc, d time.Duration, kind, reason string) {
+	w.at(d, func() {
+		h := p.host
+		if h.procs[p.id] != p {
+			return
+		}
+		w.stop(p)
+		w.emitEvent(h, p, kind, reason)
+	})
+}
+
+// stop removes a live process.
+func (w *world) stop(p *wProc) {
+	delete(p.host.procs, p.id)
+	p.host.ended[p.id] = p.pid
+}
+
+func (w *world) workerKill(h *wHost, req *schemas.KillRequest) schemas.KillReply {
+	if p := h.procs[req.TaskID]; p != nil && (req.PID == 0 || req.PID == p.pid) {
+		w.stop(p)
+		w.emitEvent(h, p, schemas.EventFailed, schemas.ReasonKilled)
+	}
+	return schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID}
+}
+
+func (w *world) workerPs(h *wHost, pids []int64) schemas.PsReply {
 	rep := schemas.PsReply{V: schemas.Version, Host: h.name, Tasks: []schemas.PsTask{}}
-	for _, id := range slices.Sorted(maps.Keys(h.procs)) {
-		p := h.procs[id]
-		if pids != nil && !slices.Contains(pids, p.pid) {
+	for _, p := range h.procs {
+		if len(pids) > 0 && !slices.Contains(pids, p.pid) {
 			continue
 		}
 		rep.Tasks = append(rep.Tasks, schemas.PsTask{TaskID: p.id, Epoch: p.epoch, PID: p.pid, Target: p.target, Type: p.typ,
-			RAM: schemas.TaskRAM{HelpersMiB: p.budget}})
+			RAM: schemas.TaskRAM{HelpersMiB: p.budget}, StartedAt: p.started})
 	}
+	slices.SortFunc(rep.Tasks, func(a, b schemas.PsTask) int { return int(a.PID - b.PID) })
 	return rep
 }
 
-func (s *sim) heartbeat(p *simProc) {
-	h := p.host
-	if h.down || h.partitioned || !s.connected || s.lost() {
-		return
-	}
-	hb := &schemas.Heartbeat{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, PID: p.pid, Host: h.name, Target: p.target,
-		Type: p.typ, Seq: 1, RAM: schemas.HeartbeatRAM{BudgetMiB: p.budget, UsedMiB: p.used}, SentAt: s.now}
-	s.at(s.delay(), func() {
-		if s.connected {
-			s.step(&HeartbeatReceived{Heartbeat: hb})
-		}
-	})
+func (w *world) heartbeat(p *wProc) {
+	hb := &schemas.Heartbeat{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, PID: p.pid, Host: p.host.name, Target: p.target,
+		Type: p.typ, Seq: 1, RAM: schemas.HeartbeatRAM{BudgetMiB: p.budget, UsedMiB: p.used}, SentAt: w.now}
+	w.publish(p.host, InputHeartbeats, func() { w.step(&HeartbeatReceived{Heartbeat: hb}, nil) })
 }
 
-// publish sends a task event through the stream: never lost, sometimes
-// delivered twice, held while the worker or the selector is off the bus.
-func (s *sim) publish(h *simHost, p *simProc, kind, reason string) {
-	ev := &schemas.TaskEvent{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, PID: p.pid, Host: h.name, Target: p.target,
-		Type: p.typ, Kind: kind, Reason: reason, At: s.now}
-	if h.partitioned {
-		h.outbox = append(h.outbox, ev)
+// beat is a worker's periodic work: its tasks' heartbeats and its status.
+func (w *world) beat(h *wHost) {
+	w.at(wBeat, func() { w.beat(h) })
+	if h.dead {
 		return
 	}
-	s.deliverEvent(ev)
-	if s.faults && s.rng.Float64() < 0.05 {
-		s.at(time.Duration(1+s.rng.IntN(5))*time.Second, func() { s.deliverEvent(ev) })
-	}
-}
-
-func (s *sim) deliverEvent(ev *schemas.TaskEvent) {
-	s.at(s.delay(), func() {
-		if !s.connected {
-			s.pending = append(s.pending, ev)
-			return
-		}
-		s.step(&TaskEventReceived{Event: ev})
-	})
-}
-
-// beat is one host's periodic work: its status and its tasks' heartbeats.
-func (s *sim) beat(h *simHost) {
-	s.at(time.Second, func() { s.beat(h) })
-	if h.down || h.partitioned || !s.connected {
-		return
-	}
-	for _, id := range slices.Sorted(maps.Keys(h.procs)) {
-		if p := h.procs[id]; !p.silent {
-			s.heartbeat(p)
-		}
-	}
-	if s.lost() {
-		return
-	}
+	ids := slices.Sorted(maps.Keys(h.procs))
 	used := h.foreign
-	ids := []string{}
-	for _, id := range slices.Sorted(maps.Keys(h.procs)) {
-		used += h.procs[id].used
-		ids = append(ids, id)
-	}
-	st := &schemas.HostStatus{V: schemas.Version, Host: h.name, RAM: schemas.HostRAM{TotalMiB: h.total, UsedMiB: used}, Tasks: ids, SentAt: s.now}
-	s.at(s.delay(), func() {
-		if s.connected {
-			s.step(&HostStatusReceived{Status: st})
+	for _, id := range ids {
+		p := h.procs[id]
+		used += p.used
+		if !p.silent {
+			w.heartbeat(p)
 		}
-	})
+	}
+	st := &schemas.HostStatus{V: schemas.Version, Host: h.name, RAM: schemas.HostRAM{TotalMiB: h.total, UsedMiB: min(used, h.total)},
+		Tasks: ids, SentAt: w.now}
+	w.publish(h, InputHostStatuses, func() { w.step(&HostStatusReceived{Status: st}, nil) })
+}
+
+// probe is a worker's fence probe: a round trip to its server every beat,
+// which succeeds when it comes back before the connection is cut. The worker
+// checks at each probe: cut off for the fence time, it stops its tasks and
+// refuses launches. (So it fences up to one probe period after the fence
+// time, the worst case the README's margin allows for.)
+func (w *world) probe(h *wHost) {
+	w.at(wBeat, func() { w.probe(h) })
+	switch {
+	case h.dead:
+	case !h.cut:
+		life := h.life
+		w.at(time.Duration(1+w.rng.IntN(50))*time.Millisecond, func() {
+			if h.life == life && !h.cut {
+				h.lastOK = w.now
+			}
+		})
+	case w.fenceAfter > 0 && !h.fenced && w.now.Sub(h.lastOK) >= w.fenceAfter:
+		h.fenced = true
+		w.record("fault: %s fences itself", h.name)
+		w.count("worker fences", false)
+		for _, id := range slices.Sorted(maps.Keys(h.procs)) {
+			p := h.procs[id]
+			w.stop(p)
+			w.emitEvent(h, p, schemas.EventFailed, schemas.ReasonFenced)
+		}
+	}
 }
 
 // ----- faults -----
 
-func (s *sim) fault() {
-	if !s.faults {
+// die takes h down with its processes; it comes back empty (its PIDs start
+// over) after back, unless forever.
+func (w *world) die(h *wHost, forever bool, back time.Duration) {
+	w.record("fault: %s dies (forever=%v)", h.name, forever)
+	w.count("host dies", forever)
+	h.dead, h.cut, h.fenced, h.forever = true, false, false, forever
+	h.life++
+	clear(h.procs)
+	clear(h.ended)
+	h.inbox, h.held, h.outbox = nil, nil, nil
+	if forever {
 		return
 	}
-	s.at(time.Duration(200+s.rng.IntN(1500))*time.Millisecond, s.fault)
-	h := s.hosts[s.rng.IntN(len(s.hosts))]
-	switch r := s.rng.IntN(100); {
-	case r < 4 && !h.down:
-		// The host dies with its processes, and comes back empty.
-		h.down = true
-		clear(h.procs)
-		s.record("fault: " + h.name + " down")
-		s.at(time.Duration(3+s.rng.IntN(25))*time.Second, func() { h.down = false; h.cut = s.now })
-	case r < 9 && !h.partitioned:
-		h.partitioned = true
-		s.record("fault: " + h.name + " partitioned")
-		s.at(time.Duration(2+s.rng.IntN(25))*time.Second, func() { s.heal(h) })
-	case r < 12 && s.connected:
-		s.record("fault: bus disconnected")
-		s.step(&Disconnected{})
-		s.connected = false
-		s.at(time.Duration(1+s.rng.IntN(12))*time.Second, s.reconnect)
-	case r < 15:
-		s.record("fault: selector restart")
-		s.start(time.Duration(s.rng.IntN(4000)) * time.Millisecond)
-		s.flushPending()
-	case r < 30:
-		h.foreign = int64(s.rng.IntN(int(h.total) / 2))
-	case r < 38 && len(s.specs) < 16:
-		s.step(&TargetUpserted{Target: s.newTarget(), Spec: s.specs["t"+strconv.Itoa(s.created-1)]})
-	case r < 44 && len(s.specs) > 4:
-		names := slices.Sorted(maps.Keys(s.specs))
-		name := names[s.rng.IntN(len(names))]
-		delete(s.specs, name)
-		s.step(&TargetDeleted{Target: name})
-	case r < 52:
-		names := slices.Sorted(maps.Keys(s.specs))
-		name := names[s.rng.IntN(len(names))]
-		spec := cloneSpec(s.specs[name])
-		v := 0.5 + s.rng.Float64()
-		spec.Value = &v
-		s.specs[name] = spec
-		s.step(&TargetUpserted{Target: name, Spec: spec})
-	}
+	w.at(back, func() {
+		w.record("fault: %s is back", h.name)
+		h.dead = false
+		h.nextPID = 100
+		h.lastOK, h.lastIn = w.now, w.now
+	})
 }
 
-func (s *sim) heal(h *simHost) {
-	h.partitioned = false
-	h.cut = s.now
-	out := h.outbox
-	h.outbox = nil
-	for _, ev := range out {
-		s.deliverEvent(ev)
-	}
-}
-
-func (s *sim) reconnect() {
-	if s.connected {
+// partition cuts h off the bus; it heals after heal, unless forever.
+func (w *world) partition(h *wHost, forever bool, heal time.Duration) {
+	w.record("fault: %s partitioned (forever=%v)", h.name, forever)
+	w.count("partition", forever)
+	h.cut, h.forever = true, forever
+	h.serverDropAt = w.now.Add(time.Duration(1000+w.rng.IntN(5000)) * time.Millisecond)
+	if forever {
 		return
 	}
-	s.connected = true
-	s.cut = s.now
-	s.step(&Reconnected{})
-	s.flushPending()
+	life := h.life
+	w.at(heal, func() {
+		if h.life == life && h.cut {
+			w.heal(h)
+		}
+	})
 }
 
-func (s *sim) flushPending() {
-	p := s.pending
-	s.pending = nil
-	for _, ev := range p {
-		s.deliverEvent(ev)
-	}
-}
-
-func (s *sim) tick() {
-	s.at(250*time.Millisecond, s.tick)
-	s.step(&Tick{}) // the edge's timer runs whether or not the bus is up
-}
-
-// runUntil processes events in time order until the clock reaches end.
-func (s *sim) runUntil(end time.Time) {
-	for s.q.Len() > 0 && !s.q[0].at.After(end) {
-		ev := heap.Pop(&s.q).(*simEvent)
-		s.now = ev.at
-		ev.fn()
-	}
-	s.now = end
-}
-
-func (s *sim) run() {
-	s.start(0)
-	for i, h := range s.hosts {
-		s.at(time.Duration(i*137)*time.Millisecond, func() { s.beat(h) })
-	}
-	s.at(0, s.tick)
-	s.at(time.Second, s.fault)
-	// Faults until a few thousand steps have run.
-	for s.steps < 3000 {
-		s.runUntil(s.now.Add(time.Second))
-	}
-	// Faults stop; RAM frees up.
-	s.faults = false
-	s.record("faults stop")
-	for _, h := range s.hosts {
-		h.foreign = 0
-		if h.partitioned {
-			s.heal(h)
+// heal reconnects a partitioned worker: the requests the server held reach
+// it first (while it is still fenced, if it fenced), then it takes launches
+// again and sends what it held.
+func (w *world) heal(h *wHost) {
+	w.record("fault: %s heals", h.name)
+	h.cut = false
+	inbox := h.inbox
+	h.inbox = nil
+	if w.now.Before(h.serverDropAt) {
+		for _, fn := range inbox {
+			fn()
 		}
 	}
-	s.reconnect()
-	// Targets blocked by a refusal wait for a spec change: give them one.
-	for _, name := range slices.Sorted(maps.Keys(s.specs)) {
-		if t := s.e.targets[name]; t != nil && t.blocked != "" {
-			spec := cloneSpec(s.specs[name])
+	h.fenced = false
+	h.lastOK, h.lastIn = w.now, w.now
+	held := h.held
+	h.held = nil
+	for _, fn := range held {
+		fn()
+	}
+	w.flushOutbox(h)
+}
+
+// pause stops the selector process for d. When it resumes, the events that
+// reached it meanwhile are handled in order, and its ticker fires once, at a
+// random place among them (its goroutine races the subscriptions').
+func (w *world) pause(d time.Duration) {
+	if !w.up || w.now.Before(w.pausedUntil) {
+		return
+	}
+	w.record("fault: selector paused for %v", d)
+	w.count("selector pause", false)
+	w.pausedUntil = w.now.Add(d)
+	gen := w.gen
+	w.at(d, func() {
+		if w.gen != gen {
+			return
+		}
+		backlog := w.paused
+		w.paused = nil
+		tick := w.rng.IntN(len(backlog) + 1)
+		for i := 0; i <= len(backlog); i++ {
+			if i == tick {
+				w.step(&Tick{}, nil)
+			}
+			if i < len(backlog) {
+				w.step(backlog[i].ev, backlog[i].ack)
+			}
+		}
+		w.pumpWriter()
+	})
+}
+
+func (w *world) disconnect(d time.Duration) {
+	if !w.up || !w.connected {
+		return
+	}
+	w.record("fault: bus disconnected for %v", d)
+	w.count("selector disconnect", false)
+	w.connected = false
+	w.step(&Disconnected{}, nil)
+	gen := w.gen
+	w.at(d, func() {
+		if w.gen == gen {
+			w.reconnect()
+		}
+	})
+}
+
+func (w *world) reconnect() {
+	if !w.up || w.connected {
+		return
+	}
+	w.connected = true
+	w.consumerAt = w.now
+	w.step(&Reconnected{}, nil)
+	buf := w.clientBuf
+	w.clientBuf = nil
+	for _, fn := range buf {
+		fn()
+	}
+	specs := w.specBuf
+	w.specBuf = nil
+	for _, fn := range specs {
+		fn()
+	}
+	for _, se := range w.stream {
+		if !se.acked && !se.delivered {
+			w.deliver(se)
+		}
+	}
+	w.pumpWriter()
+}
+
+// restart stops the selector: its unwritten state and the requests waiting
+// behind it are lost. It starts again after down.
+func (w *world) restart(down time.Duration) {
+	if !w.up {
+		return
+	}
+	w.record("fault: selector restarts (down %v, %d batches unwritten)", down, len(w.writer))
+	w.count("selector restart", false)
+	if len(w.writer) > 0 {
+		w.count("restart loses writes", false)
+	}
+	w.up = false
+	w.gen++
+	w.writer, w.writing, w.clientBuf, w.specBuf = nil, false, nil, nil
+	w.pausedUntil, w.paused = time.Time{}, nil
+	for _, se := range w.stream {
+		se.delivered = false
+	}
+	gen := w.gen
+	w.at(down, func() {
+		if w.gen == gen {
+			w.boot()
+		}
+	})
+}
+
+// boot starts an engine from the targets and tasks buckets, then applies the
+// unacked event backlog before anything else.
+func (w *world) boot() {
+	snap := Snapshot{Targets: map[string]schemas.TargetSpec{}}
+	for name, spec := range w.specs {
+		snap.Targets[name] = cloneSpec(spec)
+	}
+	for _, name := range slices.Sorted(maps.Keys(w.stored)) {
+		snap.Tasks = append(snap.Tasks, w.stored[name])
+	}
+	e, err := New(w.cfg, w.now, snap)
+	if err != nil {
+		w.fail("New: %v", err)
+		return
+	}
+	w.e = e
+	w.gen++
+	w.up, w.connected = true, true
+	w.consumerAt = w.now
+	w.record("selector started (gen %d) from %d records", w.gen, len(snap.Tasks))
+	if err := e.checkInvariants(); err != nil {
+		w.fail("after New: %v", err)
+	}
+	for _, se := range w.stream {
+		if !se.acked {
+			w.step(&TaskEventReceived{Event: se.ev}, func() { se.acked = true })
+		}
+	}
+	w.step(&Tick{}, nil)
+}
+
+// changeSpec changes the targets bucket; the engine's watcher delivers the
+// change in order once connected.
+func (w *world) changeSpec(name string, spec *schemas.TargetSpec) {
+	if spec == nil {
+		delete(w.specs, name)
+		w.retired = append(w.retired, name)
+		delete(w.stalls, name)
+	} else {
+		w.specs[name] = *spec
+	}
+	gen := w.gen
+	var ev Event = &TargetDeleted{Target: name}
+	if spec != nil {
+		ev = &TargetUpserted{Target: name, Spec: cloneSpec(*spec)}
+	}
+	deliver := func() {
+		at := maxTime(w.specAt, w.now.Add(w.delay()))
+		w.specAt = at
+		w.at(at.Sub(w.now), func() {
+			if w.gen == gen {
+				w.step(ev, nil)
+			}
+		})
+	}
+	if !w.connected {
+		w.specBuf = append(w.specBuf, deliver)
+		return
+	}
+	deliver()
+}
+
+// chaos strikes one random transient fault and schedules the next.
+func (w *world) chaos() {
+	if !w.f.host {
+		return
+	}
+	w.at(time.Duration(200+w.rng.IntN(1500))*time.Millisecond, w.chaos)
+	h := w.hosts[w.rng.IntN(len(w.hosts))]
+	switch r := w.rng.IntN(100); {
+	case r < 3 && !h.dead:
+		w.die(h, false, time.Duration(3+w.rng.IntN(30))*time.Second)
+	case r < 8 && h.reachable():
+		w.partition(h, false, time.Duration(1+w.rng.IntN(25))*time.Second)
+	case r < 10:
+		w.disconnect(time.Duration(1+w.rng.IntN(12)) * time.Second)
+	case r < 12:
+		w.restart(time.Duration(100+w.rng.IntN(3000)) * time.Millisecond)
+	case r < 13:
+		// The selector runs the embedded server: its restart takes the
+		// bus away from every worker, past their fence time or not.
+		down := time.Duration(1+w.rng.IntN(14)) * time.Second
+		w.count("restart with the bus", false)
+		for _, h := range w.hosts {
+			if h.reachable() {
+				w.partition(h, false, down+time.Duration(w.rng.IntN(1500))*time.Millisecond)
+				h.serverDropAt = w.now // the server is gone: nothing is held
+			}
+		}
+		w.restart(down)
+	case r < 15:
+		w.record("fault: slow store")
+		w.count("slow store", false)
+		w.slowStore = w.now.Add(time.Duration(2+w.rng.IntN(15)) * time.Second)
+	case r < 17:
+		src := InputHeartbeats
+		if w.rng.IntN(2) == 0 {
+			src = InputHostStatuses
+		}
+		w.record("fault: slow consumer of %s", src)
+		w.count("slow consumer", false)
+		w.dropUntil[src] = w.now.Add(time.Duration(500+w.rng.IntN(6000)) * time.Millisecond)
+	case r < 19:
+		w.pause(time.Duration(500+w.rng.IntN(14000)) * time.Millisecond)
+	case r < 30:
+		h.foreign = int64(w.rng.IntN(int(h.total) / 2))
+	case r < 37 && len(w.specs) < 14:
+		name, spec := w.newSpec()
+		w.changeSpec(name, &spec)
+	case r < 42 && len(w.specs) > 4:
+		names := slices.Sorted(maps.Keys(w.specs))
+		w.changeSpec(names[w.rng.IntN(len(names))], nil)
+	case r < 48:
+		names := slices.Sorted(maps.Keys(w.specs))
+		name := names[w.rng.IntN(len(names))]
+		spec := cloneSpec(w.specs[name])
+		v := 0.5 + w.rng.Float64()
+		spec.Value = &v
+		w.changeSpec(name, &spec)
+	case r < 50:
+		// New phases for a declared name: its current phase may go.
+		names := slices.Sorted(maps.Keys(w.specs))
+		name := names[w.rng.IntN(len(names))]
+		spec := w.randomSpec()
+		w.changeSpec(name, &spec)
+	}
+}
+
+// calmDown ends every transient fault: hosts heal and come back, the bus and
+// the store recover, foreign use goes, and blocked targets get a new spec.
+func (w *world) calmDown() {
+	w.record("transient faults end")
+	w.f.host = false
+	w.f.silent, w.f.helpers, w.f.refuse = 0, 0, 0
+	for _, h := range w.hosts {
+		h.foreign = 0
+		switch {
+		case h.dead:
+			h.dead = false
+			h.nextPID = 100
+			h.lastOK, h.lastIn = w.now, w.now
+		case h.cut:
+			w.heal(h)
+		}
+	}
+	w.slowStore = time.Time{}
+	clear(w.dropUntil)
+	if !w.up {
+		w.boot()
+	}
+	w.reconnect()
+	w.unblock()
+}
+
+// unblock gives every target that a refusal blocked a new spec, as an
+// operator would.
+func (w *world) unblock() {
+	for _, name := range slices.Sorted(maps.Keys(w.specs)) {
+		if t := w.e.targets[name]; t != nil && t.blocked != "" {
+			spec := cloneSpec(w.specs[name])
 			v := *spec.Value + 1
 			spec.Value = &v
-			s.specs[name] = spec
-			s.step(&TargetUpserted{Target: name, Spec: spec})
+			w.changeSpec(name, &spec)
 		}
 	}
-	s.runUntil(s.now.Add(3 * time.Minute))
-	s.checkLiveness()
 }
 
-func (s *sim) checkLiveness() {
-	e := s.e
-	st := e.Status(s.now)
-	if !st.Ready || st.Degraded || st.PendingLaunches != 0 {
-		s.fatalf("not settled: ready=%v degraded=%q pending=%d", st.Ready, st.DegradedReason, st.PendingLaunches)
+// strike hits hosts for good: some die, some are partitioned, at once or a
+// few seconds apart, and the selector may restart after them. It returns the
+// time from which their loss is measured and how many hosts it struck.
+func (w *world) strike() (time.Time, int) {
+	var victims []*wHost
+	for _, h := range w.hosts[1:] {
+		if w.rng.IntN(2) == 0 {
+			victims = append(victims, h)
+		}
 	}
-	live := map[string]*simProc{}
-	for _, h := range s.hosts {
-		for _, p := range h.procs {
-			if live[p.target] != nil {
-				s.fatalf("target %s has two live processes after the faults stopped", p.target)
+	if len(victims) == 0 {
+		victims = append(victims, w.hosts[1+w.rng.IntN(len(w.hosts)-1)])
+	}
+	base := w.now
+	for _, h := range victims {
+		w.runUntil(w.now.Add(time.Duration(w.rng.IntN(4000)) * time.Millisecond))
+		for _, id := range slices.Sorted(maps.Keys(h.procs)) {
+			w.struck[h.procs[id].target] = true
+		}
+		for _, k := range w.e.tasks {
+			if k.host.name == h.name {
+				w.struck[k.t.name] = true
 			}
+		}
+		if w.rng.IntN(3) == 0 {
+			w.partition(h, true, 0)
+		} else {
+			w.die(h, true, 0)
+		}
+		base = w.now
+	}
+	if w.rng.IntN(3) == 0 {
+		w.runUntil(w.now.Add(time.Duration(w.rng.IntN(6000)) * time.Millisecond))
+		down := time.Duration(100+w.rng.IntN(2000)) * time.Millisecond
+		w.restart(down)
+		base = w.now.Add(down)
+	}
+	w.strikeAt = base
+	return base, len(victims)
+}
+
+// ----- checks -----
+
+// watch samples, every second, whether a target waits for a process while
+// a reachable host has room for it.
+func (w *world) watch() {
+	w.at(time.Second, w.watch)
+	if !w.up || !w.connected {
+		clear(w.stalls)
+		return
+	}
+	served := map[string]bool{}
+	for _, h := range w.hosts {
+		if h.reachable() {
+			for _, p := range h.procs {
+				served[p.target] = true
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(w.specs)) {
+		st := w.stalls[name]
+		if st == nil {
+			st = &wStall{}
+			w.stalls[name] = st
+		}
+		t := w.e.targets[name]
+		if served[name] || t == nil || t.blocked != "" || t.complete || !w.room(t.est.MinMiB()) {
+			st.roomSince = time.Time{}
+			continue
+		}
+		if st.roomSince.IsZero() {
+			st.roomSince = w.now
+		}
+		if w.now.Sub(st.roomSince) > wStallBound {
+			w.fail("target %s stalls: no process for %v while a reachable host has room for its %d MiB; engine says %+v",
+				name, w.now.Sub(st.roomSince), t.est.MinMiB(), w.e.targetStatus(w.now, t))
+		}
+	}
+}
+
+// room reports whether a reachable worker would take a launch of size MiB.
+func (w *world) room(size int64) bool {
+	for _, h := range w.hosts {
+		if h.reachable() && !h.fenced && h.free()-w.cfg.HostHeadroomMiB >= size {
+			return true
+		}
+	}
+	return false
+}
+
+// summary describes the engine's state for a failure report.
+func (w *world) summary() string {
+	if w.e == nil {
+		return "no engine"
+	}
+	st := w.e.Status(w.now)
+	var b strings.Builder
+	fmt.Fprintf(&b, "edge: up=%v connected=%v writer=%d writing=%v paused=%v\n    ", w.up, w.connected, len(w.writer), w.writing, w.now.Before(w.pausedUntil))
+	for _, k := range w.e.tasks {
+		if k.phase != tActive {
+			fmt.Fprintf(&b, "task %s: phase %d why %d sent=%v launched +%v probeOut=%v\n    ", k.id, k.phase, k.why, k.sent, k.launchedAt.Sub(t0), k.probeOut)
+		}
+	}
+	fmt.Fprintf(&b, "engine: ready=%v disruption=%s %q stopped=%q backoff=%d (next +%v) pending=%d",
+		st.Ready, st.Disruption, st.DegradedReason, st.LaunchesStopped, st.Backoff.Level,
+		w.e.backoff.next.Sub(t0), st.PendingLaunches)
+	for _, h := range st.Hosts {
+		fmt.Fprintf(&b, "\n    host %s: total %d used %d reserved %d free %d tasks %d stale=%v lost=%v avoided=%v",
+			h.Host, h.TotalMiB, h.UsedMiB, h.ReservedMiB, h.FreeMiB, h.Tasks, h.Stale, h.Lost, h.Avoided)
+	}
+	for _, t := range st.Targets {
+		fmt.Fprintf(&b, "\n    target %s: %s %s on %s epoch %d budget %d full %d: %s", t.Target, t.State, t.TaskID, t.Host,
+			t.Epoch, t.BudgetMiB, t.FullMiB, t.Reason)
+	}
+	return b.String()
+}
+
+// checkRestored checks that every target that ran on a host struck for good
+// has run again on a surviving host.
+func (w *world) checkRestored(deadline time.Duration) {
+	for _, name := range slices.Sorted(maps.Keys(w.struck)) {
+		t := w.e.targets[name]
+		if w.restored[name] || t == nil || t.complete || t.blocked != "" {
+			continue
+		}
+		w.fail("target %s ran on a host struck for good and does not run again %v after the strike; engine says %+v",
+			name, deadline, w.e.targetStatus(w.now, t))
+	}
+}
+
+// checkSettled checks the end state: every declared target runs one process,
+// the engine's active task, on a surviving host (or is complete), nothing
+// else runs, and the engine's reservations equal what the processes hold.
+func (w *world) checkSettled() {
+	e := w.e
+	st := e.Status(w.now)
+	if !st.Ready || st.Disruption != DisruptionNormal || st.PendingLaunches != 0 {
+		w.fail("not settled: ready=%v disruption=%s (%s) pending=%d", st.Ready, st.Disruption, st.DegradedReason, st.PendingLaunches)
+	}
+	live := map[string]*wProc{}
+	for _, h := range w.hosts {
+		for _, p := range h.procs {
 			live[p.target] = p
 		}
 	}
 	for _, ts := range st.Targets {
-		if _, declared := s.specs[ts.Target]; !declared {
-			s.fatalf("undeclared target %s still known: %+v", ts.Target, ts)
+		if _, ok := w.specs[ts.Target]; !ok {
+			w.fail("undeclared target %s still known: %+v", ts.Target, ts)
 		}
 		p := live[ts.Target]
 		switch ts.State {
 		case StateComplete:
 			if p != nil {
-				s.fatalf("complete target %s has a process %s", ts.Target, p.id)
+				w.fail("complete target %s has a process %s", ts.Target, p.id)
 			}
 		case StateActive:
-			if p == nil || p.id != ts.TaskID {
-				s.fatalf("target %s: engine runs %s, the cluster %v", ts.Target, ts.TaskID, p)
+			if p == nil || p.id != ts.TaskID || p.host.name != ts.Host || !p.host.reachable() {
+				w.fail("target %s: the engine runs %s on %s, the fleet %+v", ts.Target, ts.TaskID, ts.Host, p)
 			}
 		default:
-			s.fatalf("target %s never launched once RAM freed up: %+v", ts.Target, ts)
+			w.fail("target %s does not run: %+v", ts.Target, ts)
 		}
 		delete(live, ts.Target)
 	}
 	for name, p := range live {
-		s.fatalf("process %s of %s runs but is not its target's task", p.id, name)
+		w.fail("process %s of %s runs on %s but is not its target's task", p.id, name, p.host.name)
 	}
-	if len(st.Targets) != len(s.specs) {
-		s.fatalf("%d targets declared, engine knows %d", len(s.specs), len(st.Targets))
+	if len(st.Targets) != len(w.specs) {
+		w.fail("%d targets declared, the engine knows %d", len(w.specs), len(st.Targets))
 	}
-	s.t.Logf("%d steps, %d targets, counters %+v", s.steps, len(st.Targets), st.Counters)
+	for _, h := range e.hostSeq {
+		wh := w.byName[h.name]
+		var held int64
+		for _, p := range wh.procs {
+			held += max(p.budget, p.used)
+		}
+		if h.reserved != held {
+			w.fail("host %s: the engine reserves %d MiB, its processes hold %d", h.name, h.reserved, held)
+		}
+	}
+}
+
+// run plays the three stages of plan.
+func (w *world) run(plan wPlan) {
+	w.boot()
+	for _, h := range w.hosts {
+		h.lastOK = w.now
+		w.at(time.Duration(w.rng.IntN(1000))*time.Millisecond, func() { w.beat(h) })
+		w.at(time.Duration(w.rng.IntN(1000))*time.Millisecond, func() { w.probe(h) })
+	}
+	var tick func()
+	tick = func() {
+		w.at(w.tick, tick)
+		w.step(&Tick{}, nil)
+	}
+	w.at(w.tick, tick)
+	w.at(time.Second, w.watch)
+	w.at(time.Second, w.chaos)
+	w.runUntil(w.now.Add(plan.chaos))
+
+	w.calmDown()
+	w.runUntil(w.now.Add(plan.settle))
+	base, n := w.strike()
+	pending := len(w.struck)
+	rounds := (pending + w.cfg.MaxPendingLaunches - 1) / w.cfg.MaxPendingLaunches
+	perHost := time.Duration(float64(time.Minute) / w.cfg.LostHostsPerMin)
+	bound := w.cfg.HostStale + time.Duration(n-1)*perHost + 5*time.Second + time.Duration(rounds)*3*time.Second
+	w.runUntil(base.Add(bound))
+	w.checkRestored(w.now.Sub(base))
+
+	w.f = wFaults{}
+	w.unblock() // refusals that were still on their way at calmDown
+	w.runUntil(w.now.Add(plan.calm))
+	w.checkSettled()
+	w.tb.Logf("%d steps, %d processes started, faults %v, %d hosts struck for good, %d targets restored within %v; last engine's counters %+v",
+		w.steps, w.starts, w.faults, n, len(w.restored), bound, w.e.Status(w.now).Counters)
+}
+
+// ----- randomness from a fuzzer's bytes -----
+
+// byteSource is a rand.Source that draws each value from one byte of data
+// (so that a fuzzer's mutations change single decisions), and from a PCG
+// seeded by data once the bytes run out.
+type byteSource struct {
+	data []byte
+	i    int
+	pcg  *rand.PCG
+}
+
+func newByteSource(data []byte) *byteSource {
+	h := fnv.New64a()
+	h.Write(data)
+	return &byteSource{data: data, pcg: rand.NewPCG(h.Sum64(), uint64(len(data)))}
+}
+
+// Uint64 spreads one byte over the whole range: b × 0x0101…01 maps byte b to
+// about b/256 of the range, whatever the caller reduces it to.
+func (s *byteSource) Uint64() uint64 {
+	if s.i < len(s.data) {
+		b := s.data[s.i]
+		s.i++
+		return uint64(b) * 0x0101010101010101
+	}
+	return s.pcg.Uint64()
 }

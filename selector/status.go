@@ -51,7 +51,7 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 			ReservedMiB: clampMiB(h.reserved), // sums of bounded figures: bounded for display
 			FreeMiB:     clampMiB(h.free(e.cfg.HostHeadroomMiB)),
 			Tasks:       len(h.tasks),
-			Stale:       now.Sub(h.lastStatus) >= e.cfg.HostStale,
+			Stale:       e.hostsHeard(now).Sub(h.lastStatus) >= e.cfg.HostStale,
 			Lost:        h.lost,
 			Draining:    h.draining,
 			Avoided:     h.avoided,
@@ -165,6 +165,8 @@ func suspectReason(k *task) string {
 		r = "recorded before restart; unconfirmed"
 	case suspectDeleted:
 		r = "target deleted"
+	case suspectSuperseded:
+		r = "its phase was done by an earlier task"
 	}
 	if k.phase == tKilling {
 		return r + "; killing"

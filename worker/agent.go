@@ -519,6 +519,10 @@ func (a *Agent) freeLocked() int64 {
 }
 
 func (a *Agent) handleLaunch(m *nats.Msg) {
+	launch, stale := a.passBarrier(m)
+	if !launch {
+		return
+	}
 	req, err := schemas.DecodeLaunchRequest(m.Data)
 	if err != nil {
 		a.malformedRequest(kindLaunch, m, err)
@@ -530,21 +534,30 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 		}
 		return
 	}
-	reply := a.launch(&req)
+	var reply schemas.LaunchReply
+	if stale {
+		reply = a.refuseLaunch(&req, schemas.CodeDraining,
+			"sent before the host's fence lifted: the selector gave it up long ago")
+	} else {
+		reply = a.launch(&req)
+	}
 	if m.Reply != "" {
 		a.respondJSON(m, reply, true)
 	}
 }
 
+// refuseLaunch counts and logs the refusal of req and returns its reply.
+func (a *Agent) refuseLaunch(req *schemas.LaunchRequest, code, msg string) schemas.LaunchReply {
+	a.refusedMu.Lock()
+	a.refused[code]++
+	a.refusedMu.Unlock()
+	a.log.Info("launch refused", "task_id", req.TaskID, "target", req.Target, "type", req.Type, "code", code, "reason", msg)
+	return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, Error: replyError(code, msg)}
+}
+
 // launch carries out one decoded launch request and returns the reply.
 func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
-	refuse := func(code, msg string) schemas.LaunchReply {
-		a.refusedMu.Lock()
-		a.refused[code]++
-		a.refusedMu.Unlock()
-		a.log.Info("launch refused", "task_id", req.TaskID, "target", req.Target, "type", req.Type, "code", code, "reason", msg)
-		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, Error: replyError(code, msg)}
-	}
+	refuse := func(code, msg string) schemas.LaunchReply { return a.refuseLaunch(req, code, msg) }
 	spec := LaunchSpec{TaskID: req.TaskID, Epoch: req.Epoch, Target: req.Target, Type: req.Type, RAM: req.RAM, Args: req.Args}
 
 	a.mu.Lock()

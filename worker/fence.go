@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -31,7 +35,15 @@ import (
 //     each as a failed TaskEvent with reason fenced through its outbox (they
 //     are published, acked, once the connection is back), refuses launches
 //     with code draining and publishes draining=true in its HostStatus.
-//   - The first probe that succeeds again lifts the fence.
+//   - The first probe that succeeds again lifts the fence. Launch requests
+//     may still wait in the connection, sent while the agent was cut off
+//     and long since given up by the selector (which may have relaunched
+//     their targets elsewhere). So on lifting the fence the agent publishes
+//     a barrier, a message to its own launch subject that names the fence,
+//     and refuses every launch it handles before the barrier comes back:
+//     one subscription delivers in order, and the barrier, published after
+//     the probe's round trip, comes after everything that was in flight.
+//     A barrier that is lost is published again at every probe.
 //
 // Why this makes "lost" safe to act on. A successful probe sent at P proves
 // that the server received everything the agent published before P, since a
@@ -57,7 +69,15 @@ type fenceState struct {
 	mu     sync.Mutex
 	lastOK time.Time // send time of the latest successful probe (monotonic)
 	fenced atomic.Bool
+	// barrier is the nonce of the barrier that must come back through the
+	// launch subscription before launches are taken again after a fence
+	// (0: none awaited).
+	barrier atomic.Uint64
 }
+
+// barrierHeader is the header that marks a barrier on the launch subject;
+// its value is the barrier's nonce in decimal.
+const barrierHeader = "Taskselector-Fence-Barrier"
 
 // ErrFenceMargin is returned (wrapped) by CheckFenceMargin.
 var ErrFenceMargin = errors.New("selector host-stale time too short for the worker fence time")
@@ -162,11 +182,42 @@ func (a *Agent) probeSucceeded(sent time.Time) {
 	if lift {
 		f.fenced.Store(false)
 	}
+	nonce := f.barrier.Load()
 	f.mu.Unlock()
+	if nonce != 0 {
+		a.publishBarrier(nonce)
+	}
 	if lift {
-		a.log.Warn("NATS answers again: fence lifted, accepting launches")
+		a.log.Warn("NATS answers again: fence lifted; launches taken once the barrier is back")
 		a.publishHostStatus()
 	}
+}
+
+// publishBarrier sends the barrier nonce to the agent's own launch subject
+// (see the package's notes on fencing above). A failed publish is retried at
+// the next probe.
+func (a *Agent) publishBarrier(nonce uint64) {
+	m := nats.NewMsg(a.subj.Launch(a.cfg.Host))
+	m.Header.Set(barrierHeader, strconv.FormatUint(nonce, 10))
+	if err := a.nc.PublishMsg(m); err != nil {
+		a.log.Warn("fence barrier not sent; retrying at the next probe", "err", err)
+	}
+}
+
+// passBarrier handles a launch-subject message m: it reports whether m is
+// to be handled as a launch request. A barrier is not: if it is the one
+// awaited, launches are taken again. A launch that arrives while a barrier
+// is awaited was sent before the fence lifted, and is refused.
+func (a *Agent) passBarrier(m *nats.Msg) (launch, stale bool) {
+	awaited := a.fence.barrier.Load()
+	if v := m.Header.Get(barrierHeader); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n != 0 && n == awaited &&
+			a.fence.barrier.CompareAndSwap(awaited, 0) {
+			a.log.Info("fence barrier back: taking launches again")
+		}
+		return false, false
+	}
+	return true, awaited != 0
 }
 
 // fenceWatch fences the agent when no probe sent in the last FenceAfter has
@@ -195,6 +246,9 @@ func (a *Agent) checkFence(period time.Duration) time.Duration {
 		return a.cfg.FenceAfter - silent
 	}
 	first := !f.fenced.Swap(true)
+	if first {
+		f.barrier.Store(max(rand.Uint64(), 1))
+	}
 	f.mu.Unlock()
 	if first {
 		a.fences.Add(1)

@@ -1,10 +1,13 @@
 package worker
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -102,6 +105,60 @@ func TestFenceStopsTasksWhenTheConnectionStalls(t *testing.T) {
 	if st := h.agent.Stats(); st.Fenced || st.Fences != 1 || st.Running != 1 {
 		t.Errorf("stats after the fence: %+v", st)
 	}
+}
+
+// TestFenceRefusesLaunchesSentWhileCutOff: a launch request sent while the
+// agent's connection stalls waits in the connection and reaches the agent
+// only after the stall, long after the selector gave it up (and perhaps
+// relaunched its target elsewhere). It must not start: the agent refuses
+// every launch that comes before the barrier it sends itself when the fence
+// lifts, and takes launches again after it.
+func TestFenceRefusesLaunchesSentWhileCutOff(t *testing.T) {
+	h := fencedHarness(t, 300*time.Millisecond)
+	h.proxy.Stall()
+	waitFenced(t, h.agent, true)
+	inbox := nats.NewInbox()
+	replies, err := h.cli.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Garbage ahead of it keeps the agent busy while the stalled bytes
+	// come in, so that the fence has lifted when the launch is handled.
+	for range 5000 {
+		if err := h.cli.Publish(h.subj.Launch(h.cfg.Host), []byte("not a launch")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	late := declared("n00dles", "work", 10, 10, 1e6)
+	data, err := json.Marshal(&late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.cli.PublishRequest(h.subj.Launch(h.cfg.Host), inbox, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.cli.Flush(); err != nil { // the server holds it for the stalled agent
+		t.Fatal(err)
+	}
+	h.proxy.Resume()
+	waitFenced(t, h.agent, false)
+	m, err := replies.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no reply to the late launch: %v", err)
+	}
+	rep, err := schemas.DecodeLaunchReply(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Error == nil || rep.Error.Code != schemas.CodeDraining || rep.PID != 0 ||
+		!strings.Contains(rep.Error.Message, "before the host's fence lifted") {
+		t.Errorf("late launch: %+v (error %+v), want refused with draining", rep, rep.Error)
+	}
+	if st := h.agent.Stats(); st.Running != 0 || st.Launches != 0 {
+		t.Errorf("the late launch ran: %+v", st)
+	}
+	eventually(t, "the barrier back", func() bool { return h.agent.fence.barrier.Load() == 0 })
+	h.mustLaunch(declared("joesguns", "work", 10, 10, 1e6))
 }
 
 // TestFenceWhenTheClientSeesTheDisconnect: a connection that is closed, and
