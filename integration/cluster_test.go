@@ -15,7 +15,6 @@ import (
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
-	"github.com/taskselector/taskselector/worker"
 )
 
 // clusterEnv is a cluster test's world: a 3-node JetStream cluster, an env
@@ -100,15 +99,22 @@ func (ce *clusterEnv) stop(i int) time.Time {
 	return at
 }
 
-// putTargetUntil declares name, retrying until a put succeeds; it returns
-// when that was.
+// putTargetUntil declares name with longSpec, retrying until a put
+// succeeds; it returns when that was.
 func (ce *clusterEnv) putTargetUntil(timeout time.Duration, name string) time.Time {
+	ce.t.Helper()
+	return ce.putSpecUntil(timeout, name, longSpec())
+}
+
+// putSpecUntil declares name with spec, retrying until a put succeeds; it
+// returns when that was.
+func (ce *clusterEnv) putSpecUntil(timeout time.Duration, name string, spec schemas.TargetSpec) time.Time {
 	ce.t.Helper()
 	var ok time.Time
 	waitFor(ce.t, timeout, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		if err := ce.client.PutTarget(ctx, name, longSpec()); err != nil {
+		if err := ce.client.PutTarget(ctx, name, spec); err != nil {
 			return false, err.Error()
 		}
 		ok = time.Now()
@@ -131,14 +137,6 @@ func (ce *clusterEnv) waitLaunch(sp *spy, timeout time.Duration, target string, 
 		return true, ""
 	})
 	return at
-}
-
-// waitStored waits until target's entry in the tasks bucket records its task
-// taskID active and returns when the test read it.
-func (ce *clusterEnv) waitStored(timeout time.Duration, target, taskID string) time.Time {
-	ce.t.Helper()
-	ce.waitStoredTask(timeout, target, taskID, schemas.TaskActive)
-	return time.Now()
 }
 
 // crash stops the task of line on its worker with a kill request from the
@@ -164,55 +162,73 @@ func (ce *clusterEnv) crash(line schemas.TargetStatus) {
 	}
 }
 
-// checkNoOverlap checks, from the workers' own spans, that no target ever had
-// two tasks alive at the same time, on any hosts.
-func (ce *clusterEnv) checkNoOverlap(ws []*workerProc) {
+// mustLine returns target's line in st, or fails the test.
+func (ce *clusterEnv) mustLine(st *schemas.SelectorStatus, target string) schemas.TargetStatus {
 	t := ce.t
 	t.Helper()
-	type span struct {
-		host string
-		worker.TaskSpan
+	ts, ok := targetLine(st, target)
+	if !ok {
+		t.Fatalf("%s not in status: %s", target, describe(st))
 	}
-	byTarget := map[string][]span{}
-	for _, w := range ws {
-		for _, sp := range w.agent.Spans() {
-			byTarget[sp.Target] = append(byTarget[sp.Target], span{w.host, sp})
-		}
-	}
-	for _, target := range sortedKeys(byTarget) {
-		ss := byTarget[target]
-		sort.Slice(ss, func(i, j int) bool { return ss[i].Start.Before(ss[j].Start) })
-		for i := 1; i < len(ss); i++ {
-			prev, cur := ss[i-1], ss[i]
-			if prev.End.IsZero() || cur.Start.Before(prev.End) {
-				t.Errorf("%s: task %s on %s (from %v, ended %v) overlaps task %s on %s (from %v)",
-					target, prev.TaskID, prev.host, prev.Start.Format("15:04:05.000"), prev.End.Format("15:04:05.000"),
-					cur.TaskID, cur.host, cur.Start.Format("15:04:05.000"))
-			}
-		}
-	}
+	return ts
 }
 
-// TestClusterNodeLossKeepsSelectorAndWorkersWorking runs the selector and
-// three sim workers on a 3-node NATS cluster, with both buckets and the event
-// stream at replicas 3, and stops nodes under them:
+// declareUntil declares name with spec through ce, retrying until a put
+// succeeds, counts it as desired in w, and returns when the put succeeded.
+func (ce *clusterEnv) declareUntil(w *chaosWorld, timeout time.Duration, name string, spec schemas.TargetSpec) time.Time {
+	ce.t.Helper()
+	at := ce.putSpecUntil(timeout, name, spec)
+	w.mu.Lock()
+	w.desired[name] = true
+	w.mu.Unlock()
+	return at
+}
+
+// nthStart returns the start of the n-th process (from 1, in start order)
+// the auditor recorded for target, and whether there is one.
+func nthStart(w *chaosWorld, target string, n int) (time.Time, bool) {
+	ps := w.aud.Procs(target)
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Start.Before(ps[j].Start) })
+	if len(ps) < n {
+		return time.Time{}, false
+	}
+	return ps[n-1].Start, true
+}
+
+// clusterSince formats the time from t0 to t, or "never" for a zero t.
+func clusterSince(t0, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.Sub(t0).Round(time.Millisecond).String()
+}
+
+// TestChaosCluster (chaos item 9): the selector and three audited workers
+// on a 3-node NATS cluster, with both buckets and the event stream at
+// replicas 3, judged by the chaos suite's auditor:
 //
-//  1. One node down, the selector's own: a quorum remains. The selector fails
-//     over, launches a new target, kills the task of a deleted one and writes
-//     the tasks bucket; no running task is relaunched.
-//  2. A second node down: no quorum. Writes fail. The selector keeps running
-//     and answering status, its running tasks keep running, and a target
-//     whose task crashed now is not relaunched, since its state cannot be
-//     stored first.
-//  3. Both nodes back: the crashed target is relaunched once, a target
-//     declared now is launched, and the tasks bucket matches the status.
+//  1. One node down, the selector's own: a quorum remains, and the system
+//     keeps working. The selector fails over, launches a new target, kills
+//     the task of a deleted one, and everything settles; no running task
+//     is relaunched.
+//  2. A second node down: no quorum. Nothing can be stored: the selector
+//     may stall, but it keeps answering status and must not run two tasks
+//     of a target. A task that crashes now is not relaunched (its state
+//     cannot be stored first), a first phase that ends now is not run
+//     again, and every other task keeps running.
+//  3. Both nodes back: the crashed target is relaunched once, the phase
+//     that ended moves on, a target declared now is launched, everything
+//     settles, and the tasks bucket holds what the status says.
 //
-// Throughout, no target has two live tasks: the spy, pinned to the node that
-// is never stopped, counts every launch, and the workers' spans must not
-// overlap.
-func TestClusterNodeLossKeepsSelectorAndWorkersWorking(t *testing.T) {
+// The auditor reads the selector's requests off the selector's connection,
+// wherever it fails over to; its event consumer and the test's own
+// connection are pinned to the node that is never stopped (the survivor).
+// The workers and the selector connect to every node and fail over. The test
+// logs the recovery figures of each step.
+func TestChaosCluster(t *testing.T) {
 	testStart := time.Now()
 	ce := newClusterEnv(t)
+	w := newChaosWorldOn(ce.env)
 
 	eng := engineConfig()
 	// A client fails over to another node in well under a second, but a
@@ -223,67 +239,71 @@ func TestClusterNodeLossKeepsSelectorAndWorkersWorking(t *testing.T) {
 	eng.HostStale = 6 * time.Second
 	cfg := serviceConfig(eng)
 	cfg.Store.Replicas = 3
-	// The first selector connection decides which node is stopped first;
-	// the survivor is another one.
-	sel := ce.startSelector(cfg)
+	// The selector's first node is the one stopped first; the survivor is
+	// another one.
+	sel := w.startAuditedSelector(cfg)
 	first := ce.node(sel.nc)
 	if first < 0 {
 		t.Fatal("selector not connected to a cluster node")
 	}
 	ce.pin((first + 1) % 3)
 	second := (first + 2) % 3
-	sp := ce.startSpy()
-
+	w.watch(ce.c.URL(ce.survivor))
 	ws := []*workerProc{
-		ce.startWorker("h1", 1024, 0, worker.Faults{}),
-		ce.startWorker("h2", 1024, 0, worker.Faults{}),
-		ce.startWorker("h3", 1024, 0, worker.Faults{}),
+		w.startAuditedWorker("h1", 1024, chaosWorkerOpts{}),
+		w.startAuditedWorker("h2", 1024, chaosWorkerOpts{}),
+		w.startAuditedWorker("h3", 1024, chaosWorkerOpts{}),
 	}
-	initial := []string{"c1", "c2", "c3", "c4", "c5", "c6"}
-	for _, name := range initial {
-		ce.putTarget(name, longSpec())
+	for _, name := range edgeTargetNames("c", 6) {
+		w.declare(name, chaosSpec(1, 0.5))
 	}
-	lines := map[string]schemas.TargetStatus{}
-	for _, name := range initial {
-		lines[name] = ce.waitActive(20*time.Second, name)
-		ce.waitStoredTask(10*time.Second, name, lines[name].TaskID, schemas.TaskActive)
+	// Every desired target (at the time of the call) active in its last
+	// phase.
+	allLast := func() func(st *schemas.SelectorStatus) (bool, string) {
+		return chaosBoth(w.allActive(), w.inPhase("last"))
 	}
-	t.Logf("setup: %d targets active and stored %v after the start; selector on %s, survivor %s",
-		len(initial), time.Since(testStart).Round(time.Millisecond), ce.c.Name(first), ce.c.Name(ce.survivor))
+	w.settle(chaosSettle, allLast())
+	w.checkAudit()
+	t.Logf("setup: 6 targets in their last phase, settled %v after the start; selector on %s, survivor %s",
+		time.Since(testStart).Round(time.Millisecond), ce.c.Name(first), ce.c.Name(ce.survivor))
 
-	// ----- 1. One node down: the selector's own. -----
+	// ----- 1. One node down, the selector's own: a quorum remains. -----
 	stopped := ce.stop(first)
-	putOK := ce.putTargetUntil(20*time.Second, "c7")
-	launched := ce.waitLaunch(sp, 20*time.Second, "c7", 1)
-	c7 := ce.waitActive(20*time.Second, "c7")
-	stored := ce.waitStored(20*time.Second, "c7", c7.TaskID)
-	t.Logf("node %s stopped: first KV put by the test after %v; c7 launched after %v, stored by %v, active; selector now on %s",
-		ce.c.Name(first), putOK.Sub(stopped).Round(time.Millisecond), launched.Sub(stopped).Round(time.Millisecond),
-		stored.Sub(stopped).Round(time.Millisecond), ce.c.Name(ce.node(sel.nc)))
-
-	// A deleted target gets its task killed and its state deleted.
+	putOK := ce.declareUntil(w, 20*time.Second, "c7", chaosSpec(1, 0.5))
 	if err := ce.client.DeleteTarget(ce.ctx(10*time.Second), "c1"); err != nil {
 		t.Fatalf("delete c1 with one node down: %v", err)
 	}
-	waitFor(t, 20*time.Second, func() (bool, string) {
-		return len(sp.kills(lines["c1"].TaskID)) > 0, "no kill of c1's task seen"
-	})
-	waitFor(t, 20*time.Second, func() (bool, string) {
+	w.mu.Lock()
+	delete(w.desired, "c1")
+	w.mu.Unlock()
+	w.settle(chaosSettle, chaosBoth(allLast(), func(st *schemas.SelectorStatus) (bool, string) {
+		_, ok := targetLine(st, "c1")
+		return !ok, "c1 still in status"
+	}))
+	settled := time.Now()
+	waitFor(t, 10*time.Second, func() (bool, string) {
 		_, err := ce.taskState("c1")
 		return isNotFound(err), fmt.Sprintf("tasks[c1]: %v", err)
 	})
-	ce.waitStatus(10*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
-		_, ok := targetLine(st, "c1")
-		return !ok && st.Ready, "c1 still in status, or not ready: " + describe(st)
-	})
-	delete(lines, "c1")
-	lines["c7"] = c7
-	waitAllActiveAs(ce.env, 10*time.Second, lines)
-	if c := ce.launchCounts(sp); !c.each(1) {
-		t.Errorf("launches per target after one node stopped: %v; want exactly 1 each (no relaunch)", c)
+	c7at, _ := nthStart(w, "c7", 1)
+	t.Logf("node %s stopped: first KV put by the test after %v; c7 launched after %s; settled (c7 in its last phase, c1 killed) after %v; selector now on %s",
+		ce.c.Name(first), putOK.Sub(stopped).Round(time.Millisecond), clusterSince(stopped, c7at),
+		settled.Sub(stopped).Round(time.Millisecond), ce.c.Name(ce.node(sel.nc)))
+	if n := len(w.aud.Live("")); n != 6 {
+		t.Errorf("%d processes live after c1's delete, want 6: %v", n, w.aud.Live(""))
 	}
+	for _, name := range w.desiredTargets() {
+		if n := len(w.aud.Procs(name)); n != 2 {
+			t.Errorf("%s ran %d processes with one node down, want 2 (its first phase, then its last): %v", name, n, w.aud.Procs(name))
+		}
+	}
+	w.checkAudit()
 
 	// ----- 2. A second node down: no quorum. -----
+	// c8's first phase outlasts the setup of this step and ends while
+	// there is no quorum: its done event cannot be stored until later.
+	ce.declareUntil(w, 20*time.Second, "c8", chaosSpec(1, 6))
+	ce.waitActive(20*time.Second, "c8")
 	// The worst case: the survivor leads the tasks bucket, so the
 	// selector's writes reach a leader that takes them in but can no
 	// longer commit them.
@@ -293,37 +313,45 @@ func TestClusterNodeLossKeepsSelectorAndWorkersWorking(t *testing.T) {
 	} else {
 		t.Logf("the selector is on the survivor %s: its connection stays up", ce.c.Name(ce.survivor))
 	}
-	before := ce.mustStatus().Counters
-	ce.stop(second)
-	victim := "c2"
-	victimLine := lines[victim]
-	crashedAt := time.Now()
+	st := ce.mustStatus()
+	before := st.Counters
+	const victim = "c2"
+	victimLine := ce.mustLine(&st, victim)
+	victimRuns := len(w.aud.Procs(victim))
+	outage := ce.stop(second)
 	ce.crash(victimLine)
 
 	// Nothing can be written: an operator's put fails.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	err := ce.client.PutTarget(ctx, "c8", longSpec())
+	err := ce.client.PutTarget(ctx, "c9", chaosSpec(1, 0.5))
 	cancel()
 	if err == nil {
-		t.Fatal("put of c8 succeeded with 2 of 3 nodes down")
+		t.Fatal("put of c9 succeeded with 2 of 3 nodes down")
 	}
-	t.Logf("no quorum: put of c8 fails: %v", err)
+	t.Logf("no quorum: put of c9 fails: %v", err)
 
-	// The selector finds the crashed task gone (no event can reach it: the
-	// stream has no quorum) and requeues it, but cannot store that, so it
-	// does not launch it: the store errors count up while status answers.
-	st := ce.waitStatus(30*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
+	// The selector finds the crashed task gone (its failed event cannot be
+	// stored) and requeues it, but cannot store that, so it does not
+	// launch it: the store errors count up while status answers. c8's
+	// first phase ends meanwhile.
+	st = ce.waitStatus(30*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
 		ts, _ := targetLine(st, victim)
 		gone := ts.TaskID != victimLine.TaskID || ts.State != selector.StateActive
 		return gone && st.Counters.StoreErrors >= before.StoreErrors+2,
 			fmt.Sprintf("store errors %d (were %d); %s", st.Counters.StoreErrors, before.StoreErrors, describe(st))
 	})
-	t.Logf("no quorum: %v after the crash: %s %s; %d store errors, pending launches %d, launches stopped %q",
-		time.Since(crashedAt).Round(time.Millisecond), victim, describeLine(ce.mustLine(&st, victim)),
-		st.Counters.StoreErrors-before.StoreErrors, st.PendingLaunches, st.LaunchesStopped)
-	if n := len(sp.launches(victim)); n != 1 {
-		t.Errorf("%s launched %d times without a quorum; its state cannot be stored, so it must not be relaunched", victim, n)
+	waitFor(t, 15*time.Second, func() (bool, string) {
+		ps := w.aud.Procs("c8")
+		return len(ps) > 0 && !ps[0].End.IsZero(), fmt.Sprintf("c8's first phase still runs: %v", ps)
+	})
+	c8ended := w.aud.Procs("c8")[0].End
+	if c8ended.Before(outage) {
+		t.Logf("c8's first phase ended %v before the outage: its done event was stored", outage.Sub(c8ended).Round(time.Millisecond))
 	}
+	st = ce.mustStatus()
+	t.Logf("no quorum, %v in: %s %s; c8 %s; %d store errors, pending launches %d, launches stopped %q",
+		time.Since(outage).Round(time.Millisecond), victim, describeLine(ce.mustLine(&st, victim)),
+		describeLine(ce.mustLine(&st, "c8")), st.Counters.StoreErrors-before.StoreErrors, st.PendingLaunches, st.LaunchesStopped)
 	// No other writer exists: a write that the stream leader took in but
 	// could not commit must not be taken for one. The engine's conflict
 	// stop is for good, so nothing would ever be launched again.
@@ -333,106 +361,81 @@ func TestClusterNodeLossKeepsSelectorAndWorkersWorking(t *testing.T) {
 	if !sel.running() {
 		t.Fatal("selector Run returned without a quorum")
 	}
-	// Every other task still runs and heartbeats.
-	others := map[string]schemas.TargetStatus{}
-	for name, l := range lines {
-		if name != victim {
-			others[name] = l
+	// Every other task still runs and heartbeats; the crashed target and
+	// c8 run nothing, and nothing was launched.
+	waitMoreHeartbeats(t, sel, 3*uint64(len(w.desiredTargets())-2))
+	live := map[string]int{}
+	for _, p := range w.aud.Live("") {
+		live[p.Target]++
+	}
+	for _, name := range w.desiredTargets() {
+		want := 1
+		if name == victim || name == "c8" {
+			want = 0
+		}
+		if live[name] != want {
+			t.Errorf("no quorum: %s has %d live processes, want %d", name, live[name], want)
 		}
 	}
-	waitMoreHeartbeats(t, sel, 3*uint64(len(others)))
-	ce.waitStatus(5*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
-		for _, name := range sortedKeys(others) {
-			if ts, ok := targetLine(st, name); !ok || ts.State != selector.StateActive || ts.TaskID != others[name].TaskID {
-				return false, fmt.Sprintf("%s: %s", name, describeLine(ts))
-			}
-		}
-		return st.Connected, describe(st)
-	})
-	if n := len(sp.launches(victim)); n != 1 {
-		t.Errorf("%s launched %d times without a quorum", victim, n)
+	if n := len(w.aud.Procs(victim)); n != victimRuns {
+		t.Errorf("%s ran %d processes by the end of the outage, %d before it: relaunched without a quorum", victim, n, victimRuns)
 	}
+	if n := len(w.aud.Procs("c8")); n != 1 {
+		t.Errorf("c8 ran %d processes without a quorum, want 1 (its first phase)", n)
+	}
+	w.checkAudit()
+	w.checkCapacity()
 
 	// ----- 3. Both nodes back. -----
 	restarted := time.Now()
 	ce.c.Restart(second)
 	ce.c.Restart(first)
-	t.Logf("nodes %s and %s restarted in %v", ce.c.Name(second), ce.c.Name(first), time.Since(restarted).Round(time.Millisecond))
-	putOK = ce.putTargetUntil(30*time.Second, "c8")
-	relaunched := ce.waitLaunch(sp, 30*time.Second, victim, 2)
-	launched = ce.waitLaunch(sp, 30*time.Second, "c8", 1)
-	lines[victim] = ce.waitActive(20*time.Second, victim)
-	lines["c8"] = ce.waitActive(20*time.Second, "c8")
-	for name, l := range lines {
-		ce.waitStoredTask(20*time.Second, name, l.TaskID, schemas.TaskActive)
+	t.Logf("nodes %s and %s restarted in %v, %v after the outage began", ce.c.Name(second), ce.c.Name(first),
+		time.Since(restarted).Round(time.Millisecond), restarted.Sub(outage).Round(time.Millisecond))
+	putOK = ce.declareUntil(w, 30*time.Second, "c9", chaosSpec(1, 0.5))
+	st = w.settle(chaosSettle, allLast())
+	settled = time.Now()
+	for _, ts := range st.Targets {
+		w.waitStoredTask(20*time.Second, ts.Target, ts.TaskID, schemas.TaskActive)
 	}
-	t.Logf("both restarted: first KV put by the test after %v; %s relaunched after %v; c8 launched after %v; all stored after %v",
-		putOK.Sub(restarted).Round(time.Millisecond), victim, relaunched.Sub(restarted).Round(time.Millisecond),
-		launched.Sub(restarted).Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
-	st = waitAllActiveAs(ce.env, 20*time.Second, lines)
+	victimAt, _ := nthStart(w, victim, victimRuns+1)
+	c8At, _ := nthStart(w, "c8", 2)
+	c9At, _ := nthStart(w, "c9", 1)
+	t.Logf("both restarted: first KV put by the test after %v; %s relaunched after %s; c8 in its last phase after %s; c9 launched after %s; settled after %v; all stored after %v",
+		putOK.Sub(restarted).Round(time.Millisecond), victim, clusterSince(restarted, victimAt), clusterSince(restarted, c8At),
+		clusterSince(restarted, c9At), settled.Sub(restarted).Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
 	if !st.Ready || !st.Connected || st.LaunchesStopped != "" {
 		t.Errorf("after the restarts: %s", describe(&st))
 	}
 
-	// No duplicates: one launch per target, two for the crashed one; the
-	// workers started exactly those and never answered a repeated launch.
-	counts := ce.launchCounts(sp)
+	// No duplicates: every target ran its first phase, then its last,
+	// once each, and the crashed one its last again; the selector sent
+	// exactly those launches, and the workers never answered a repeated
+	// launch.
 	total := 0
-	for name, n := range counts {
-		want := 1
+	for _, name := range append([]string{"c1"}, w.desiredTargets()...) {
+		want := 2
 		if name == victim {
-			want = 2
+			want = 3
 		}
-		if n != want {
-			t.Errorf("%s launched %d times, want %d", name, n, want)
+		if n, l := len(w.aud.Procs(name)), w.aud.Launches(name); n != want || l != want {
+			t.Errorf("%s ran %d processes from %d launches, want %d: %v", name, n, l, want, w.aud.Procs(name))
 		}
-		total += n
+		total += len(w.aud.Procs(name))
 	}
 	var started, repeated uint64
-	for _, w := range ws {
-		s := w.agent.Stats()
+	for _, p := range ws {
+		s := p.agent.Stats()
 		started += s.Launches
 		repeated += s.Relaunches
 	}
 	if started != uint64(total) || repeated != 0 {
-		t.Errorf("workers started %d tasks and answered %d repeated launches; the spy saw %d launches", started, repeated, total)
+		t.Errorf("workers started %d tasks and answered %d repeated launches; the auditor saw %d processes", started, repeated, total)
 	}
-	ce.checkNoOverlap(ws)
+	w.checkAudit()
+	w.checkCapacity()
 	if !sel.running() {
 		t.Error("selector Run returned")
 	}
 	t.Logf("total %v", time.Since(testStart).Round(time.Millisecond))
-}
-
-// clusterLaunches is the number of launches seen per target.
-type clusterLaunches map[string]int
-
-// each reports whether every target was launched exactly n times.
-func (l clusterLaunches) each(n int) bool {
-	for _, c := range l {
-		if c != n {
-			return false
-		}
-	}
-	return true
-}
-
-// launchCounts counts the launches the spy has seen per target, after a
-// round trip to the server, so that every launch already sent is counted.
-func (ce *clusterEnv) launchCounts(sp *spy) clusterLaunches {
-	if err := ce.nc.Flush(); err != nil {
-		ce.t.Fatalf("flush: %v", err)
-	}
-	return clusterLaunches(sp.launchCounts())
-}
-
-// mustLine returns target's line in st, or fails the test.
-func (ce *clusterEnv) mustLine(st *schemas.SelectorStatus, target string) schemas.TargetStatus {
-	t := ce.t
-	t.Helper()
-	ts, ok := targetLine(st, target)
-	if !ok {
-		t.Fatalf("%s not in status: %s", target, describe(st))
-	}
-	return ts
 }

@@ -311,7 +311,13 @@ type selectorProc struct {
 // startSelector runs a selector service and waits until it is ready.
 func (e *env) startSelector(cfg bus.ServiceConfig) *selectorProc {
 	e.t.Helper()
-	nc := e.connect("selector")
+	return e.runSelector(e.connect("selector"), cfg)
+}
+
+// runSelector runs a selector service on nc, which it owns from now on, and
+// waits until it is ready.
+func (e *env) runSelector(nc *nats.Conn, cfg bus.ServiceConfig) *selectorProc {
+	e.t.Helper()
 	p := &selectorProc{svc: bus.NewSelectorService(nc, cfg, testLog()), nc: nc, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel

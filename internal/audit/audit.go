@@ -1,8 +1,9 @@
 // Package audit judges a running taskselector system from outside, the way
 // an operator would: it keeps the workers' own truth of which processes run
-// (by wrapping their executors) and watches the bus (launch and kill
-// requests, heartbeats, the task-event stream), and it reports every breach
-// of the guarantees the selector makes:
+// (by wrapping their executors), follows the task-event stream and is handed
+// the selector's launch and kill requests, which its caller reads off the
+// selector's connection (package wiretap) rather than subscribe to them,
+// and it reports every breach of the guarantees the selector makes:
 //
 //   - no two live processes of one target overlap in time, with no
 //     exemption for a process that "would be fenced";
@@ -12,24 +13,20 @@
 //   - no fenced process lives past one kill round trip.
 //
 // It is shared by the chaos tests in integration/ and by cmd/soak.
+//
+// audit.go holds the auditor's record of processes and its executor
+// wrapper (Wrap), watch.go how it follows the bus, and checks.go the checks
+// run against the selector's status.
 package audit
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/taskselector/taskselector/bus"
-	"github.com/taskselector/taskselector/schemas"
-	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
 )
 
@@ -192,6 +189,57 @@ func (a *Auditor) SetUnreachable(host string, cut bool) {
 	}
 }
 
+// Heal marks host as reachable again after SetUnreachable(host, true), and
+// forgets the kills sent to it while it was cut off: they could not arrive
+// (a stalled connection holds them, a cut one loses them), so they bind no
+// process to KillBound. The host's own fence stopped its processes, and any
+// kill sent from now on is judged as usual. Overlaps are judged regardless.
+// Heal does nothing for a host that is not marked unreachable.
+func (a *Auditor) Heal(host string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	since, cut := a.unreachable[host]
+	if !cut {
+		return
+	}
+	delete(a.unreachable, host)
+	a.kills = slices.DeleteFunc(a.kills, func(k kill) bool {
+		return k.host == host && !k.at.Before(since)
+	})
+}
+
+// LaunchCount returns how many launch requests were seen, for every target.
+func (a *Auditor) LaunchCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, c := range a.launched {
+		n += c
+	}
+	return n
+}
+
+// DoneEpoch is the highest epoch at which the auditor saw target's phase
+// typ reported done on the event stream, and whether it saw one.
+func (a *Auditor) DoneEpoch(target, typ string) (uint64, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ep, ok := a.done[target][typ]
+	return ep, ok
+}
+
+// DoneEvents counts the distinct (target, phase) pairs the auditor saw
+// reported done on the event stream.
+func (a *Auditor) DoneEvents() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, m := range a.done {
+		n += len(m)
+	}
+	return n
+}
+
 // starting records a process about to start.
 func (a *Auditor) starting(host string, spec *worker.LaunchSpec, at time.Time) *Proc {
 	a.mu.Lock()
@@ -253,177 +301,6 @@ func (a *Auditor) hostClosed(host string, at time.Time) {
 	}
 }
 
-// Watch follows the bus on nc until ctx ends: launch and kill requests on
-// subj, and every event of the task-event stream from its start. It returns
-// once the subscriptions are in place.
-func (a *Auditor) Watch(ctx context.Context, nc *nats.Conn, subj bus.Subjects) error {
-	var subs []*nats.Subscription
-	for kind, fn := range map[string]nats.MsgHandler{
-		"launch": a.onLaunch,
-		"kill":   a.onKill,
-	} {
-		sub, err := nc.Subscribe(subj.Prefix+"."+kind+".*", fn)
-		if err != nil {
-			return fmt.Errorf("audit: subscribe %s requests: %w", kind, err)
-		}
-		subs = append(subs, sub)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("audit: jetstream: %w", err)
-	}
-	var cc jetstream.ConsumeContext
-	for attempt := 0; ; attempt++ {
-		cc, err = a.consumeEvents(ctx, js)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, jetstream.ErrStreamNotFound) || attempt > 100 {
-			return err
-		}
-		select { // the selector creates the stream at its start
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("audit: flush: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		cc.Stop()
-		for _, s := range subs {
-			_ = s.Unsubscribe()
-		}
-	}()
-	return nil
-}
-
-func (a *Auditor) consumeEvents(ctx context.Context, js jetstream.JetStream) (jetstream.ConsumeContext, error) {
-	cons, err := js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
-	if err != nil {
-		return nil, fmt.Errorf("audit: event stream: %w", err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		ev, err := schemas.DecodeTaskEvent(m.Data())
-		if err != nil {
-			return // hostile input is some tests' own doing
-		}
-		a.onEvent(&ev)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("audit: consume events: %w", err)
-	}
-	return cc, nil
-}
-
-func (a *Auditor) onEvent(ev *schemas.TaskEvent) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.events++
-	if ev.Kind != schemas.EventDone {
-		return
-	}
-	m := a.done[ev.Target]
-	if m == nil {
-		m = make(map[string]uint64)
-		a.done[ev.Target] = m
-	}
-	m[ev.Type] = max(m[ev.Type], ev.Epoch)
-}
-
-func (a *Auditor) onLaunch(m *nats.Msg) {
-	req, err := schemas.DecodeLaunchRequest(m.Data)
-	if err != nil {
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.launched[req.Target]++
-	if ep, ok := a.done[req.Target][req.Type]; ok && req.Epoch > ep && !repeats(req.Args, req.Type) {
-		a.violate("finished phase runs again: %q phase %q finished at epoch %d, launched again at epoch %d",
-			req.Target, req.Type, ep, req.Epoch)
-	}
-}
-
-// repeats reports whether phase typ of the spec a launch carries repeats
-// (the last phase of a declared spec marked repeat, or any phase of a
-// profile whose phases cycle).
-func repeats(args map[string]any, typ string) bool {
-	spec, ok := args["spec"].(map[string]any)
-	if !ok {
-		return true // no spec to judge by: assume the worst case, no violation
-	}
-	if spec["profile"] != schemas.ProfileDeclared {
-		return true
-	}
-	phases, _ := spec["phases"].([]any)
-	for _, p := range phases {
-		if ph, ok := p.(map[string]any); ok && ph["type"] == typ {
-			r, _ := ph["repeat"].(bool)
-			return r
-		}
-	}
-	return true
-}
-
-func (a *Auditor) onKill(m *nats.Msg) {
-	req, err := schemas.DecodeKillRequest(m.Data)
-	if err != nil {
-		return
-	}
-	host, err := bus.DecodeName(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
-	if err != nil {
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.kills = append(a.kills, kill{at: a.cfg.Now(), host: host, taskID: req.TaskID, reason: req.Reason})
-}
-
-// CheckSettled judges a settled system (no fault active, nothing in
-// flight): st is the selector's status and desired the declared targets. It
-// returns the breaches found, without recording them.
-func (a *Auditor) CheckSettled(st *schemas.SelectorStatus, desired []string) []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []string
-	lines := make(map[string]schemas.TargetStatus, len(st.Targets))
-	for _, ts := range st.Targets {
-		lines[ts.Target] = ts
-	}
-	for _, name := range desired {
-		ts, ok := lines[name]
-		switch {
-		case !ok:
-			out = append(out, fmt.Sprintf("desired target %q is not in status", name))
-		case ts.State == selector.StatePending && ts.Reason == "":
-			out = append(out, fmt.Sprintf("target %q is pending with no stated reason", name))
-		case ts.State == selector.StateActive:
-			if p := a.live[procKey{ts.Host, ts.TaskID}]; p == nil {
-				out = append(out, fmt.Sprintf("target %q is active as %s on %q, which runs no such process", name, ts.TaskID, ts.Host))
-			}
-		}
-	}
-	held := map[string]int64{}
-	for _, p := range a.live {
-		held[p.Host] += p.BudgetMiB
-	}
-	for _, h := range st.Hosts {
-		if h.Lost {
-			if h.ReservedMiB != 0 || h.Tasks != 0 {
-				out = append(out, fmt.Sprintf("lost host %q still holds %d MiB for %d tasks", h.Host, h.ReservedMiB, h.Tasks))
-			}
-			continue
-		}
-		if h.ReservedMiB != held[h.Host] {
-			out = append(out, fmt.Sprintf("host %q: %d MiB reserved, its live processes hold %d MiB", h.Host, h.ReservedMiB, held[h.Host]))
-		}
-	}
-	return out
-}
-
 // Wrap returns ex with every process start and end recorded as host's.
 func (a *Auditor) Wrap(host string, ex worker.Executor) worker.Executor {
 	return &executor{a: a, host: host, inner: ex}
@@ -440,13 +317,21 @@ func (x *executor) UsedMiB() int64                      { return x.inner.UsedMiB
 
 // Start records the process before it starts (so that an overlap is judged
 // conservatively) and drops the record if it did not start.
+//
+// A task that ends on its own is reported to the caller's Exited hook as
+// the task Start returned, never as the inner executor's: the caller (a
+// worker agent) recognises the task by comparing the two, and ignores an
+// exit of a task it does not know. The hook reads no field of that task,
+// and worker.Hooks promises it is not called before Start has returned, so
+// the inner task can be set once the inner Start returns.
 func (x *executor) Start(spec *worker.LaunchSpec, hooks worker.Hooks) (worker.Task, error) {
 	p := x.a.starting(x.host, spec, x.a.cfg.Now())
+	outer := &task{p: p, a: x.a}
 	exited := hooks.Exited
-	hooks.Exited = func(t worker.Task, ex worker.Exit) {
+	hooks.Exited = func(_ worker.Task, ex worker.Exit) {
 		x.a.ended(p, x.a.cfg.Now())
 		if exited != nil {
-			exited(t, ex)
+			exited(outer, ex)
 		}
 	}
 	t, err := x.inner.Start(spec, hooks)
@@ -454,8 +339,9 @@ func (x *executor) Start(spec *worker.LaunchSpec, hooks worker.Hooks) (worker.Ta
 		x.a.discard(p)
 		return nil, err
 	}
+	outer.Task = t
 	x.a.started(p)
-	return &task{Task: t, p: p, a: x.a}, nil
+	return outer, nil
 }
 
 // Close stops the executor; its processes die with it.

@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -109,9 +108,12 @@ func TestSequentialTasksAndFailedStartsAreFine(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A task that ends on its own is recorded through its hook.
-	t2, _ := h1.Start(spec("b#1", "b", 1), worker.Hooks{})
+	if _, err := h1.Start(spec("b#1", "b", 1), worker.Hooks{}); err != nil {
+		t.Fatal(err)
+	}
 	c.advance(time.Second)
-	ex.tasks["b#1"].hooks.Exited(t2, worker.Exit{Kind: schemas.EventDone})
+	ft := ex.tasks["b#1"]
+	ft.hooks.Exited(ft, worker.Exit{Kind: schemas.EventDone})
 	h2 := a.Wrap("h2", &fakeExec{})
 	if _, err := h2.Start(spec("b#2", "b", 2), worker.Hooks{}); err != nil {
 		t.Fatal(err)
@@ -140,7 +142,7 @@ func TestProcessOutlivingItsKillIsAViolation(t *testing.T) {
 	a.SetUnreachable("h2", true)
 	for _, h := range []string{"h1", "h2"} {
 		data, _ := schemas.Marshal(&schemas.KillRequest{V: schemas.Version, TaskID: map[string]string{"h1": "a#1", "h2": "b#1"}[h], PID: 1, Reason: "fenced: test"})
-		a.onKill(&nats.Msg{Subject: "tasks.kill." + h, Data: data})
+		a.onKill("tasks.kill."+h, data)
 	}
 	c.advance(500 * time.Millisecond)
 	if v := a.Violations(); len(v) != 0 {
@@ -166,7 +168,7 @@ func TestFinishedPhaseLaunchedAgainIsAViolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.onLaunch(&nats.Msg{Subject: "tasks.launch.h", Data: data})
+		a.onLaunch(data)
 	}
 	launch("build", 1)
 	a.onEvent(&schemas.TaskEvent{Target: "a", Type: "build", Epoch: 1, Kind: schemas.EventDone})
@@ -210,5 +212,115 @@ func TestCheckSettled(t *testing.T) {
 		if !found {
 			t.Errorf("no violation mentions %q: %q", want, v)
 		}
+	}
+}
+
+// TestWrapReportsExitsAsItsOwnTask: a task that ends on its own reaches the
+// caller's Exited hook as the task Wrap's Start returned, not as the inner
+// executor's. A worker agent recognises the task that ended by comparing the
+// two and ignores any other, so with the inner task it would never publish
+// the done or failed event, and the target would be stuck.
+func TestWrapReportsExitsAsItsOwnTask(t *testing.T) {
+	a, c := newTestAuditor()
+	inner := &fakeExec{}
+	var ended []worker.Task
+	var exits []worker.Exit
+	hooks := worker.Hooks{Exited: func(t worker.Task, ex worker.Exit) {
+		ended = append(ended, t)
+		exits = append(exits, ex)
+	}}
+	got, err := a.Wrap("h1", inner).Start(spec("a#1", "a", 1), hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.advance(time.Second)
+	ft := inner.tasks["a#1"]
+	ft.hooks.Exited(ft, worker.Exit{Kind: schemas.EventDone})
+	if len(ended) != 1 || ended[0] != got {
+		t.Fatalf("the exit hook got %v, want once the task Start returned (%p)", ended, got)
+	}
+	if exits[0].Kind != schemas.EventDone {
+		t.Errorf("exit %+v passed on, want the inner executor's done", exits[0])
+	}
+	if got.PID() != ft.pid {
+		t.Errorf("wrapped task's PID %d, want the inner task's %d", got.PID(), ft.pid)
+	}
+	if ps := a.Procs("a"); len(ps) != 1 || ps[0].End.IsZero() || len(a.Live("h1")) != 0 {
+		t.Errorf("the end is not recorded: %v, live %v", ps, a.Live("h1"))
+	}
+	// No hook set: the end is still recorded, and nothing panics.
+	if _, err := a.Wrap("h1", inner).Start(spec("b#1", "b", 1), worker.Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+	fb := inner.tasks["b#1"]
+	fb.hooks.Exited(fb, worker.Exit{Kind: schemas.EventFailed})
+	if ps := a.Procs("b"); len(ps) != 1 || ps[0].End.IsZero() {
+		t.Errorf("the end of b#1 is not recorded: %v", ps)
+	}
+}
+
+// killData returns a kill request for taskID.
+func killData(t *testing.T, taskID string) []byte {
+	t.Helper()
+	data, err := schemas.Marshal(&schemas.KillRequest{V: schemas.Version, TaskID: taskID, PID: 1, Reason: "stale"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestHealForgetsTheKillsSentWhileCutOff(t *testing.T) {
+	a, c := newTestAuditor()
+	h1 := a.Wrap("h1", &fakeExec{})
+	t1, err := h1.Start(spec("a#1", "a", 1), worker.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h1.Start(spec("b#1", "b", 1), worker.Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+	a.Heal("h1") // not cut: nothing happens
+	a.SetUnreachable("h1", true)
+	c.advance(time.Second)
+	a.onKill("tasks.kill.h1", killData(t, "a#1")) // cannot arrive; the fence stops a#1 later
+	c.advance(3 * time.Second)
+	_ = t1.Kill()
+	a.Heal("h1")
+	if v := a.Violations(); len(v) != 0 {
+		t.Fatalf("a kill sent while cut off still binds: %q", v)
+	}
+	a.onKill("tasks.kill.h1", killData(t, "b#1")) // reachable again: judged as usual
+	c.advance(2 * time.Second)
+	if v := a.Violations(); len(v) != 1 || !strings.Contains(v[0], "b#1") {
+		t.Fatalf("violations %q, want b#1 outliving its kill", v)
+	}
+}
+
+func TestObserveRequestAndLaunchCount(t *testing.T) {
+	a, _ := newTestAuditor()
+	subj := bus.NewSubjects("")
+	req := schemas.LaunchRequest{V: schemas.Version, TaskID: "a#1", Epoch: 1, Target: "a", Type: "work",
+		RAM: schemas.TaskRAM{WrapperMiB: 8, HelpersMiB: 8}}
+	data, err := schemas.Marshal(&req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ObserveRequest(subj, subj.Launch("h1"), data)
+	a.ObserveRequest(subj, subj.Launch("h2"), data)
+	a.ObserveRequest(subj, subj.Ps("h1"), []byte("{}"))
+	a.ObserveRequest(subj, subj.Launch("h1"), []byte("not json"))
+	if n := a.LaunchCount(); n != 2 || a.Launches("a") != 2 {
+		t.Errorf("launches %d (a: %d), want 2", n, a.Launches("a"))
+	}
+	a.ObserveRequest(subj, subj.Kill("h.1"), killData(t, "a#1"))
+	a.mu.Lock()
+	kills := len(a.kills)
+	host := ""
+	if kills > 0 {
+		host = a.kills[0].host
+	}
+	a.mu.Unlock()
+	if kills != 1 || host != "h.1" {
+		t.Errorf("%d kills recorded, host %q; want 1 for h.1", kills, host)
 	}
 }

@@ -1,0 +1,210 @@
+package integration
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/selector"
+	"github.com/taskselector/taskselector/worker"
+)
+
+// Chaos faults 7 and 10: hosts lost for good, and a host partitioned from
+// the bus.
+
+// TestChaosHostLost (fault 7): hosts die and never come back. Their
+// targets are relaunched on the hosts that live, while the dead ones are
+// still dead; nothing runs twice, and lost hosts hold no reservation. The
+// test logs host death → relaunch times.
+func TestChaosHostLost(t *testing.T) {
+	// most_tasks: the host that dies holds three of four tasks.
+	t.Run("most_tasks", func(t *testing.T) {
+		w := newChaosWorld(t, false)
+		cfg := engineConfig()
+		big := w.startAuditedWorker("big", 3*chaosFullMiB+chaosFullMiB/2, chaosWorkerOpts{})
+		w.startAuditedWorker("small", 16*chaosFullMiB, chaosWorkerOpts{})
+		w.startSelector(serviceConfig(cfg))
+		w.waitStatus(chaosSettle, func(st *schemas.SelectorStatus) (bool, string) {
+			return len(st.Hosts) == 2, fmt.Sprintf("%d hosts in status, want big and small", len(st.Hosts))
+		})
+		// One at a time, each in its last phase before the next: best fit
+		// then fills big first, whatever the order of the relaunches.
+		for _, name := range []string{"a", "b", "c", "d"} {
+			w.declare(name, chaosSpec(1, 0.5))
+			w.settle(20*time.Second, chaosBoth(w.allActive(name), w.inPhase("last", name)))
+		}
+		st := w.mustStatus()
+		moved := chaosOnHost(&st)["big"]
+		if len(moved) != 3 {
+			t.Fatalf("want 3 of 4 tasks on big, got %v", chaosOnHost(&st))
+		}
+		died := time.Now()
+		w.killWorker(big)
+		st = w.settle(cfg.HostStale+chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("small")))
+		chaosLogHostLoss(t, w, died, cfg, moved)
+		if st.Counters.HostsLost != 1 || st.Disruption != selector.DisruptionNormal {
+			t.Errorf("hosts lost %d, disruption %q (%s); want 1, normal", st.Counters.HostsLost, st.Disruption, st.DegradedReason)
+		}
+		w.checkAudit()
+	})
+
+	// two_of_three: two of three hosts die for good: partial disruption,
+	// so they are lost at the limited rate; their targets move to the third.
+	t.Run("two_of_three", func(t *testing.T) {
+		w := newChaosWorld(t, false)
+		cfg := engineConfig()
+		cfg.LostHostsPerMin = 30 // one every 2 s, to keep the test short
+		h1 := w.startAuditedWorker("h1", 2*chaosFullMiB+chaosMinMiB/2, chaosWorkerOpts{})
+		h2 := w.startAuditedWorker("h2", 2*chaosFullMiB+chaosMinMiB/2, chaosWorkerOpts{})
+		w.startSelector(serviceConfig(cfg))
+		for _, name := range edgeTargetNames("d", 4) {
+			w.declare(name, chaosSpec(1, 0.5))
+		}
+		w.settle(chaosSettle, w.allActive())
+		w.startAuditedWorker("h3", 8*chaosFullMiB, chaosWorkerOpts{})
+		w.declare("steady", longSpec())
+		st := w.settle(chaosSettle, w.allActive())
+		moved := append(chaosOnHost(&st)["h1"], chaosOnHost(&st)["h2"]...)
+		if len(moved) != 4 {
+			t.Fatalf("want 4 tasks on h1 and h2, got %v", chaosOnHost(&st))
+		}
+		var sawPartial atomic.Bool
+		stop := w.sampleStatus(func(st *schemas.SelectorStatus, _ time.Duration) {
+			if st.Disruption == selector.DisruptionPartial {
+				sawPartial.Store(true)
+			}
+		})
+		died := time.Now()
+		w.killWorker(h1)
+		w.killWorker(h2)
+		st = w.settle(cfg.HostStale+chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("h3")))
+		stop()
+		chaosLogHostLoss(t, w, died, cfg, moved)
+		if st.Counters.HostsLost != 2 || !sawPartial.Load() {
+			t.Errorf("hosts lost %d, partial disruption seen %v; want 2 lost, partial", st.Counters.HostsLost, sawPartial.Load())
+		}
+		// Still dead: a new target runs too.
+		w.declare("late", chaosSpec(1, 0.5))
+		w.settle(chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("h3")))
+		w.checkAudit()
+	})
+
+	// restart_hosts_never_return: the selector is killed, two of the three
+	// hosts its records name die meanwhile, and the new selector must not
+	// wait for them for good.
+	t.Run("restart_hosts_never_return", func(t *testing.T) {
+		w := newChaosWorld(t, false)
+		cfg := engineConfig()
+		cfg.LostHostsPerMin = 30
+		h1 := w.startAuditedWorker("h1", chaosFullMiB+chaosMinMiB/2, chaosWorkerOpts{})
+		h2 := w.startAuditedWorker("h2", chaosFullMiB+chaosMinMiB/2, chaosWorkerOpts{})
+		w.startAuditedWorker("h3", 8*chaosFullMiB, chaosWorkerOpts{})
+		sel := w.startSelector(serviceConfig(cfg))
+		for _, name := range []string{"a", "b", "c"} {
+			w.declare(name, chaosSpec(1, 0.5))
+			w.waitActive(20*time.Second, name)
+		}
+		st := w.settle(chaosSettle, w.allActive())
+		moved := append(chaosOnHost(&st)["h1"], chaosOnHost(&st)["h2"]...)
+		if len(moved) != 2 {
+			t.Fatalf("want a task on each of h1 and h2, got %v", chaosOnHost(&st))
+		}
+		w.killSelector(sel)
+		w.killWorker(h1)
+		w.killWorker(h2)
+		restarted := time.Now()
+		w.startSelector(serviceConfig(cfg))
+		st = w.settle(cfg.RecoveryGrace+cfg.HostStale+chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("h3")))
+		chaosLogHostLoss(t, w, restarted, cfg, moved)
+		if st.Counters.HostsLost != 2 {
+			t.Errorf("hosts lost %d, want 2", st.Counters.HostsLost)
+		}
+		w.checkAudit()
+	})
+}
+
+// chaosOnlyOn is a settle condition: every target with a task runs on host.
+func chaosOnlyOn(host string) func(st *schemas.SelectorStatus) (bool, string) {
+	return func(st *schemas.SelectorStatus) (bool, string) {
+		for _, ts := range st.Targets {
+			if ts.Host != "" && ts.Host != host {
+				return false, fmt.Sprintf("%s on %s, want %s", ts.Target, ts.Host, host)
+			}
+		}
+		return true, ""
+	}
+}
+
+// chaosLogHostLoss logs how long after t0 the targets moved were relaunched.
+func chaosLogHostLoss(t *testing.T, w *chaosWorld, t0 time.Time, cfg selector.Config, moved []string) {
+	t.Helper()
+	var ds []time.Duration
+	for _, name := range moved {
+		if s, ok := w.firstStartAfter(t0, name); ok {
+			ds = append(ds, s.Sub(t0))
+		}
+	}
+	t.Logf("host loss → relaunch: %s (host stale %v)", chaosSummary(ds), cfg.HostStale)
+}
+
+// TestChaosPartition (fault 10): a worker's connection stalls (a proxy
+// stops forwarding, the TCP connections stay open) for longer than its
+// fence time. It stops its tasks itself; the selector declares it lost and
+// relaunches them on the other host, and, by the workers' own records, two
+// processes of one target never overlap. The system is checked while the
+// partition lasts; then it heals, the fenced events arrive late, and the
+// host takes launches again.
+func TestChaosPartition(t *testing.T) {
+	const fence = time.Second
+	w := newChaosWorld(t, false)
+	cfg := engineConfig()
+	if err := worker.CheckFenceMargin(cfg.HostStale, fence, hbInterval); err != nil {
+		t.Fatal(err)
+	}
+	proxy := natstest.NewProxy(t, w.url)
+	a := w.startAuditedWorker("a", 2*chaosFullMiB+chaosMinMiB/2, chaosWorkerOpts{url: proxy.URL(), fenceAfter: fence})
+	w.startSelector(serviceConfig(cfg))
+	moved := []string{"x1", "x2"}
+	for _, name := range moved {
+		w.declare(name, chaosSpec(1, 0.5))
+	}
+	// In their last phase, so that the fence, not a done, ends them.
+	w.settle(chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("a"), w.inPhase("last")))
+	w.startAuditedWorker("b", 8*chaosFullMiB, chaosWorkerOpts{fenceAfter: fence})
+	w.declare("y", longSpec())
+	w.settle(chaosSettle, w.allActive())
+
+	stalled := time.Now()
+	w.aud.SetUnreachable("a", true)
+	proxy.Stall()
+	st := w.settle(cfg.HostStale+chaosSettle, chaosBoth(w.allActive(), chaosOnlyOn("b")))
+	chaosLogHostLoss(t, w, stalled, cfg, moved)
+	if s := a.agent.Stats(); !s.Fenced || s.FencedTasks != uint64(len(moved)) {
+		t.Errorf("a's stats while partitioned: %+v; want fenced, with its %d tasks stopped", s, len(moved))
+	}
+	if st.Counters.HostsLost != 1 {
+		t.Errorf("hosts lost %d, want 1", st.Counters.HostsLost)
+	}
+	w.checkAudit()
+
+	proxy.Resume()
+	w.aud.SetUnreachable("a", false)
+	healed := time.Now()
+	w.waitStatus(chaosSettle, func(st *schemas.SelectorStatus) (bool, string) {
+		h, ok := chaosHostLine(st, "a")
+		return ok && !h.Lost && !h.Stale && !h.Draining, fmt.Sprintf("a: %+v", h)
+	})
+	t.Logf("partition healed: a takes launches again after %v", time.Since(healed).Round(time.Millisecond))
+	// Fill b, so that the next targets go to a.
+	for _, name := range edgeTargetNames("z", 7) {
+		w.declare(name, chaosSpec(1, 0.5))
+	}
+	st = w.settle(chaosSettle, w.allActive())
+	if len(chaosOnHost(&st)["a"]) == 0 {
+		t.Errorf("nothing runs on a after the partition healed: %v", chaosOnHost(&st))
+	}
+	w.checkAudit()
+}
