@@ -82,6 +82,9 @@ const (
 	// ReasonFenced: the worker stopped the task itself because it was cut
 	// off from NATS for longer than its fence time.
 	ReasonFenced = "fenced"
+	// ReasonOOM: the task's memory limit (its budget plus the worker's
+	// slack) stopped it. The selector takes it for RAM pressure.
+	ReasonOOM = "oom"
 )
 
 // MaxMiB is the largest RAM figure, in MiB, that any message may carry
@@ -160,17 +163,20 @@ type Heartbeat struct {
 // TaskEvent reports that a task finished (done) or failed. Events go through
 // the TASK_EVENTS stream so that none is lost.
 type TaskEvent struct {
-	V       int            `json:"v"`
-	TaskID  string         `json:"task_id"`
-	Epoch   uint64         `json:"epoch"`
-	PID     int64          `json:"pid"`
-	Host    string         `json:"host"`
-	Target  string         `json:"target"`
-	Type    string         `json:"type"`
-	Kind    string         `json:"kind"`
-	Reason  string         `json:"reason,omitempty"`
-	Metrics map[string]any `json:"metrics,omitempty"`
-	At      time.Time      `json:"at"`
+	V      int    `json:"v"`
+	TaskID string `json:"task_id"`
+	Epoch  uint64 `json:"epoch"`
+	PID    int64  `json:"pid"`
+	Host   string `json:"host"`
+	Target string `json:"target"`
+	Type   string `json:"type"`
+	Kind   string `json:"kind"`
+	Reason string `json:"reason,omitempty"`
+	// ExitCode is the exit status of a task process that exited non-zero
+	// (reason exited), when the worker runs real processes.
+	ExitCode *int           `json:"exit_code,omitempty"`
+	Metrics  map[string]any `json:"metrics,omitempty"`
+	At       time.Time      `json:"at"`
 }
 
 // KillRequest asks a worker to stop a task.
@@ -238,12 +244,16 @@ type HostRAM struct {
 
 // HostStatus is published by every worker on tasks.host.<host> each interval.
 type HostStatus struct {
-	V        int       `json:"v"`
-	Host     string    `json:"host"`
-	RAM      HostRAM   `json:"ram"`
-	Tasks    []string  `json:"tasks"`
-	Draining bool      `json:"draining"`
-	SentAt   time.Time `json:"sent_at"`
+	V        int      `json:"v"`
+	Host     string   `json:"host"`
+	RAM      HostRAM  `json:"ram"`
+	Tasks    []string `json:"tasks"`
+	Draining bool     `json:"draining"`
+	// Memory says how the worker measures and limits its tasks' RAM:
+	// cgroup2, cgroup1, proc (a /proc walk, no limit enforced) or sim.
+	// Empty from workers that do not say.
+	Memory string    `json:"memory,omitempty"`
+	SentAt time.Time `json:"sent_at"`
 }
 
 // Phase is one lifecycle phase of a declared target.

@@ -274,6 +274,10 @@ func (m TaskEvent) Validate() error {
 	if m.Kind == EventFailed && m.Reason == "" {
 		c.fail("reason", "missing (required when kind is failed)")
 	}
+	if m.ExitCode != nil {
+		c.nonNeg("exit_code", int64(*m.ExitCode))
+		c.atMost("exit_code", float64(*m.ExitCode), 255)
+	}
 	for _, k := range sortedKeys(m.Metrics) {
 		c.metric(joinPath("metrics", k), m.Metrics[k])
 	}
@@ -405,6 +409,10 @@ func (m HostStatus) Validate() error {
 			c.name(indexPath("tasks", i), id)
 		}
 	}
+	if len(m.Memory) > 64 {
+		c.fail("memory", "longer than 64 bytes")
+	}
+	c.text("memory", m.Memory)
 	c.time("sent_at", m.SentAt)
 	return c.result()
 }

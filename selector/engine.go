@@ -63,6 +63,7 @@ const (
 	FailGoneAfterRestart   = "gone_after_restart"
 	FailNotSent            = "not_sent"
 	FailFenced             = schemas.ReasonFenced
+	FailOOM                = schemas.ReasonOOM
 	FailOther              = "other"
 )
 
@@ -1524,10 +1525,18 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 
 func failReason(r string) string {
 	switch r {
-	case schemas.ReasonHelpersUnavailable, schemas.ReasonExited, schemas.ReasonKilled, schemas.ReasonCrashed, schemas.ReasonFenced:
+	case schemas.ReasonHelpersUnavailable, schemas.ReasonExited, schemas.ReasonKilled, schemas.ReasonCrashed, schemas.ReasonFenced,
+		schemas.ReasonOOM:
 		return r
 	}
 	return FailOther
+}
+
+// ramPressure reports whether a task that failed for reason r failed for
+// lack of RAM: it could not get its helpers, or its memory limit stopped it.
+// Either raises the global backoff.
+func ramPressure(r string) bool {
+	return r == schemas.ReasonHelpersUnavailable || r == schemas.ReasonOOM
 }
 
 func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
@@ -1572,11 +1581,11 @@ func (e *Engine) taskEvent(now time.Time, ev *schemas.TaskEvent) {
 	}
 	reason := failReason(ev.Reason)
 	switch {
-	case k.why == suspectSuperseded && reason != schemas.ReasonHelpersUnavailable:
+	case k.why == suspectSuperseded && !ramPressure(reason):
 		// Stopped, or ended, after its phase was done: nothing to
 		// penalize.
 		e.close(now, k, closeRequeue, reason)
-	case reason == schemas.ReasonHelpersUnavailable:
+	case ramPressure(reason):
 		e.close(now, k, closeRAM, reason)
 	case k.phase == tKilling:
 		// The engine's own kill: count it as the kill reply would, so

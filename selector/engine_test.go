@@ -514,18 +514,25 @@ func TestBackoffGatesOnlyLaunches(t *testing.T) {
 	}
 }
 
-func TestRAMPressureFromHelpersUnavailable(t *testing.T) {
-	h := newHarness(t, testConfig())
-	h.declare("a", simple(10, 10, 90))
-	h.warm("h1=1000")
-	h.heartbeat("a#1")
-	h.expect(h.event("a#1", schemas.EventFailed, schemas.ReasonHelpersUnavailable, nil), "persist a phase=a epoch=1 task=-")
-	st := h.e.Status(h.now)
-	if st.Backoff.Level != 1 || st.Counters.Failures[FailHelpersUnavailable] != 1 {
-		t.Fatalf("%+v", st)
-	}
-	if ts := h.targetStatus("a"); strings.Contains(ts.Reason, "restart delay") {
-		t.Fatal("RAM pressure gave a crash delay")
+// TestRAMPressureFromFailedTasks: a task that could not get its helpers,
+// or that its memory limit stopped (oom), raises the global backoff one
+// step, and its target gets no crash delay.
+func TestRAMPressureFromFailedTasks(t *testing.T) {
+	for _, reason := range []string{schemas.ReasonHelpersUnavailable, schemas.ReasonOOM} {
+		t.Run(reason, func(t *testing.T) {
+			h := newHarness(t, testConfig())
+			h.declare("a", simple(10, 10, 90))
+			h.warm("h1=1000")
+			h.heartbeat("a#1")
+			h.expect(h.event("a#1", schemas.EventFailed, reason, nil), "persist a phase=a epoch=1 task=-")
+			st := h.e.Status(h.now)
+			if st.Backoff.Level != 1 || st.Counters.Failures[reason] != 1 {
+				t.Fatalf("%+v", st)
+			}
+			if ts := h.targetStatus("a"); strings.Contains(ts.Reason, "restart delay") {
+				t.Fatal("RAM pressure gave a crash delay")
+			}
+		})
 	}
 }
 

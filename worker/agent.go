@@ -187,6 +187,7 @@ type Agent struct {
 	tasks    map[string]*entry // by task_id
 	ended    endedCache
 	draining bool
+	memory   string // how the executor accounts for RAM (HostStatus.Memory)
 	hbBuf    []byte
 	hb       schemas.Heartbeat
 	progress float64
@@ -245,6 +246,9 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		ended:   newEndedCache(cfg.EndedMemory),
 		ready:   make(chan struct{}),
 		refused: make(map[string]uint64),
+	}
+	if m, ok := exec.(MemoryAccounter); ok {
+		a.memory = m.MemoryAccounting()
 	}
 	a.out = newOutbox(js, log, cfg.OutboxSize, cfg.PublishTimeout, cfg.RetryBase, cfg.RetryMax)
 	return a, nil
@@ -487,6 +491,7 @@ func (a *Agent) publishHostStatus() {
 		RAM:      schemas.HostRAM{TotalMiB: a.cfg.RAMMiB, UsedMiB: min(a.exec.UsedMiB(), a.cfg.RAMMiB)},
 		Tasks:    make([]string, 0, len(a.tasks)),
 		Draining: a.draining || a.fence.fenced.Load(),
+		Memory:   a.memory,
 		SentAt:   a.cfg.Now().UTC(),
 	}
 	for id := range a.tasks {
@@ -654,17 +659,18 @@ func (a *Agent) removeLocked(e *entry, kind, reason string) {
 // emit queues e's task event for JetStream.
 func (a *Agent) emit(e *entry, ex Exit) {
 	ev := schemas.TaskEvent{
-		V:       schemas.Version,
-		TaskID:  e.spec.TaskID,
-		Epoch:   e.spec.Epoch,
-		PID:     e.pid,
-		Host:    a.cfg.Host,
-		Target:  e.spec.Target,
-		Type:    e.spec.Type,
-		Kind:    ex.Kind,
-		Reason:  ex.Reason,
-		Metrics: ex.Metrics,
-		At:      a.cfg.Now().UTC(),
+		V:        schemas.Version,
+		TaskID:   e.spec.TaskID,
+		Epoch:    e.spec.Epoch,
+		PID:      e.pid,
+		Host:     a.cfg.Host,
+		Target:   e.spec.Target,
+		Type:     e.spec.Type,
+		Kind:     ex.Kind,
+		Reason:   ex.Reason,
+		ExitCode: ex.ExitCode,
+		Metrics:  ex.Metrics,
+		At:       a.cfg.Now().UTC(),
 	}
 	b, err := schemas.Marshal(&ev)
 	if err != nil {

@@ -483,3 +483,10 @@ func TestPsListsEndedTasks(t *testing.T) {
 		t.Fatalf("ps of every task: %+v", all)
 	}
 }
+
+// TestHostStatusSaysHowRAMIsAccounted: the status carries the executor's
+// memory accounting, so that an operator sees a fallback.
+func TestHostStatusSaysHowRAMIsAccounted(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	h.hostStatusWhere("memory sim", func(s schemas.HostStatus) bool { return s.Memory == "sim" })
+}

@@ -47,6 +47,16 @@ type Exit struct {
 	Reason string
 	// Metrics the done event carries (the target's new metrics), or nil.
 	Metrics map[string]any
+	// ExitCode is the status of a process that exited non-zero (reason
+	// schemas.ReasonExited), or nil.
+	ExitCode *int
+}
+
+// MemoryAccounter is implemented by an executor that says how it measures
+// and limits its tasks' RAM (schemas.HostStatus.Memory): "cgroup2",
+// "cgroup1", "proc" or "sim".
+type MemoryAccounter interface {
+	MemoryAccounting() string
 }
 
 // Hooks are how an executor reports on the tasks it started.

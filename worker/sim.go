@@ -291,6 +291,9 @@ func (s *Sim) releaseLocked(t *simTask) {
 	delete(s.tasks, t.pid)
 }
 
+// MemoryAccounting implements MemoryAccounter: the sim's RAM is modelled.
+func (s *Sim) MemoryAccounting() string { return "sim" }
+
 // UsedMiB implements Executor.
 func (s *Sim) UsedMiB() int64 {
 	s.mu.Lock()
