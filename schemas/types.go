@@ -213,6 +213,9 @@ type PsTask struct {
 	Type      string    `json:"type"`
 	RAM       TaskRAM   `json:"ram"`
 	StartedAt time.Time `json:"started_at"`
+	// Log is the path of the task's output log on its host, for executors
+	// that keep one.
+	Log string `json:"log,omitempty"`
 }
 
 // PsEnded is a task that ended recently, as a PsReply names it: its event
@@ -264,6 +267,9 @@ type Phase struct {
 	HelpersFullMiB int64   `json:"helpers_full_mib"`
 	WorkS          float64 `json:"work_s"`
 	Repeat         bool    `json:"repeat,omitempty"`
+	// Args are what the phase's task program gets (TASK_ARGS with the exec
+	// executor): the launch request carries them instead of the spec.
+	Args map[string]any `json:"args,omitempty"`
 }
 
 // HackingMetrics describe a target of the hacking profile

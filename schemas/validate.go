@@ -375,6 +375,10 @@ func (m PsReply) Validate() error {
 		s.name("type", t.Type)
 		s.taskRAM("ram", t.RAM)
 		s.time("started_at", t.StartedAt)
+		s.text("log", t.Log)
+		if len(t.Log) > 4096 {
+			s.fail("log", "longer than 4096 bytes")
+		}
 		c.merge(s)
 		if c.err != nil {
 			break
@@ -452,6 +456,9 @@ func (m TargetSpec) Validate() error {
 		}
 		if p.Repeat && i != len(m.Phases)-1 {
 			s.fail("repeat", "only the last phase may repeat")
+		}
+		for _, k := range sortedKeys(p.Args) {
+			s.metric(joinPath("args", k), p.Args[k])
 		}
 		c.merge(s)
 	}

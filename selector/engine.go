@@ -1018,6 +1018,10 @@ func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 	e.attach(k, h)
 	e.counters.Launches++
 	spec := t.spec
+	args := map[string]any{"spec": &spec}
+	if pa := phaseArgs(&spec, k.typ); pa != nil {
+		args = pa // a real task program gets its phase's args, not the spec
+	}
 	e.persist(now, t) // write-ahead: the state names the task before it exists
 	e.emit(Command{
 		Kind:   CmdLaunch,
@@ -1030,9 +1034,20 @@ func (e *Engine) launch(now time.Time, t *target, h *host, budget int64) {
 			Target: t.name,
 			Type:   k.typ,
 			RAM:    schemas.TaskRAM{WrapperMiB: wrapper, HelpersMiB: budget - wrapper},
-			Args:   map[string]any{"spec": &spec},
+			Args:   args,
 		},
 	})
+}
+
+// phaseArgs returns the args of spec's phase typ, or nil when it declares
+// none.
+func phaseArgs(spec *schemas.TargetSpec, typ string) map[string]any {
+	for i := range spec.Phases {
+		if spec.Phases[i].Type == typ {
+			return spec.Phases[i].Args
+		}
+	}
+	return nil
 }
 
 func (e *Engine) launchReplied(now time.Time, ev *LaunchReplied) {

@@ -3,6 +3,7 @@ package selector
 import (
 	"encoding/json"
 	"math"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,6 +36,28 @@ func TestLaunchWaitsForFirstHeartbeat(t *testing.T) {
 		"launch h1 b#1 type=a ram=10+90")
 	if got := h.e.Status(h.now).Counters; got.Launches != 2 || got.Confirmed != 1 {
 		t.Fatalf("counters %+v", got)
+	}
+}
+
+// TestLaunchCarriesThePhaseArgs: a phase that declares args gets them in its
+// launch request (TASK_ARGS for a real program); one that declares none gets
+// the spec, as the sim executor reads it.
+func TestLaunchCarriesThePhaseArgs(t *testing.T) {
+	h := newHarness(t, testConfig())
+	first := phase("hash", 10, 10, 90)
+	first.Args = map[string]any{"dir": "/srv/data", "helpers": 3.0}
+	h.declare("a", declared(first, phase("serve", 10, 10, 90)))
+	var launch *schemas.LaunchRequest
+	for _, c := range h.warm("h1=1000") {
+		if c.Kind == CmdLaunch {
+			launch = c.Launch
+		}
+	}
+	if launch == nil || launch.Type != "hash" || !reflect.DeepEqual(launch.Args, first.Args) {
+		t.Fatalf("launch %+v, want the hash phase with its args %v", launch, first.Args)
+	}
+	if got := phaseArgs(&schemas.TargetSpec{Phases: []schemas.Phase{phase("serve", 1, 1, 1)}}, "serve"); got != nil {
+		t.Errorf("a phase without args: %v", got)
 	}
 }
 

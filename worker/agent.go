@@ -805,10 +805,14 @@ func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 		if len(req.PIDs) > 0 && !slices.Contains(req.PIDs, e.pid) {
 			continue
 		}
-		reply.Tasks = append(reply.Tasks, schemas.PsTask{
+		pt := schemas.PsTask{
 			TaskID: e.spec.TaskID, Epoch: e.spec.Epoch, PID: e.pid, Target: e.spec.Target,
 			Type: e.spec.Type, RAM: e.spec.RAM, StartedAt: e.startedAt.UTC(),
-		})
+		}
+		if l, ok := e.task.(TaskLogger); ok {
+			pt.Log = l.LogPath()
+		}
+		reply.Tasks = append(reply.Tasks, pt)
 	}
 	a.ended.recent(func(sp TaskSpan) bool {
 		if sp.Kind == "" || sp.Epoch == 0 {

@@ -490,3 +490,32 @@ func TestHostStatusSaysHowRAMIsAccounted(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	h.hostStatusWhere("memory sim", func(s schemas.HostStatus) bool { return s.Memory == "sim" })
 }
+
+// loggedSim is the sim executor whose tasks keep a log file.
+type loggedSim struct{ *Sim }
+
+func (s loggedSim) Start(spec *LaunchSpec, hooks Hooks) (Task, error) {
+	t, err := s.Sim.Start(spec, hooks)
+	if err != nil {
+		return nil, err
+	}
+	return loggedTask{t, "/var/log/tasks/" + spec.TaskID + ".log"}, nil
+}
+
+type loggedTask struct {
+	Task
+	path string
+}
+
+func (t loggedTask) LogPath() string { return t.path }
+
+// TestPsShowsTheTaskLog: ps names the log file of a task that keeps one.
+func TestPsShowsTheTaskLog(t *testing.T) {
+	h := newHarness(t, harnessOpts{exec: func(s *Sim) Executor { return loggedSim{s} }})
+	req := declared("n00dles", "work", 10, 10, 1e6)
+	h.mustLaunch(req)
+	rep := h.ps()
+	if len(rep.Tasks) != 1 || rep.Tasks[0].Log != "/var/log/tasks/"+req.TaskID+".log" {
+		t.Fatalf("ps %+v, want the task's log path", rep.Tasks)
+	}
+}

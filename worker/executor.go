@@ -52,6 +52,12 @@ type Exit struct {
 	ExitCode *int
 }
 
+// TaskLogger is implemented by a task whose output goes to a log file on
+// its host; ps replies show the path (schemas.PsTask.Log).
+type TaskLogger interface {
+	LogPath() string
+}
+
 // MemoryAccounter is implemented by an executor that says how it measures
 // and limits its tasks' RAM (schemas.HostStatus.Memory): "cgroup2",
 // "cgroup1", "proc" or "sim".
