@@ -16,7 +16,10 @@
 //	WORKER_LOG_LEVEL           [info]
 //
 // plus the sim executor's SIM_* variables (SIM_SPEED [1] and the fault
-// knobs). A bad value stops startup with a message naming the variable and the
+// knobs) and, with WORKER_EXECUTOR=exec, the exec executor's settings
+// (WORKER_TASKS_FILE, WORKER_STATE_DIR, WORKER_TASK_API, WORKER_TASK_LOG_MAX,
+// WORKER_MEMORY_SLACK_MIB, WORKER_MEMORY_MODE, WORKER_CGROUP_ROOT,
+// WORKER_CGROUP_PARENT; see package worker/process). A bad value stops startup with a message naming the variable and the
 // accepted form. SIGINT or SIGTERM shuts the agent down gracefully; a second
 // one during that shutdown exits at once with status 130.
 //
@@ -46,6 +49,7 @@ import (
 
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
+	"github.com/taskselector/taskselector/worker/process"
 )
 
 // config is the agent's environment.
@@ -178,7 +182,7 @@ func logLevel(s string) (slog.Level, bool) {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: worker   (configured by environment variables)")
 	fmt.Fprintln(w)
-	for _, group := range [][]worker.EnvVar{vars, worker.SimEnvVars} {
+	for _, group := range [][]worker.EnvVar{vars, worker.SimEnvVars, process.EnvVars} {
 		for _, v := range group {
 			fmt.Fprintf(w, "  %-26s %s [%s]\n", v.Name, v.Form, v.Default)
 		}

@@ -40,7 +40,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"WORKER_HEARTBEAT_INTERVAL", "often", `WORKER_HEARTBEAT_INTERVAL: want a positive Go duration such as 1s or 500ms, got "often"`},
 		{"WORKER_HEARTBEAT_INTERVAL", "0s", `WORKER_HEARTBEAT_INTERVAL: want a positive Go duration`},
 		{"WORKER_FLUSH_TIMEOUT", "-1s", `WORKER_FLUSH_TIMEOUT: want a positive Go duration such as 5s, got "-1s"`},
-		{"WORKER_EXECUTOR", "docker", `WORKER_EXECUTOR: want an executor name (sim), got "docker"`},
+		{"WORKER_EXECUTOR", "docker", `WORKER_EXECUTOR: want an executor name (exec, sim), got "docker"`},
 		{"WORKER_SUBJECT_PREFIX", "a..b", `WORKER_SUBJECT_PREFIX: want a NATS subject prefix`},
 		{"WORKER_SUBJECT_PREFIX", "t>", `WORKER_SUBJECT_PREFIX: want a NATS subject prefix`},
 		{"WORKER_KILL_ON_SHUTDOWN", "maybe", `WORKER_KILL_ON_SHUTDOWN: want a boolean (true or false), got "maybe"`},
