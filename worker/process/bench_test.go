@@ -35,7 +35,7 @@ const benchTasks = `
 [[task]]
 type = "sleep"
 command = [%q, "3600"]
-kill_grace = "1s"
+kill_grace = "10s"
 `
 
 // benchAgent is a real worker agent (worker.New with the exec executor) on an
@@ -362,5 +362,29 @@ func TestBenchHelpers(t *testing.T) {
 	slices.Sort(d)
 	if p50, p99 := percentile(d, 50), percentile(d, 99); p50 != 2 || p99 != 4 {
 		t.Errorf("percentiles of 1..4: p50 %v, p99 %v", p50, p99)
+	}
+}
+
+// TestKillDoesNotWaitOutTheGrace: a task that dies on SIGTERM is gone, and
+// Kill returns, long before its kill grace (10 s here), in every mode. Kill
+// once polled a memory group that the exit cleanup had already removed, and
+// so always waited the whole grace.
+func TestKillDoesNotWaitOutTheGrace(t *testing.T) {
+	for _, mode := range []cgroup.Mode{"", cgroup.ModeProc} {
+		t.Run("mode="+string(mode), func(t *testing.T) {
+			ba := startBenchAgent(t, mode, 0)
+			tk, err := ba.ex.Start(&worker.LaunchSpec{TaskID: "k1", Epoch: 1, Target: "t", Type: "sleep",
+				RAM: schemas.TaskRAM{WrapperMiB: 16}}, worker.Hooks{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			if err := tk.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if d, grace := time.Since(t0), ba.ex.types["sleep"].KillGrace; d >= grace/2 {
+				t.Errorf("Kill of a task that dies on SIGTERM took %v (kill grace %v)", d, grace)
+			}
+		})
 	}
 }

@@ -594,8 +594,17 @@ func (t *task) signal(sig syscall.Signal) {
 }
 
 // treeGone reports whether the wrapper was reaped and no live process is
-// left in its process group or its memory group.
+// left in its process group or its memory group. Once the wait goroutine has
+// cleaned up (its own treeGone said true and it removed the memory group, so
+// that Empty can no longer read it), the tree is gone: without this, a Kill
+// polling treeGone would wait its whole kill grace for a task that died at
+// once.
 func (t *task) treeGone() bool {
+	select {
+	case <-t.cleaned:
+		return true
+	default:
+	}
 	select {
 	case <-t.waited:
 	default:
