@@ -849,11 +849,10 @@ func TestExecLaunchCommandRefused(t *testing.T) {
 		{"type is a command line", req("/bin/sh -c touch "+marker, nil), schemas.CodeUnknownType},
 		{"type is a program name", req("sh", nil), schemas.CodeUnknownType},
 		{"command in args", req("/bin/sh", map[string]any{"args": map[string]any{"command": shell}}), schemas.CodeUnknownType},
-		// Unknown fields of a message are ignored (schemas: forward
-		// compatibility): a known type with a command beside it is either
-		// refused, or runs the tasks file's program, never the command.
-		{"command field", req("sleep", map[string]any{"command": shell}), ""},
-		{"argv and path fields", req("sleep", map[string]any{"argv": shell, "path": "/bin/sh", "dir": "/"}), ""},
+		// A known type with a command beside it is refused: a launch
+		// names a type, and the worker's tasks file says what runs.
+		{"command field", req("sleep", map[string]any{"command": shell}), schemas.CodeInvalid},
+		{"argv and path fields", req("sleep", map[string]any{"argv": shell, "path": "/bin/sh", "dir": "/"}), schemas.CodeInvalid},
 		// A known type with the command in its args runs the tasks file's
 		// program, the command only data in TASK_ARGS.
 		{"command in args of a known type", req("sleep", map[string]any{"args": map[string]any{"command": shell}}), ""},

@@ -540,7 +540,10 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 		return
 	}
 	var reply schemas.LaunchReply
-	if stale {
+	if key := commandKey(m.Data); key != "" {
+		reply = a.refuseLaunch(&req, schemas.CodeInvalid, fmt.Sprintf(
+			"the launch names a command (field %q): a launch names a task type, and only the worker's own configuration says what runs", key))
+	} else if stale {
 		reply = a.refuseLaunch(&req, schemas.CodeDraining,
 			"sent before the host's fence lifted: the selector gave it up long ago")
 	} else {
@@ -549,6 +552,27 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 	if m.Reply != "" {
 		a.respondJSON(m, reply, true)
 	}
+}
+
+// commandFields are the top-level fields by which a launch request could
+// try to say what to run. The schema has none of them, and unknown fields are
+// otherwise ignored; a launch that carries one is refused, so that no
+// sender can believe it chose a command.
+var commandFields = []string{"command", "cmd", "argv", "path", "exec", "executable", "program", "script", "shell", "dir", "env"}
+
+// commandKey returns the first field of commandFields in the launch request
+// data, or "". The data decoded already, so it is a JSON object.
+func commandKey(data []byte) string {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil {
+		return ""
+	}
+	for _, k := range commandFields {
+		if _, ok := top[k]; ok {
+			return k
+		}
+	}
+	return ""
 }
 
 // refuseLaunch counts and logs the refusal of req and returns its reply.

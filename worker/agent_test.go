@@ -519,3 +519,32 @@ func TestPsShowsTheTaskLog(t *testing.T) {
 		t.Fatalf("ps %+v, want the task's log path", rep.Tasks)
 	}
 }
+
+// TestLaunchNamingACommandIsRefused: a launch request that carries a field
+// naming a command is refused as invalid, and nothing starts.
+func TestLaunchNamingACommandIsRefused(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	for _, field := range []string{"command", "argv", "path", "shell"} {
+		req := declared("n00dles", "work", 10, 10, 1e6)
+		raw, err := json.Marshal(&req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		m[field] = []string{"/bin/sh", "-c", "true"}
+		data := h.request(h.subj.Launch(h.cfg.Host), m)
+		rep, err := schemas.DecodeLaunchReply(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Error == nil || rep.Error.Code != schemas.CodeInvalid || !strings.Contains(rep.Error.Message, field) {
+			t.Errorf("launch with %q: %s, want invalid naming the field", field, data)
+		}
+	}
+	if st := h.agent.Stats(); st.Launches != 0 || st.Running != 0 {
+		t.Errorf("something started: %+v", st)
+	}
+}
