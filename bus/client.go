@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -17,23 +18,23 @@ import (
 type Client struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	subj Subjects
+	subj protocol.Subjects
 }
 
 // NewClient returns a Client on nc for the selector under prefix (empty means
-// DefaultPrefix).
+// protocol.DefaultPrefix).
 func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("bus: client: jetstream: %w", err)
 	}
-	return &Client{nc: nc, js: js, subj: NewSubjects(prefix)}, nil
+	return &Client{nc: nc, js: js, subj: protocol.NewSubjects(prefix)}, nil
 }
 
 func (c *Client) targets(ctx context.Context) (jetstream.KeyValue, error) {
-	kv, err := c.js.KeyValue(ctx, TargetsBucket)
+	kv, err := c.js.KeyValue(ctx, protocol.TargetsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("bus: client: open bucket %s (is a selector running?): %w", TargetsBucket, err)
+		return nil, fmt.Errorf("bus: client: open bucket %s (is a selector running?): %w", protocol.TargetsBucket, err)
 	}
 	return kv, nil
 }
@@ -58,7 +59,7 @@ func (c *Client) PutTargetRaw(ctx context.Context, name string, data []byte) err
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, EncodeName(name), data); err != nil {
+	if _, err := kv.Put(ctx, protocol.EncodeName(name), data); err != nil {
 		return fmt.Errorf("bus: client: put target %q: %w", name, err)
 	}
 	return nil
@@ -70,7 +71,7 @@ func (c *Client) DeleteTarget(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := kv.Delete(ctx, EncodeName(name)); err != nil {
+	if err := kv.Delete(ctx, protocol.EncodeName(name)); err != nil {
 		return fmt.Errorf("bus: client: delete target %q: %w", name, err)
 	}
 	return nil

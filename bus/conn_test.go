@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -126,11 +127,11 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(ctx, TargetsBucket)
+	kv, err := js.KeyValue(ctx, protocol.TargetsBucket)
 	if err != nil {
 		t.Fatalf("targets bucket after restart: %v", err)
 	}
-	if _, err := kv.Get(ctx, EncodeName("keep.me")); err != nil {
+	if _, err := kv.Get(ctx, protocol.EncodeName("keep.me")); err != nil {
 		t.Fatalf("target lost over the restart: %v", err)
 	}
 	if _, ok := targetLine(statusOf(t, c), "keep.me"); !ok {
@@ -140,7 +141,7 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	waitFor(t, 15*time.Second, "event consumed after the restart", func() bool {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		if _, err := js.Publish(pctx, NewSubjects("").Event("keep.me"), []byte("junk")); err != nil {
+		if _, err := js.Publish(pctx, protocol.NewSubjects("").Event("keep.me"), []byte("junk")); err != nil {
 			return false
 		}
 		return statusOf(t, c).Counters.MalformedMessages[SourceEvent] > 0

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -221,13 +222,13 @@ func TestServiceAmbiguousWriteReadErrorIsRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTargetState(t, c, "r2", selector.StateActive)
-	e, err := f.KeyValue.Get(ctx, EncodeName("r1"))
+	e, err := f.KeyValue.Get(ctx, protocol.EncodeName("r1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "r1's revision adopted", func() bool {
 		rev, ok := r.svc.tasks.Revision("r1")
-		e, err = f.KeyValue.Get(ctx, EncodeName("r1"))
+		e, err = f.KeyValue.Get(ctx, protocol.EncodeName("r1"))
 		return err == nil && ok && rev == e.Revision()
 	})
 }
@@ -241,7 +242,7 @@ func TestServiceAmbiguousWriteReadErrorIsRetried(t *testing.T) {
 func TestWriterRetriesWhileEarlierAttemptPending(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TasksBucket)
+	kv := kvOf(t, nc, protocol.TasksBucket)
 	ctx := testCtx(t, 20*time.Second)
 	f := &flakyKV{KeyValue: kv}
 	svc := NewSelectorService(nc, ServiceConfig{WriteTimeout: 2 * time.Second}, testLog())
@@ -258,7 +259,7 @@ func TestWriterRetriesWhileEarlierAttemptPending(t *testing.T) {
 		if err := svc.writer.write(ctx, outCmd{kind: selector.CmdPersist, target: "x", data: c.data}); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		e, err := kv.Get(ctx, EncodeName("x"))
+		e, err := kv.Get(ctx, protocol.EncodeName("x"))
 		if err != nil || !bytes.Equal(e.Value(), c.data) {
 			t.Fatalf("%s: stored %q (%v), want %q", c.name, e.Value(), err, c.data)
 		}
@@ -306,7 +307,7 @@ func TestServiceInputDropsReported(t *testing.T) {
 		}},
 	}
 	r := startService(t, connect(t, s.ClientURL()), cfg)
-	subj := NewSubjects("")
+	subj := protocol.NewSubjects("")
 	hb := &schemas.Heartbeat{V: 1, TaskID: "t", Epoch: 1, PID: 1, Host: "h1", Target: "x", Type: "work", Seq: 1, SentAt: time.Now().UTC()}
 	hs := &schemas.HostStatus{V: 1, Host: "h1", RAM: schemas.HostRAM{TotalMiB: 1024}, Tasks: []string{}, SentAt: time.Now().UTC()}
 	for _, src := range []struct {
@@ -345,7 +346,7 @@ func TestRequestQueueBounds(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
 	listener := connect(t, s.ClientURL())
-	subj := NewSubjects("")
+	subj := protocol.NewSubjects("")
 	var mu sync.Mutex
 	var seen []string // kinds in arrival order: "fence", "kill", "ps", "launch"
 	var at []time.Time

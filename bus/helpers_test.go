@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -84,7 +85,7 @@ func declaredSpec() schemas.TargetSpec {
 // publishes its HostStatus every interval.
 type fakeWorker struct {
 	nc   *nats.Conn
-	subj Subjects
+	subj protocol.Subjects
 	host string
 	ram  int64
 
@@ -108,7 +109,7 @@ type fakeWorker struct {
 
 func startFakeWorker(t testing.TB, nc *nats.Conn, prefix, host string, ramMiB int64) *fakeWorker {
 	t.Helper()
-	w := &fakeWorker{nc: nc, subj: NewSubjects(prefix), host: host, ram: ramMiB, tasks: map[string]*schemas.Heartbeat{}, silent: map[string]bool{},
+	w := &fakeWorker{nc: nc, subj: protocol.NewSubjects(prefix), host: host, ram: ramMiB, tasks: map[string]*schemas.Heartbeat{}, silent: map[string]bool{},
 		nextPID: 1000, stop: make(chan struct{}), done: make(chan struct{})}
 	subs := []*nats.Subscription{}
 	sub := func(subject string, h nats.MsgHandler) {
@@ -279,7 +280,7 @@ func kvOf(t testing.TB, nc *nats.Conn, bucket string) jetstream.KeyValue {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t, 10*time.Second)
-	if _, err := EnsureStore(ctx, js, NewSubjects(""), StoreConfig{}); err != nil {
+	if _, err := EnsureStore(ctx, js, protocol.NewSubjects(""), StoreConfig{}); err != nil {
 		t.Fatalf("ensure store: %v", err)
 	}
 	kv, err := js.KeyValue(ctx, bucket)

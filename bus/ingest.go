@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -97,7 +98,7 @@ func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult,
 	}
 	defer pub.Close()
 
-	subj := NewSubjects("")
+	subj := protocol.NewSubjects("")
 	const host = "bench-host"
 	hbs, err := seedIngest(ctx, pub, subj, host, o.Tasks)
 	if err != nil {
@@ -215,7 +216,7 @@ type ingestTask struct {
 
 // seedIngest declares n targets and stores an active task for each, as a
 // previous selector run would have left them, and returns their heartbeats.
-func seedIngest(ctx context.Context, nc *nats.Conn, subj Subjects, host string, n int) ([]ingestTask, error) {
+func seedIngest(ctx context.Context, nc *nats.Conn, subj protocol.Subjects, host string, n int) ([]ingestTask, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("bus: ingest: %w", err)
@@ -243,7 +244,7 @@ func seedIngest(ctx context.Context, nc *nats.Conn, subj Subjects, host string, 
 		if err != nil {
 			return nil, err
 		}
-		if _, err := store.Targets.Put(ctx, EncodeName(target), specData); err != nil {
+		if _, err := store.Targets.Put(ctx, protocol.EncodeName(target), specData); err != nil {
 			return nil, fmt.Errorf("bus: ingest: seed target: %w", err)
 		}
 		if err := tasks.Put(ctx, target, data); err != nil && !errors.Is(err, ErrConflict) {
@@ -379,7 +380,7 @@ func seedRestart(ctx context.Context, nc *nats.Conn, n int) error {
 	if err != nil {
 		return fmt.Errorf("bus: restart: %w", err)
 	}
-	if _, err := EnsureStore(ctx, js, NewSubjects(""), StoreConfig{}); err != nil {
+	if _, err := EnsureStore(ctx, js, protocol.NewSubjects(""), StoreConfig{}); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -399,11 +400,11 @@ func seedRestart(ctx context.Context, nc *nats.Conn, n int) error {
 		if err != nil {
 			return err
 		}
-		key := EncodeName(target)
-		if _, err := js.PublishAsync("$KV."+TargetsBucket+"."+key, specData, jetstream.WithStallWait(30*time.Second)); err != nil {
+		key := protocol.EncodeName(target)
+		if _, err := js.PublishAsync("$KV."+protocol.TargetsBucket+"."+key, specData, jetstream.WithStallWait(30*time.Second)); err != nil {
 			return fmt.Errorf("bus: restart: seed: %w", err)
 		}
-		if _, err := js.PublishAsync("$KV."+TasksBucket+"."+key, data, jetstream.WithStallWait(30*time.Second)); err != nil {
+		if _, err := js.PublishAsync("$KV."+protocol.TasksBucket+"."+key, data, jetstream.WithStallWait(30*time.Second)); err != nil {
 			return fmt.Errorf("bus: restart: seed: %w", err)
 		}
 	}

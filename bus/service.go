@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -22,7 +23,7 @@ import (
 // ServiceConfig configures a SelectorService. Zero fields take the defaults
 // in brackets.
 type ServiceConfig struct {
-	// Prefix of every subject [DefaultPrefix].
+	// Prefix of every subject [protocol.DefaultPrefix].
 	Prefix string
 	// Engine holds the decision engine's timers and limits (zero fields take
 	// the engine's defaults).
@@ -135,7 +136,7 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 type SelectorService struct {
 	nc   *nats.Conn
 	cfg  ServiceConfig
-	subj Subjects
+	subj protocol.Subjects
 	log  *slog.Logger
 
 	mu  sync.Mutex
@@ -194,7 +195,7 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 	s := &SelectorService{
 		nc:    nc,
 		cfg:   cfg,
-		subj:  NewSubjects(cfg.Prefix),
+		subj:  protocol.NewSubjects(cfg.Prefix),
 		log:   log,
 		ready: make(chan struct{}),
 		malformed: map[string]*sourceCounter{
@@ -507,7 +508,7 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 			}
 		}))
 	if err != nil {
-		return fail(fmt.Errorf("bus: consume %s: %w", EventStream, err))
+		return fail(fmt.Errorf("bus: consume %s: %w", protocol.EventStream, err))
 	}
 	// Make sure the server has registered the subscriptions before the
 	// first status answer claims that the service listens.
@@ -983,7 +984,7 @@ func checkToken(subject, prefix, name string) error {
 	if !ok || strings.Contains(tok, ".") {
 		return fmt.Errorf("unexpected subject %q", subject)
 	}
-	if EncodeName(name) != tok {
+	if protocol.EncodeName(name) != tok {
 		return fmt.Errorf("subject %q does not match the name %q in the body", subject, name)
 	}
 	return nil

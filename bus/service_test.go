@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -139,7 +140,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tasks, err := js.KeyValue(ctx, TasksBucket)
+	tasks, err := js.KeyValue(ctx, protocol.TasksBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 	w.mu.Lock()
 	w.onLaunchHook = func(req schemas.LaunchRequest) {
 		problem := ""
-		e, err := tasks.Get(ctx, EncodeName(req.Target))
+		e, err := tasks.Get(ctx, protocol.EncodeName(req.Target))
 		if err != nil {
 			problem = "no state stored: " + err.Error()
 		} else if st, err := schemas.DecodeTaskState(e.Value()); err != nil {
@@ -177,7 +178,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 	w.mu.Unlock()
 	// The state is persisted under the encoded key.
 	waitFor(t, 5*time.Second, "persisted active state", func() bool {
-		e, err := tasks.Get(ctx, EncodeName(target))
+		e, err := tasks.Get(ctx, protocol.EncodeName(target))
 		if err != nil {
 			return false
 		}
@@ -191,7 +192,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "kill of the deleted target's task", func() bool { return w.killCount() == 1 })
 	waitFor(t, 5*time.Second, "state deleted", func() bool {
-		_, err := tasks.Get(ctx, EncodeName(target))
+		_, err := tasks.Get(ctx, protocol.EncodeName(target))
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
 	waitFor(t, 5*time.Second, "target gone from status", func() bool {
@@ -226,14 +227,14 @@ func TestServiceRestartNoDuplicate(t *testing.T) {
 	b := waitTargetState(t, c, "b.b", selector.StateActive)
 	// Wait until both active states are stored: the restart must find them.
 	js, _ := jetstream.New(nc)
-	tasks, err := js.KeyValue(ctx, TasksBucket)
+	tasks, err := js.KeyValue(ctx, protocol.TasksBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "both states stored", func() bool {
 		n := 0
 		for _, tg := range []string{"a", "b.b"} {
-			if e, err := tasks.Get(ctx, EncodeName(tg)); err == nil {
+			if e, err := tasks.Get(ctx, protocol.EncodeName(tg)); err == nil {
 				if st, err := schemas.DecodeTaskState(e.Value()); err == nil && st.Task != nil && st.Task.State == schemas.TaskActive {
 					n++
 				}
@@ -274,7 +275,7 @@ func TestServiceMalformedFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t, 20*time.Second)
-	subj := NewSubjects("")
+	subj := protocol.NewSubjects("")
 	good := &schemas.Heartbeat{V: 1, TaskID: "t", Epoch: 1, PID: 1, Host: "h1", Target: "x", Type: "work", Seq: 1, SentAt: time.Now().UTC()}
 	mismatch := schemas.AppendHeartbeat(nil, good) // valid body, on another target's subject
 	garbage := [][]byte{nil, []byte("{"), []byte(`{"v":2}`), []byte("\xff\xfe"), make([]byte, 70<<10)}
@@ -342,7 +343,7 @@ func TestServiceEventsAcked(t *testing.T) {
 	w.mu.Lock()
 	delete(w.tasks, line.TaskID) // the task is gone on the worker too
 	w.mu.Unlock()
-	if _, err := js.Publish(ctx, NewSubjects("").Event("t1"), mustMarshal(t, &ev)); err != nil {
+	if _, err := js.Publish(ctx, protocol.NewSubjects("").Event("t1"), mustMarshal(t, &ev)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "event handled and acked", func() bool {
@@ -372,14 +373,14 @@ func TestServiceStoreConflict(t *testing.T) {
 	}
 	waitTargetState(t, c, "x", selector.StateActive)
 	js, _ := jetstream.New(nc)
-	tasks, err := js.KeyValue(ctx, TasksBucket)
+	tasks, err := js.KeyValue(ctx, protocol.TasksBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var e jetstream.KeyValueEntry
 	waitFor(t, 5*time.Second, "active state stored", func() bool {
 		var err error
-		e, err = tasks.Get(ctx, EncodeName("x"))
+		e, err = tasks.Get(ctx, protocol.EncodeName("x"))
 		if err != nil {
 			return false
 		}
@@ -387,7 +388,7 @@ func TestServiceStoreConflict(t *testing.T) {
 		return err == nil && st.Task != nil && st.Task.State == schemas.TaskActive
 	})
 	// The intruder rewrites the same value: only the revision changes.
-	if _, err := tasks.Put(ctx, EncodeName("x"), e.Value()); err != nil {
+	if _, err := tasks.Put(ctx, protocol.EncodeName("x"), e.Value()); err != nil {
 		t.Fatal(err)
 	}
 	// Deleting the target makes the selector delete its state: conflict.
@@ -399,7 +400,7 @@ func TestServiceStoreConflict(t *testing.T) {
 		return st.LaunchesStopped != "" && st.Counters.StoreErrors > 0
 	})
 	// The intruder's key was not deleted.
-	if _, err := tasks.Get(ctx, EncodeName("x")); err != nil {
+	if _, err := tasks.Get(ctx, protocol.EncodeName("x")); err != nil {
 		t.Fatalf("the conflicting delete went through: %v", err)
 	}
 }

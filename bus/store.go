@@ -13,12 +13,13 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
 
 // SelectorConsumer is the durable name of the selector's consumer on the
-// EventStream.
+// protocol.EventStream.
 const SelectorConsumer = "selector"
 
 // StoreConfig sizes the JetStream state. Zero fields take the defaults in
@@ -82,10 +83,10 @@ type Store struct {
 //
 // The stream's name is fixed, so one JetStream account serves one subject
 // prefix.
-func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg StoreConfig) (*Store, error) {
+func EnsureStore(ctx context.Context, js jetstream.JetStream, subj protocol.Subjects, cfg StoreConfig) (*Store, error) {
 	cfg = cfg.withDefaults()
 	targets, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       TargetsBucket,
+		Bucket:       protocol.TargetsBucket,
 		Description:  "taskselector: desired targets (key = encoded target name, value = TargetSpec)",
 		History:      cfg.TargetsHistory,
 		MaxValueSize: schemas.MaxMessageBytes,
@@ -93,14 +94,14 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 		Replicas:     cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bus: ensure bucket %s: %w", TargetsBucket, err)
+		return nil, fmt.Errorf("bus: ensure bucket %s: %w", protocol.TargetsBucket, err)
 	}
 	tasks, err := js.CreateOrUpdateKeyValue(ctx, TasksBucketConfig(cfg))
 	if err != nil {
-		return nil, fmt.Errorf("bus: ensure bucket %s: %w", TasksBucket, err)
+		return nil, fmt.Errorf("bus: ensure bucket %s: %w", protocol.TasksBucket, err)
 	}
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        EventStream,
+		Name:        protocol.EventStream,
 		Description: "taskselector: task done/failed events",
 		Subjects:    []string{subj.Events()},
 		Retention:   jetstream.LimitsPolicy,
@@ -113,7 +114,7 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 		Duplicates:  2 * time.Minute,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bus: ensure stream %s: %w", EventStream, err)
+		return nil, fmt.Errorf("bus: ensure stream %s: %w", protocol.EventStream, err)
 	}
 	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       SelectorConsumer,
@@ -126,7 +127,7 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 		FilterSubject: subj.Events(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bus: ensure consumer %s on %s: %w", SelectorConsumer, EventStream, err)
+		return nil, fmt.Errorf("bus: ensure consumer %s on %s: %w", SelectorConsumer, protocol.EventStream, err)
 	}
 	return &Store{Targets: targets, Tasks: tasks, Events: stream, Consumer: cons}, nil
 }
@@ -136,7 +137,7 @@ func EnsureStore(ctx context.Context, js jetstream.JetStream, subj Subjects, cfg
 func TasksBucketConfig(cfg StoreConfig) jetstream.KeyValueConfig {
 	cfg = cfg.withDefaults()
 	return jetstream.KeyValueConfig{
-		Bucket:       TasksBucket,
+		Bucket:       protocol.TasksBucket,
 		Description:  "taskselector: selector state per target (key = encoded target name, value = TaskState); written by the selector only",
 		History:      1,
 		MaxValueSize: schemas.MaxMessageBytes,
@@ -203,7 +204,7 @@ func (s *TaskStore) Recreated() uint64 { return s.recreated.Load() }
 func (s *TaskStore) Revision(target string) (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rev, ok := s.revs[EncodeName(target)]
+	rev, ok := s.revs[protocol.EncodeName(target)]
 	return rev, ok
 }
 
@@ -216,15 +217,15 @@ func (s *TaskStore) Revision(target string) (uint64, bool) {
 func (s *TaskStore) Replay(ctx context.Context) ([]schemas.TaskState, error) {
 	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, fmt.Errorf("bus: replay %s: %w", TasksBucket, err)
+		return nil, fmt.Errorf("bus: replay %s: %w", protocol.TasksBucket, err)
 	}
 	defer func() { _ = w.Stop() }()
 	type decoded struct {
 		target string
 		st     schemas.TaskState
 	}
-	entries, err := replayDecode(ctx, w, TasksBucket, func(e jetstream.KeyValueEntry) (decoded, error) {
-		target, err := DecodeName(e.Key())
+	entries, err := replayDecode(ctx, w, protocol.TasksBucket, func(e jetstream.KeyValueEntry) (decoded, error) {
+		target, err := protocol.DecodeName(e.Key())
 		if err != nil {
 			return decoded{}, err
 		}
@@ -342,7 +343,7 @@ func replayDecode[T any](ctx context.Context, w jetstream.KeyWatcher, bucket str
 // writes again; and every Put first stores again what a lost bucket took.
 // data must not be modified afterwards: the store keeps it.
 func (s *TaskStore) Put(ctx context.Context, target string, data []byte) error {
-	key := EncodeName(target)
+	key := protocol.EncodeName(target)
 	for retried := false; ; retried = true {
 		if err := s.storeLost(ctx, key); err != nil {
 			return fmt.Errorf("bus: persist %q: %w", target, err)
@@ -382,7 +383,7 @@ func (s *TaskStore) Put(ctx context.Context, target string, data []byte) error {
 // A delete that finds the bucket gone (with RecreateWith set) recreates it;
 // the key is then gone already, and so is done.
 func (s *TaskStore) Delete(ctx context.Context, target string) error {
-	key := EncodeName(target)
+	key := protocol.EncodeName(target)
 	for retried := false; ; retried = true {
 		s.mu.Lock()
 		rev, known := s.revs[key]
@@ -519,7 +520,7 @@ var ErrUnsettled = errors.New("bus: earlier write not settled yet")
 //
 // A failed read returns its error; that too is no evidence of a conflict.
 func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (bool, error) {
-	key := EncodeName(target)
+	key := protocol.EncodeName(target)
 	s.mu.Lock()
 	seen, known := s.revs[key]
 	s.mu.Unlock()
@@ -597,10 +598,10 @@ func WatchTargets(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) 
 	}
 	w, wcancel, err := startWatch(ctx, kv)
 	if err != nil {
-		return nil, nil, fmt.Errorf("bus: watch %s: %w", TargetsBucket, err)
+		return nil, nil, fmt.Errorf("bus: watch %s: %w", protocol.TargetsBucket, err)
 	}
 	tw := &TargetsWatcher{kv: kv, w: w, wcancel: wcancel, log: log, restart: make(chan struct{}, 1)}
-	entries, err := replayDecode(ctx, w, TargetsBucket, func(e jetstream.KeyValueEntry) (selector.Event, error) {
+	entries, err := replayDecode(ctx, w, protocol.TargetsBucket, func(e jetstream.KeyValueEntry) (selector.Event, error) {
 		return tw.event(e), nil
 	})
 	if err != nil {
@@ -777,7 +778,7 @@ func (tw *TargetsWatcher) Stop() error {
 	}
 	defer wcancel()
 	if err := w.Stop(); err != nil {
-		return fmt.Errorf("bus: stop %s watcher: %w", TargetsBucket, err)
+		return fmt.Errorf("bus: stop %s watcher: %w", protocol.TargetsBucket, err)
 	}
 	return nil
 }
@@ -810,7 +811,7 @@ func (tw *TargetsWatcher) event(e jetstream.KeyValueEntry) selector.Event {
 	tw.mu.Lock()
 	tw.lastRev = max(tw.lastRev, e.Revision())
 	tw.mu.Unlock()
-	target, err := DecodeName(e.Key())
+	target, err := protocol.DecodeName(e.Key())
 	if err != nil {
 		tw.malformed.Add(1)
 		tw.log.Warn("targets bucket: key is not an encoded target name; ignored", "key", e.Key(), "err", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -17,7 +18,7 @@ import (
 func TestTaskStoreCAS(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TasksBucket)
+	kv := kvOf(t, nc, protocol.TasksBucket)
 	ctx := testCtx(t, 10*time.Second)
 	st := NewTaskStore(kv, testLog())
 
@@ -33,7 +34,7 @@ func TestTaskStoreCAS(t *testing.T) {
 	if !ok || rev1 == 0 {
 		t.Fatalf("no revision after create")
 	}
-	e, err := kv.Get(ctx, EncodeName(target))
+	e, err := kv.Get(ctx, protocol.EncodeName(target))
 	if err != nil || string(e.Value()) != string(v1) || e.Revision() != rev1 {
 		t.Fatalf("stored value/revision wrong: %v", err)
 	}
@@ -48,7 +49,7 @@ func TestTaskStoreCAS(t *testing.T) {
 	}
 
 	// Another writer changes the key: our next write is a conflict.
-	if _, err := kv.Put(ctx, EncodeName(target), v1); err != nil {
+	if _, err := kv.Put(ctx, protocol.EncodeName(target), v1); err != nil {
 		t.Fatal(err)
 	}
 	err = st.Put(ctx, target, v2)
@@ -60,7 +61,7 @@ func TestTaskStoreCAS(t *testing.T) {
 	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("stale delete: got %v, want ErrConflict", err)
 	}
-	if _, err := kv.Get(ctx, EncodeName(target)); err != nil {
+	if _, err := kv.Get(ctx, protocol.EncodeName(target)); err != nil {
 		t.Fatalf("key gone after a refused delete: %v", err)
 	}
 
@@ -81,7 +82,7 @@ func TestTaskStoreCAS(t *testing.T) {
 	if err := st2.Delete(ctx, target); err != nil {
 		t.Fatalf("delete at revision: %v", err)
 	}
-	if _, err := kv.Get(ctx, EncodeName(target)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if _, err := kv.Get(ctx, protocol.EncodeName(target)); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("get after delete: %v, want ErrKeyNotFound", err)
 	}
 	if _, ok := st2.Revision(target); ok {
@@ -106,7 +107,7 @@ func TestTaskStoreCAS(t *testing.T) {
 func TestTaskStoreRecreatesALostBucket(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TasksBucket)
+	kv := kvOf(t, nc, protocol.TasksBucket)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +134,7 @@ func TestTaskStoreRecreatesALostBucket(t *testing.T) {
 	}
 	lose := func() {
 		t.Helper()
-		if err := js.DeleteKeyValue(ctx, TasksBucket); err != nil {
+		if err := js.DeleteKeyValue(ctx, protocol.TasksBucket); err != nil {
 			t.Fatalf("delete the bucket: %v", err)
 		}
 	}
@@ -208,7 +209,7 @@ func TestTaskStoreRecreatesALostBucket(t *testing.T) {
 func TestTaskStoreReconcile(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TasksBucket)
+	kv := kvOf(t, nc, protocol.TasksBucket)
 	ctx := testCtx(t, 10*time.Second)
 	a := NewTaskStore(kv, testLog())
 	v1 := mustMarshal(t, ptr(taskState("x", "t1", 1)))
@@ -259,7 +260,7 @@ func TestTaskStoreReconcile(t *testing.T) {
 func TestTaskStoreReplay(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TasksBucket)
+	kv := kvOf(t, nc, protocol.TasksBucket)
 	ctx := testCtx(t, 20*time.Second)
 
 	// An empty bucket replays to nothing, at once.
@@ -341,7 +342,7 @@ func TestTaskStoreReplay(t *testing.T) {
 func TestTargetsWatcher(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	kv := kvOf(t, nc, TargetsBucket)
+	kv := kvOf(t, nc, protocol.TargetsBucket)
 	ctx := testCtx(t, 10*time.Second)
 	c, err := NewClient(nc, "")
 	if err != nil {
@@ -415,7 +416,7 @@ func TestTargetsWatcher(t *testing.T) {
 	if err := kv.Purge(ctx, "new one"); err == nil {
 		t.Fatalf("purge of a raw (unencoded) key should fail in the client")
 	}
-	if err := kv.Purge(ctx, EncodeName("new one")); err != nil {
+	if err := kv.Purge(ctx, protocol.EncodeName("new one")); err != nil {
 		t.Fatal(err)
 	}
 	if ev, ok := next().(*selector.TargetDeleted); !ok || ev.Target != "new one" {

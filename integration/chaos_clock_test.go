@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -90,7 +90,7 @@ func TestChaosWallClockJump(t *testing.T) {
 
 	// A clock step across a restart: the recorded times move.
 	w.killSelector(sel)
-	kv := w.kv(bus.TasksBucket)
+	kv := w.kv(protocol.TasksBucket)
 	keys, err := kv.Keys(w.ctx(10 * time.Second))
 	if err != nil {
 		t.Fatalf("tasks keys: %v", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -92,14 +93,14 @@ func (w *chaosWorld) flood(msgs []*nats.Msg, d time.Duration) int {
 func TestChaosOverload(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		pattern func(bus.Subjects) string
+		pattern func(protocol.Subjects) string
 		limits  func(*bus.ServiceConfig)
 		d       func(selector.Config) time.Duration
 	}{
-		{"heartbeat_flood", bus.Subjects.Heartbeats,
+		{"heartbeat_flood", protocol.Subjects.Heartbeats,
 			func(c *bus.ServiceConfig) { c.HeartbeatPending = bus.PendingLimits{Msgs: 64} },
 			func(c selector.Config) time.Duration { return c.HeartbeatStale + time.Second }},
-		{"host_status_flood", bus.Subjects.Hosts,
+		{"host_status_flood", protocol.Subjects.Hosts,
 			func(c *bus.ServiceConfig) { c.HostStatusPending = bus.PendingLimits{Msgs: 8} },
 			func(c selector.Config) time.Duration { return c.HostStale + time.Second }},
 	} {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -189,7 +189,7 @@ func TestChaosTasksBucketLost(t *testing.T) {
 	}
 
 	lost := time.Now()
-	if err := w.js.DeleteKeyValue(w.ctx(10*time.Second), bus.TasksBucket); err != nil {
+	if err := w.js.DeleteKeyValue(w.ctx(10*time.Second), protocol.TasksBucket); err != nil {
 		t.Fatalf("delete the tasks bucket: %v", err)
 	}
 	w.declare("after", chaosSpec(1, 2))

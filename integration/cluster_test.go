@@ -13,6 +13,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -35,7 +36,7 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 	c := natstest.NewCluster(t, 3, natstest.ClusterName("ts"))
 	t.Logf("3-node cluster formed in %v; meta leader %s", time.Since(start), c.Name(c.MetaLeader()))
 	return &clusterEnv{
-		env:      &env{t: t, url: c.URLs(), port: -1, subj: bus.NewSubjects("")},
+		env:      &env{t: t, url: c.URLs(), port: -1, subj: protocol.NewSubjects("")},
 		c:        c,
 		survivor: -1,
 	}
@@ -76,7 +77,7 @@ func (ce *clusterEnv) roles(i int) string {
 	if ce.c.MetaLeader() == i {
 		r = append(r, "meta leader")
 	}
-	for _, s := range []string{"KV_" + bus.TargetsBucket, "KV_" + bus.TasksBucket, bus.EventStream} {
+	for _, s := range []string{"KV_" + protocol.TargetsBucket, "KV_" + protocol.TasksBucket, protocol.EventStream} {
 		if ce.c.StreamLeader(natstest.GlobalAccount, s) == i {
 			r = append(r, s+" leader")
 		}
@@ -307,7 +308,7 @@ func TestChaosCluster(t *testing.T) {
 	// The worst case: the survivor leads the tasks bucket, so the
 	// selector's writes reach a leader that takes them in but can no
 	// longer commit them.
-	ce.c.LeadStream(ce.survivor, natstest.GlobalAccount, "KV_"+bus.TasksBucket, 20*time.Second)
+	ce.c.LeadStream(ce.survivor, natstest.GlobalAccount, "KV_"+protocol.TasksBucket, 20*time.Second)
 	if n := ce.node(sel.nc); n == second {
 		t.Logf("the selector is on %s, which stops now: it fails over to the survivor without a quorum", ce.c.Name(n))
 	} else {

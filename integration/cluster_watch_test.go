@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -28,7 +28,7 @@ func TestClusterTargetsWatcherSurvivesLossOfItsConsumerNode(t *testing.T) {
 	ce := newClusterEnv(t)
 	cfg := serviceConfig(engineConfig())
 	cfg.Store.Replicas = 3
-	const stream = "KV_" + bus.TargetsBucket
+	const stream = "KV_" + protocol.TargetsBucket
 
 	// Start selectors until one's targets watcher lives on another node
 	// than its connection: that node is the one to stop.

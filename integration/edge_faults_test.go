@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -119,7 +120,7 @@ func TestEdgeDuplicateEventAckedOnlyAfterWrite(t *testing.T) {
 		t.Errorf("restarted selector read %d backlog events, want 1", got)
 	}
 	// The durable consumer's redelivery is a duplicate, acked in the end.
-	cons, err := e.js.Consumer(e.ctx(10*time.Second), bus.EventStream, bus.SelectorConsumer)
+	cons, err := e.js.Consumer(e.ctx(10*time.Second), protocol.EventStream, bus.SelectorConsumer)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
 	}

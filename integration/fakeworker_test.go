@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -18,7 +18,7 @@ import (
 type fakeWorker struct {
 	t    testing.TB
 	nc   *nats.Conn
-	subj bus.Subjects
+	subj protocol.Subjects
 	host string
 	ram  int64
 	// refuse answers every launch with insufficient_ram.
@@ -61,7 +61,7 @@ type fakeKill struct {
 // connection) and starts its HostStatus loop; both end with the test.
 func startFakeWorker(t testing.TB, nc *nats.Conn, host string, ramMiB int64, refuse, listRunning bool) *fakeWorker {
 	t.Helper()
-	w := &fakeWorker{t: t, nc: nc, subj: bus.NewSubjects(""), host: host, ram: ramMiB,
+	w := &fakeWorker{t: t, nc: nc, subj: protocol.NewSubjects(""), host: host, ram: ramMiB,
 		refuse: refuse, listRunning: listRunning, nextPID: 500, running: map[string]schemas.PsTask{}}
 	for subject, h := range map[string]nats.MsgHandler{
 		w.subj.Launch(host): w.onLaunch,

@@ -25,6 +25,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -101,7 +102,7 @@ type env struct {
 	port   int
 	srv    *server.Server
 	url    string
-	subj   bus.Subjects
+	subj   protocol.Subjects
 	nc     *nats.Conn
 	client *bus.Client
 	js     jetstream.JetStream
@@ -111,7 +112,7 @@ type env struct {
 // port, or on a fixed free port when fixedPort is set (for restarts).
 func newEnv(t *testing.T, fixedPort bool) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), port: -1, subj: bus.NewSubjects("")}
+	e := &env{t: t, dir: t.TempDir(), port: -1, subj: protocol.NewSubjects("")}
 	if fixedPort {
 		e.port = natstest.FreePort(t)
 	}
@@ -242,11 +243,11 @@ func (e *env) kv(bucket string) jetstream.KeyValue {
 
 // taskState reads target's entry in the tasks bucket.
 func (e *env) taskState(target string) (schemas.TaskState, error) {
-	kv, err := e.js.KeyValue(e.ctx(10*time.Second), bus.TasksBucket)
+	kv, err := e.js.KeyValue(e.ctx(10*time.Second), protocol.TasksBucket)
 	if err != nil {
 		return schemas.TaskState{}, err
 	}
-	ent, err := kv.Get(e.ctx(10*time.Second), bus.EncodeName(target))
+	ent, err := kv.Get(e.ctx(10*time.Second), protocol.EncodeName(target))
 	if err != nil {
 		return schemas.TaskState{}, err
 	}
@@ -497,7 +498,7 @@ func (e *env) startSpy() *spy {
 func (s *spy) onRequest(kind string, m *nats.Msg) {
 	r := seenRequest{at: time.Now()}
 	tok := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
-	host, err := bus.DecodeName(tok)
+	host, err := protocol.DecodeName(tok)
 	var bad string
 	if err != nil {
 		bad = fmt.Sprintf("%s request on %q: host token: %v", kind, m.Subject, err)

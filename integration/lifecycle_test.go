@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -398,14 +398,14 @@ func TestEncodedNamesEndToEnd(t *testing.T) {
 		}
 	}
 	// The documented encoding, seen from outside the bus package.
-	ent, err := e.kv(bus.TasksBucket).Get(e.ctx(10*time.Second), "=SS5JLkkuSQ")
+	ent, err := e.kv(protocol.TasksBucket).Get(e.ctx(10*time.Second), "=SS5JLkkuSQ")
 	if err != nil {
 		t.Fatalf("tasks key =SS5JLkkuSQ for I.I.I.I: %v", err)
 	}
 	if st, err := schemas.DecodeTaskState(ent.Value()); err != nil || st.Target != "I.I.I.I" {
 		t.Errorf("tasks[=SS5JLkkuSQ] = %q (%v), want target I.I.I.I", st.Target, err)
 	}
-	if _, err := e.kv(bus.TargetsBucket).Get(e.ctx(10*time.Second), "=SS5JLkkuSQ"); err != nil {
+	if _, err := e.kv(protocol.TargetsBucket).Get(e.ctx(10*time.Second), "=SS5JLkkuSQ"); err != nil {
 		t.Errorf("targets key =SS5JLkkuSQ: %v", err)
 	}
 }

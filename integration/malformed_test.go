@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -111,7 +112,7 @@ func TestMalformedFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.kv(bus.TargetsBucket).Put(e.ctx(10*time.Second), "=A", good); err != nil {
+	if _, err := e.kv(protocol.TargetsBucket).Put(e.ctx(10*time.Second), "=A", good); err != nil {
 		t.Fatalf("put =A: %v", err)
 	}
 	nTargets++

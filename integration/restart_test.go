@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -138,7 +138,7 @@ func TestSelectorRestartWithWipedTasksBucketAdopts(t *testing.T) {
 	sel1, ws, lines := liveCluster(t, e)
 	sel1.stop(t)
 
-	kv := e.kv(bus.TasksBucket)
+	kv := e.kv(protocol.TasksBucket)
 	keys, err := kv.Keys(e.ctx(10 * time.Second))
 	if err != nil || len(keys) != len(restartTargets) {
 		t.Fatalf("tasks keys before the wipe: %v (%v)", keys, err)
@@ -200,11 +200,11 @@ func TestNATSServerRestartUnderSelector(t *testing.T) {
 	}
 	lines := map[string]schemas.TargetStatus{}
 	revs := map[string]uint64{}
-	kv := e.kv(bus.TasksBucket)
+	kv := e.kv(protocol.TasksBucket)
 	for _, name := range targets {
 		lines[name] = e.waitActive(20*time.Second, name)
 		e.waitStoredTask(10*time.Second, name, lines[name].TaskID, schemas.TaskActive)
-		ent, err := kv.Get(e.ctx(10*time.Second), bus.EncodeName(name))
+		ent, err := kv.Get(e.ctx(10*time.Second), protocol.EncodeName(name))
 		if err != nil {
 			t.Fatalf("get %s: %v", name, err)
 		}
@@ -228,9 +228,9 @@ func TestNATSServerRestartUnderSelector(t *testing.T) {
 	}
 
 	// The file-store bucket survived: the same entries, not rewritten.
-	kv2 := e.kv(bus.TasksBucket)
+	kv2 := e.kv(protocol.TasksBucket)
 	for _, name := range targets {
-		ent, err := kv2.Get(e.ctx(10*time.Second), bus.EncodeName(name))
+		ent, err := kv2.Get(e.ctx(10*time.Second), protocol.EncodeName(name))
 		if err != nil {
 			t.Fatalf("tasks[%s] after the server restart: %v", name, err)
 		}

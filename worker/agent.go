@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -43,7 +43,7 @@ type Config struct {
 	RAMMiB int64
 	// HeartbeatInterval is the period of task heartbeats and HostStatus [1s].
 	HeartbeatInterval time.Duration
-	// Prefix of every subject [bus.DefaultPrefix].
+	// Prefix of every subject [protocol.DefaultPrefix].
 	Prefix string
 	// Executor is the executor's name, for logs [sim].
 	Executor string
@@ -88,7 +88,7 @@ func (c *Config) withDefaults() error {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	if c.Prefix == "" {
-		c.Prefix = bus.DefaultPrefix
+		c.Prefix = protocol.DefaultPrefix
 	}
 	if c.Executor == "" {
 		c.Executor = SimExecutor
@@ -180,7 +180,7 @@ type Agent struct {
 	cfg  Config
 	exec Executor
 	log  *slog.Logger
-	subj bus.Subjects
+	subj protocol.Subjects
 	out  *outbox
 
 	mu       sync.Mutex
@@ -241,7 +241,7 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		cfg:     cfg,
 		exec:    exec,
 		log:     log,
-		subj:    bus.NewSubjects(cfg.Prefix),
+		subj:    protocol.NewSubjects(cfg.Prefix),
 		tasks:   make(map[string]*entry),
 		ended:   newEndedCache(cfg.EndedMemory),
 		ready:   make(chan struct{}),

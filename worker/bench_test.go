@@ -8,8 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -25,7 +25,7 @@ func BenchmarkLaunchRoundTrip(b *testing.B) {
 		b.Fatal(err)
 	}
 	createStream(b, js, "")
-	subj := bus.NewSubjects("")
+	subj := protocol.NewSubjects("")
 	hbs, err := cli.SubscribeSync(subj.Heartbeats())
 	if err != nil {
 		b.Fatal(err)

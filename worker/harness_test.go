@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
 )
@@ -27,8 +27,8 @@ func createStream(t testing.TB, js jetstream.JetStream, prefix string) jetstream
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:     bus.EventStream,
-		Subjects: []string{bus.NewSubjects(prefix).Events()},
+		Name:     protocol.EventStream,
+		Subjects: []string{protocol.NewSubjects(prefix).Events()},
 		Storage:  jetstream.FileStorage,
 	})
 	if err != nil {
@@ -43,7 +43,7 @@ type harness struct {
 	cli    *nats.Conn // the selector's side
 	js     jetstream.JetStream
 	stream jetstream.Stream
-	subj   bus.Subjects
+	subj   protocol.Subjects
 	agent  *Agent
 	sim    *Sim
 	proxy  *natstest.Proxy // between the agent and the server, when asked for
@@ -91,7 +91,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		o.cfg.PublishTimeout = 500 * time.Millisecond
 	}
 	h.cfg = o.cfg
-	h.subj = bus.NewSubjects(o.cfg.Prefix)
+	h.subj = protocol.NewSubjects(o.cfg.Prefix)
 	if !o.noStream {
 		h.stream = createStream(t, h.js, o.cfg.Prefix)
 	}
@@ -271,7 +271,7 @@ func (h *harness) nextEvent() schemas.TaskEvent {
 	if h.events == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
-		c, err := h.js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{})
+		c, err := h.js.OrderedConsumer(ctx, protocol.EventStream, jetstream.OrderedConsumerConfig{})
 		if err != nil {
 			h.t.Fatalf("consumer: %v", err)
 		}

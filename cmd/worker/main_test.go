@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -87,7 +87,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 func TestRunServesAndStopsOnCancel(t *testing.T) {
 	s := natstest.Server(t)
 	nc := natstest.Conn(t, s.ClientURL())
-	subj := bus.NewSubjects("demo")
+	subj := protocol.NewSubjects("demo")
 	hosts, err := nc.SubscribeSync(subj.Host("I.I.I.I"))
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -298,7 +298,7 @@ func TestHealForgetsTheKillsSentWhileCutOff(t *testing.T) {
 
 func TestObserveRequestAndLaunchCount(t *testing.T) {
 	a, _ := newTestAuditor()
-	subj := bus.NewSubjects("")
+	subj := protocol.NewSubjects("")
 	req := schemas.LaunchRequest{V: schemas.Version, TaskID: "a#1", Epoch: 1, Target: "a", Type: "work",
 		RAM: schemas.TaskRAM{WrapperMiB: 8, HelpersMiB: 8}}
 	data, err := schemas.Marshal(&req)

@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -58,7 +58,7 @@ func (a *Auditor) WatchEvents(ctx context.Context, nc *nats.Conn) error {
 // read off its connection: a launch or kill request under subj is judged,
 // anything else (a ps request, a reply, a malformed request) is ignored. It
 // is safe to call from the connection's goroutine.
-func (a *Auditor) ObserveRequest(subj bus.Subjects, subject string, data []byte) {
+func (a *Auditor) ObserveRequest(subj protocol.Subjects, subject string, data []byte) {
 	switch {
 	case strings.HasPrefix(subject, subj.Prefix+".launch."):
 		a.onLaunch(data)
@@ -69,7 +69,7 @@ func (a *Auditor) ObserveRequest(subj bus.Subjects, subject string, data []byte)
 
 // consumeEvents starts an ordered consumer of the whole event stream.
 func (a *Auditor) consumeEvents(ctx context.Context, js jetstream.JetStream) (jetstream.ConsumeContext, error) {
-	cons, err := js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	cons, err := js.OrderedConsumer(ctx, protocol.EventStream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		return nil, fmt.Errorf("audit: event stream: %w", err)
 	}
@@ -144,7 +144,7 @@ func (a *Auditor) onKill(subject string, data []byte) {
 	if err != nil {
 		return
 	}
-	host, err := bus.DecodeName(subject[strings.LastIndexByte(subject, '.')+1:])
+	host, err := protocol.DecodeName(subject[strings.LastIndexByte(subject, '.')+1:])
 	if err != nil {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/internal/wiretap"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -24,7 +25,7 @@ func TestWatchEventsFollowsTheStream(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	subj := bus.NewSubjects("")
+	subj := protocol.NewSubjects("")
 	a, _ := newTestAuditor()
 	watched := make(chan error, 1)
 	go func() { watched <- a.WatchEvents(ctx, nc) }() // waits for the stream
@@ -74,7 +75,7 @@ func TestAuditedRequestToDeadHostFailsAtOnce(t *testing.T) {
 	srv := natstest.Server(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	subj := bus.NewSubjects("")
+	subj := protocol.NewSubjects("")
 	a, _ := newTestAuditor()
 	tap := &wiretap.Dialer{
 		OnPublish: func(subject string, data []byte) { a.ObserveRequest(subj, subject, data) },

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -960,7 +961,7 @@ func (w *world) hostile(rng *rand.Rand) {
 				w.log.Warn("soak: hostile event", "err", err)
 			}
 		}
-		kv, err := w.js.KeyValue(ctx, bus.TargetsBucket)
+		kv, err := w.js.KeyValue(ctx, protocol.TargetsBucket)
 		if err != nil {
 			w.log.Warn("soak: targets bucket", "err", err)
 			return

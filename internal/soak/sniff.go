@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -54,7 +54,7 @@ func (r *ring) all() []recorded {
 // subscribes to what is published (heartbeats, host statuses, events) and
 // is fed the selector's requests from the tap on its proxy (proxy.go).
 type sniffer struct {
-	subj bus.Subjects
+	subj protocol.Subjects
 	subs []*nats.Subscription
 	log  *slog.Logger // traces every request and event at debug level
 
@@ -68,7 +68,7 @@ type sniffer struct {
 	launches map[string]recorded // by task id
 }
 
-func startSniffer(nc *nats.Conn, subj bus.Subjects, log *slog.Logger) (*sniffer, error) {
+func startSniffer(nc *nats.Conn, subj protocol.Subjects, log *slog.Logger) (*sniffer, error) {
 	s := &sniffer{
 		subj:     subj,
 		log:      log,
@@ -109,7 +109,7 @@ func (s *sniffer) stop() {
 
 // hostOf decodes the last token of subject as a host name.
 func hostOf(subject string) string {
-	h, err := bus.DecodeName(subject[strings.LastIndexByte(subject, '.')+1:])
+	h, err := protocol.DecodeName(subject[strings.LastIndexByte(subject, '.')+1:])
 	if err != nil {
 		return ""
 	}

@@ -41,6 +41,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/audit"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -86,7 +87,7 @@ type world struct {
 	tm   Timers
 	log  *slog.Logger // progress
 	clog *slog.Logger // the components'
-	subj bus.Subjects
+	subj protocol.Subjects
 
 	dir  string
 	port int
@@ -138,7 +139,7 @@ func newWorld(o Options) *world {
 		tm:      o.Timers,
 		log:     o.Log,
 		clog:    o.ComponentLog,
-		subj:    bus.NewSubjects(""),
+		subj:    protocol.NewSubjects(""),
 		aud:     audit.New(audit.Config{}),
 		track:   newTracker(),
 		hosts:   make(map[string]*hostProc),

@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/cgroup"
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -42,7 +42,7 @@ kill_grace = "10s"
 // embedded NATS server, and the selector's side of the connection.
 type benchAgent struct {
 	cli   *nats.Conn
-	subj  bus.Subjects
+	subj  protocol.Subjects
 	host  string
 	agent *worker.Agent
 	ex    *Executor
@@ -84,9 +84,9 @@ func startBenchAgent(tb testing.TB, mode cgroup.Mode, hb time.Duration) *benchAg
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	subj := bus.NewSubjects("")
+	subj := protocol.NewSubjects("")
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: bus.EventStream, Subjects: []string{subj.Events()}, Storage: jetstream.FileStorage,
+		Name: protocol.EventStream, Subjects: []string{subj.Events()}, Storage: jetstream.FileStorage,
 	}); err != nil {
 		tb.Fatal(err)
 	}

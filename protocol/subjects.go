@@ -1,4 +1,4 @@
-package bus
+package protocol
 
 import (
 	"fmt"
@@ -71,11 +71,11 @@ func (s Subjects) ParseHeartbeat(subject string) (host, target string, err error
 		rest, ok = strings.CutPrefix(rest, ".heartbeat.")
 	}
 	if !ok {
-		return "", "", fmt.Errorf("bus: %q is not a heartbeat subject", subject)
+		return "", "", fmt.Errorf("protocol: %q is not a heartbeat subject", subject)
 	}
 	h, t, ok := strings.Cut(rest, ".")
 	if !ok || strings.Contains(t, ".") {
-		return "", "", fmt.Errorf("bus: %q is not a heartbeat subject", subject)
+		return "", "", fmt.Errorf("protocol: %q is not a heartbeat subject", subject)
 	}
 	if host, err = DecodeName(h); err != nil {
 		return "", "", err

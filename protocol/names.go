@@ -1,7 +1,4 @@
-// Package bus wires taskselector to NATS and JetStream: subjects, name
-// encoding, the embedded server, the KV buckets and the event stream, and the
-// selector service that drives the pure decision core over them.
-package bus
+package protocol
 
 import (
 	"encoding/base64"
@@ -28,7 +25,7 @@ func EncodeName(name string) string {
 }
 
 // ErrBadName is wrapped by DecodeName errors.
-var ErrBadName = errors.New("bus: malformed encoded name")
+var ErrBadName = errors.New("protocol: malformed encoded name")
 
 // DecodeName turns a subject token or KV key produced by EncodeName back into
 // the name.
