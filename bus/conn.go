@@ -11,27 +11,23 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/taskselector/taskselector/internal/backoff"
 )
 
-// Reconnect backoff: the n-th wait is ReconnectBase*2^(n-1), capped at
-// ReconnectMax, then ±ReconnectJitter of itself at random, so that many
-// clients of a restarted server do not reconnect in lockstep.
-const (
-	ReconnectBase   = 100 * time.Millisecond
-	ReconnectMax    = 5 * time.Second
-	ReconnectJitter = 0.2
-)
-
-// ReconnectDelay is the wait before reconnect attempt n (n >= 1).
-func ReconnectDelay(n int) time.Duration {
-	d := ReconnectBase
-	for i := 1; i < n && d < ReconnectMax; i++ {
-		d *= 2
-	}
-	d = min(d, ReconnectMax)
-	j := 1 + ReconnectJitter*(2*rand.Float64()-1)
-	return time.Duration(float64(d) * j)
+// reconnectBackoff spaces reconnects and start retries: the n-th wait is
+// 100ms·2^(n-1), capped at 5s, then ±20% of itself at random (cap first, so
+// that many clients of a restarted server do not reconnect in lockstep even
+// at the cap).
+var reconnectBackoff = backoff.Policy{
+	Base:     100 * time.Millisecond,
+	Max:      5 * time.Second,
+	Jitter:   0.2,
+	CapFirst: true,
 }
+
+// reconnectDelay is the wait before reconnect attempt n (n >= 1).
+func reconnectDelay(n int) time.Duration { return reconnectBackoff.Delay(n, rand.Float64) }
 
 // ConnStats counts what happened to a connection made by Connect.
 type ConnStats struct {
@@ -60,7 +56,7 @@ func StatsOf(nc *nats.Conn) *ConnStats {
 // Connect connects to the NATS server at url as the client name and keeps
 // the connection up for good: the first connection is retried with backoff
 // until it succeeds or ctx ends, and a lost connection is re-established
-// forever, with exponential backoff and jitter (ReconnectDelay). While it is
+// forever, with exponential backoff and jitter (reconnectDelay). While it is
 // down, publishes are buffered by the client.
 //
 // onDisconnect and onReconnect (either may be nil) are called, from the
@@ -75,9 +71,9 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(ReconnectBase),
-		nats.ReconnectJitter(ReconnectBase/5, ReconnectBase/5),
-		nats.CustomReconnectDelay(ReconnectDelay),
+		nats.ReconnectWait(reconnectBackoff.Base),
+		nats.ReconnectJitter(reconnectBackoff.Base/5, reconnectBackoff.Base/5),
+		nats.CustomReconnectDelay(reconnectDelay),
 		nats.PingInterval(5 * time.Second),
 		nats.Timeout(2 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -127,7 +123,7 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 			connStats.Store(nc, stats)
 			return nc, nil
 		}
-		wait := ReconnectDelay(attempt)
+		wait := reconnectDelay(attempt)
 		log.Warn("nats connect failed; retrying", "name", name, "url", url, "attempt", attempt, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -20,12 +21,13 @@ import (
 func TestReconnectDelay(t *testing.T) {
 	prevMax := time.Duration(0)
 	for n := 1; n <= 30; n++ {
-		d := ReconnectDelay(n)
-		base := min(ReconnectBase<<min(n-1, 20), ReconnectMax)
-		lo := time.Duration(float64(base) * (1 - ReconnectJitter))
-		hi := time.Duration(float64(base) * (1 + ReconnectJitter))
+		d := reconnectDelay(n)
+		p := reconnectBackoff
+		base := min(p.Base<<min(n-1, 20), p.Max)
+		lo := time.Duration(float64(base) * (1 - p.Jitter))
+		hi := time.Duration(float64(base) * (1 + p.Jitter))
 		if d < lo || d > hi {
-			t.Fatalf("ReconnectDelay(%d) = %v, want within [%v, %v]", n, d, lo, hi)
+			t.Fatalf("reconnectDelay(%d) = %v, want within [%v, %v]", n, d, lo, hi)
 		}
 		if hi < prevMax {
 			t.Fatalf("delays shrink at attempt %d", n)
@@ -93,8 +95,8 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	snc := connect(t, url)
 
 	r := startService(t, snc, ServiceConfig{})
-	client := connect(t, url)
-	c, err := NewClient(client, "")
+	opNC := connect(t, url)
+	c, err := client.New(opNC, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 		return err == nil
 	})
 	// The target declared before the restart survived in the file store.
-	js, err := jetstream.New(client)
+	js, err := jetstream.New(opNC)
 	if err != nil {
 		t.Fatal(err)
 	}

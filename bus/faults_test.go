@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -61,7 +62,7 @@ func TestDecodeReplyKeepsPsPIDsAndTakesErrorsAsUnanswered(t *testing.T) {
 func TestServiceErrorRepliesAreUnanswered(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func (f *flakyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 func TestServiceAmbiguousWriteReadErrorIsRetried(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestWriterRetriesWhileEarlierAttemptPending(t *testing.T) {
 func TestServiceInputDropsReported(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -124,7 +125,7 @@ func TestLagClockBounds(t *testing.T) {
 func TestServiceInputLagIsNoSilence(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,13 @@
 package bus
 
 import (
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/selector"
 )
 
@@ -52,7 +54,7 @@ type requestQueue struct {
 
 	merged  atomic.Uint64
 	dropped atomic.Uint64
-	dropLog rateLimiter
+	dropLog ratelog.Limiter
 }
 
 // hostQueue is one host's waiting requests.
@@ -181,10 +183,8 @@ func (q *requestQueue) enqueue(c outCmd) {
 
 func (q *requestQueue) logDrop(c *outCmd) {
 	q.dropped.Add(1)
-	if ok, suppressed := q.dropLog.allowCount(); ok {
-		q.s.log.Warn("request dropped: too many requests queued", "kind", c.kind, "host", c.host,
-			"task_id", c.taskID, "fence", c.fence, "suppressed", suppressed)
-	}
+	q.dropLog.Log(q.s.log, slog.LevelWarn, "request dropped: too many requests queued", "kind", c.kind, "host", c.host,
+		"task_id", c.taskID, "fence", c.fence)
 }
 
 // pushFeedbackLocked queues ev for a sender to step; count says whether it

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -173,10 +174,10 @@ type SelectorService struct {
 	backlogEvents  atomic.Uint64
 	restartToReady atomic.Int64
 	malformed      map[string]*sourceCounter // fixed keys; values are safe for concurrent use
-	logLimit       rateLimiter               // for repeated bus errors
-	dropLog        rateLimiter               // for input drops
-	lagLog         rateLimiter               // for input handled late
-	replyErrLog    rateLimiter               // for error replies to ps and kill
+	logLimit       ratelog.Keyed             // for repeated bus errors, keyed by site
+	dropLog        ratelog.Limiter           // for input drops
+	lagLog         ratelog.Limiter           // for input handled late
+	replyErrLog    ratelog.Limiter           // for error replies to ps and kill
 
 	runOnce atomic.Bool
 
@@ -503,9 +504,7 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	consume, err := s.store.Consumer.Consume(s.onEvent,
 		jetstream.PullMaxMessages(256),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if s.logLimit.allow("consume") {
-				s.log.Warn("event consumer error", "err", err)
-			}
+			s.logLimit.Log("consume", s.log, slog.LevelWarn, "event consumer error", "err", err)
 		}))
 	if err != nil {
 		return fail(fmt.Errorf("bus: consume %s: %w", protocol.EventStream, err))
@@ -545,7 +544,7 @@ func (s *SelectorService) retryStart(ctx context.Context, what string, step func
 		if ctx.Err() != nil {
 			return fmt.Errorf("bus: selector start: %s: %w", what, err)
 		}
-		wait := ReconnectDelay(attempt)
+		wait := reconnectDelay(attempt)
 		s.log.Warn("selector start: "+what+" failed; retrying", "attempt", attempt, "wait", wait, "err", err)
 		if !sleepCtx(ctx, wait) {
 			return fmt.Errorf("bus: selector start: %s: %w", what, ctx.Err())
@@ -669,10 +668,8 @@ func (s *SelectorService) checkDrops(w *dropWatch) {
 	if err != nil || n <= w.seen {
 		return
 	}
-	if ok, suppressed := s.dropLog.allowCount(); ok {
-		s.log.Warn("slow consumer: input dropped; staleness is measured afresh", "source", w.ev.Source,
-			"subject", w.sub.Subject, "dropped", n-w.seen, "dropped_total", n, "suppressed", suppressed)
-	}
+	s.dropLog.Log(s.log, slog.LevelWarn, "slow consumer: input dropped; staleness is measured afresh", "source", w.ev.Source,
+		"subject", w.sub.Subject, "dropped", n-w.seen, "dropped_total", n)
 	w.seen = n
 	s.step(&w.ev, nil)
 }
@@ -693,15 +690,11 @@ func (s *SelectorService) inputAsOf(l *inputLag) time.Time {
 	switch late := lag > s.cfg.Engine.HeartbeatStale/2; {
 	case late && !l.lagging:
 		l.lagging = true
-		if ok, suppressed := s.lagLog.allowCount(); ok {
-			s.log.Warn("input handled late; silence is judged as of the oldest message waiting", "source", l.source,
-				"subject", l.sub.Subject, "lag", lag.Round(time.Millisecond), "suppressed", suppressed)
-		}
+		s.lagLog.Log(s.log, slog.LevelWarn, "input handled late; silence is judged as of the oldest message waiting", "source", l.source,
+			"subject", l.sub.Subject, "lag", lag.Round(time.Millisecond))
 	case !late && l.lagging:
 		l.lagging = false
-		if ok, suppressed := s.lagLog.allowCount(); ok {
-			s.log.Info("input caught up", "source", l.source, "subject", l.sub.Subject, "suppressed", suppressed)
-		}
+		s.lagLog.Log(s.log, slog.LevelInfo, "input caught up", "source", l.source, "subject", l.sub.Subject)
 	}
 	return asOf
 }
@@ -834,8 +827,8 @@ func (s *SelectorService) send(c outCmd) {
 	cancel()
 	if err != nil {
 		noResp := errors.Is(err, nats.ErrNoResponders)
-		if !noResp && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && s.logLimit.allow("request") {
-			s.log.Warn("request failed", "subject", subject, "err", err)
+		if !noResp && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			s.logLimit.Log("request", s.log, slog.LevelWarn, "request failed", "subject", subject, "err", err)
 		}
 		s.step(unanswered(&c, noResp), nil)
 		return
@@ -915,10 +908,8 @@ func (s *SelectorService) decodeReply(c *outCmd, data []byte) selector.Event {
 // an error.
 func (s *SelectorService) replyError(c *outCmd, re *schemas.ReplyError) {
 	s.replyErrors.Add(1)
-	if ok, suppressed := s.replyErrLog.allowCount(); ok {
-		s.log.Warn("worker answered with an error; taken as unanswered", "kind", c.kind, "host", c.host,
-			"task_id", c.taskID, "code", re.Code, "message", re.Message, "suppressed", suppressed)
-	}
+	s.replyErrLog.Log(s.log, slog.LevelWarn, "worker answered with an error; taken as unanswered", "kind", c.kind, "host", c.host,
+		"task_id", c.taskID, "code", re.Code, "message", re.Message)
 }
 
 // onHeartbeat is the hot path: decode into the subscription's scratch
@@ -965,15 +956,15 @@ func (s *SelectorService) onEvent(m jetstream.Msg) {
 	if err != nil {
 		s.malformedMsg(SourceEvent, m.Subject(), err)
 		// Redelivering it would not make it any better.
-		if terr := m.Term(); terr != nil && s.logLimit.allow("term") {
-			s.log.Warn("cannot terminate malformed event", "err", terr)
+		if terr := m.Term(); terr != nil {
+			s.logLimit.Log("term", s.log, slog.LevelWarn, "cannot terminate malformed event", "err", terr)
 		}
 		return
 	}
 	s.step(&selector.TaskEventReceived{Event: ev}, func() {
-		if err := m.Ack(); err != nil && s.logLimit.allow("ack") {
+		if err := m.Ack(); err != nil {
 			// It will be redelivered and handled again, idempotently.
-			s.log.Warn("cannot ack event", "target", ev.Target, "task_id", ev.TaskID, "err", err)
+			s.logLimit.Log("ack", s.log, slog.LevelWarn, "cannot ack event", "target", ev.Target, "task_id", ev.TaskID, "err", err)
 		}
 	})
 }
@@ -996,9 +987,8 @@ func (s *SelectorService) onStatus(m *nats.Msg) {
 	if err == nil && len(data) > int(s.nc.MaxPayload()) {
 		// Too big for one message: answer the summary without the
 		// per-target and per-host lines.
-		if s.logLimit.allow("status-size") {
-			s.log.Warn("status too large for one message; answering without targets and hosts", "bytes", len(data), "max_payload", s.nc.MaxPayload())
-		}
+		s.logLimit.Log("status-size", s.log, slog.LevelWarn, "status too large for one message; answering without targets and hosts",
+			"bytes", len(data), "max_payload", s.nc.MaxPayload())
 		st.Targets, st.Hosts = nil, nil
 		data, err = encodeStatus(st)
 	}
@@ -1006,8 +996,8 @@ func (s *SelectorService) onStatus(m *nats.Msg) {
 		s.log.Error("cannot encode status", "err", err)
 		return
 	}
-	if err := m.Respond(data); err != nil && s.logLimit.allow("status-respond") {
-		s.log.Warn("cannot answer status request", "err", err)
+	if err := m.Respond(data); err != nil {
+		s.logLimit.Log("status-respond", s.log, slog.LevelWarn, "cannot answer status request", "err", err)
 	}
 }
 
@@ -1031,9 +1021,7 @@ func (s *SelectorService) malformedMsg(source, subject string, err error) {
 func (s *SelectorService) countMalformed(source, where string, err error) *sourceCounter {
 	c := s.malformed[source]
 	c.n.Add(1)
-	if ok, suppressed := c.limit.allowCount(); ok {
-		s.log.Warn("malformed message dropped", "source", source, "where", where, "err", err, "suppressed", suppressed)
-	}
+	c.limit.Log(s.log, slog.LevelWarn, "malformed message dropped", "source", source, "where", where, "err", err)
 	return c
 }
 
@@ -1069,47 +1057,8 @@ func (s *SelectorService) waitSubsClosed(bound time.Duration, subs ...*nats.Subs
 // sourceCounter counts one source's malformed messages.
 type sourceCounter struct {
 	n     atomic.Uint64
-	limit rateLimiter
+	limit ratelog.Limiter
 	ev    selector.Malformed
-}
-
-// rateLimiter lets through at most one event per second per key, and counts
-// those it suppressed.
-type rateLimiter struct {
-	mu         sync.Mutex
-	last       map[string]time.Time
-	suppressed uint64
-	lastOne    time.Time
-}
-
-// allowCount is the single-key form: whether to log now, and how many were
-// suppressed since the last line.
-func (r *rateLimiter) allowCount() (bool, uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := time.Now()
-	if !r.lastOne.IsZero() && now.Sub(r.lastOne) < time.Second {
-		r.suppressed++
-		return false, 0
-	}
-	n := r.suppressed
-	r.suppressed, r.lastOne = 0, now
-	return true, n
-}
-
-// allow is the keyed form, for assorted bus errors.
-func (r *rateLimiter) allow(key string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := time.Now()
-	if r.last == nil {
-		r.last = make(map[string]time.Time)
-	}
-	if t, ok := r.last[key]; ok && now.Sub(t) < time.Second {
-		return false
-	}
-	r.last[key] = now
-	return true
 }
 
 // inflight counts pending work (the request queue's queued and in-flight

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -75,7 +76,7 @@ func (r *runningService) stop(t testing.TB) {
 	}
 }
 
-func statusOf(t testing.TB, c *Client) schemas.SelectorStatus {
+func statusOf(t testing.TB, c *client.Client) schemas.SelectorStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -95,7 +96,7 @@ func targetLine(st schemas.SelectorStatus, target string) (schemas.TargetStatus,
 	return schemas.TargetStatus{}, false
 }
 
-func waitTargetState(t testing.TB, c *Client, target, state string) schemas.TargetStatus {
+func waitTargetState(t testing.TB, c *client.Client, target, state string) schemas.TargetStatus {
 	t.Helper()
 	var line schemas.TargetStatus
 	waitFor(t, 10*time.Second, target+" "+state, func() bool {
@@ -112,7 +113,7 @@ func waitTargetState(t testing.TB, c *Client, target, state string) schemas.Targ
 func TestServiceLaunchToActive(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func TestServiceLaunchToActive(t *testing.T) {
 func TestServiceRestartNoDuplicate(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +266,7 @@ func TestServiceRestartNoDuplicate(t *testing.T) {
 func TestServiceMalformedFlood(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +327,7 @@ func TestServiceMalformedFlood(t *testing.T) {
 func TestServiceEventsAcked(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +362,7 @@ func TestServiceEventsAcked(t *testing.T) {
 func TestServiceStoreConflict(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}

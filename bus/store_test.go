@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -344,7 +345,7 @@ func TestTargetsWatcher(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	kv := kvOf(t, nc, protocol.TargetsBucket)
 	ctx := testCtx(t, 10*time.Second)
-	c, err := NewClient(nc, "")
+	c, err := client.New(nc, "")
 	if err != nil {
 		t.Fatal(err)
 	}

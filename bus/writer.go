@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/taskselector/taskselector/internal/backoff"
 	"github.com/taskselector/taskselector/selector"
 )
 
@@ -122,9 +124,7 @@ func (w *storeWriter) process(ctx context.Context, it *writeItem) {
 		return
 	}
 	if w.failed || ctx.Err() != nil {
-		if w.s.logLimit.allow("ack-withheld") {
-			w.s.log.Warn("event not acked: a store write failed; it will be redelivered")
-		}
+		w.s.logLimit.Log("ack-withheld", w.s.log, slog.LevelWarn, "event not acked: a store write failed; it will be redelivered")
 		return
 	}
 	it.ack()
@@ -178,20 +178,14 @@ func (w *storeWriter) write(ctx context.Context, c outCmd) error {
 		if wrote {
 			ambiguous = true
 		}
-		if s.logLimit.allow("store-write") {
-			s.log.Warn("store write failed; retrying", "target", c.target, "op", c.kind, "attempt", attempt, "err", err)
-		}
-		if !sleepCtx(ctx, writeRetryDelay(attempt)) {
+		s.logLimit.Log("store-write", s.log, slog.LevelWarn, "store write failed; retrying", "target", c.target, "op", c.kind, "attempt", attempt, "err", err)
+		if !sleepCtx(ctx, writeRetry.Delay(attempt, nil)) {
 			s.log.Error("store write abandoned at shutdown", "target", c.target, "op", c.kind, "err", err)
 			return err
 		}
 	}
 }
 
-func writeRetryDelay(attempt int) time.Duration {
-	d := 20 * time.Millisecond
-	for i := 1; i < attempt && d < 2*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 2*time.Second)
-}
+// writeRetry spaces the store writer's retries: 20ms doubling to 2s, without
+// jitter (one writer, nothing to spread out).
+var writeRetry = backoff.Policy{Base: 20 * time.Millisecond, Max: 2 * time.Second}

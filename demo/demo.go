@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -175,12 +176,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		goRun(func() error { defer exec.Close(); return agent.Run(runCtx) })
 	}
 
-	client, err := bus.NewClient(nc, "")
+	cl, err := client.New(nc, "")
 	if err != nil {
 		return fmt.Errorf("demo: client: %w", err)
 	}
 	for name, spec := range Targets() {
-		if err := client.PutTarget(ctx, name, spec); err != nil {
+		if err := cl.PutTarget(ctx, name, spec); err != nil {
 			return fmt.Errorf("demo: declare %s: %w", name, err)
 		}
 	}

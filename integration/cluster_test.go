@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -55,7 +56,7 @@ func (ce *clusterEnv) pin(i int) {
 	}
 	t.Cleanup(nc.Close)
 	ce.nc = nc
-	if ce.client, err = bus.NewClient(nc, ""); err != nil {
+	if ce.client, err = client.New(nc, ""); err != nil {
 		t.Fatalf("client: %v", err)
 	}
 	if ce.js, err = jetstream.New(nc); err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -104,7 +105,7 @@ type env struct {
 	url    string
 	subj   protocol.Subjects
 	nc     *nats.Conn
-	client *bus.Client
+	client *client.Client
 	js     jetstream.JetStream
 }
 
@@ -121,7 +122,7 @@ func newEnv(t *testing.T, fixedPort bool) *env {
 	e.url = e.srv.ClientURL()
 	e.nc = e.connect("test")
 	var err error
-	if e.client, err = bus.NewClient(e.nc, ""); err != nil {
+	if e.client, err = client.New(e.nc, ""); err != nil {
 		t.Fatalf("client: %v", err)
 	}
 	if e.js, err = jetstream.New(e.nc); err != nil {

@@ -1,57 +1,41 @@
 package selector
 
 import (
-	"math"
 	"math/rand/v2"
 	"time"
+
+	"github.com/taskselector/taskselector/internal/backoff"
 )
 
-// backoff is the global launch gate. Its level rises on RAM pressure and
-// resets on a confirmed launch; it gates launches only, never message handling.
-type backoff struct {
-	base, max time.Duration
-	factor    float64
-	jitter    float64
-	rng       *rand.Rand
-
-	level int
-	next  time.Time // no launch before this; zero when not backed off
-	last  time.Duration
+// launchGate is the global launch backoff. Its level rises on RAM pressure
+// and resets on a confirmed launch; it gates launches only, never message
+// handling. The waits come from internal/backoff with the jitter applied
+// before the cap (no wait exceeds BackoffMax), drawn from a source seeded
+// by Config.Seed so that runs replay exactly.
+type launchGate struct {
+	backoff.Backoff
+	next time.Time // no launch before this; zero when not backed off
 }
 
-func newBackoff(c Config) backoff {
-	return backoff{
-		base:   c.BackoffBase,
-		max:    c.BackoffMax,
-		factor: c.BackoffFactor,
-		jitter: c.BackoffJitter,
-		rng:    rand.New(rand.NewPCG(c.Seed, c.Seed^0x9e3779b97f4a7c15)),
-	}
+func newBackoff(c Config) launchGate {
+	rng := rand.New(rand.NewPCG(c.Seed, c.Seed^0x9e3779b97f4a7c15))
+	return launchGate{Backoff: backoff.Backoff{
+		Policy: backoff.Policy{Base: c.BackoffBase, Max: c.BackoffMax, Factor: c.BackoffFactor, Jitter: c.BackoffJitter},
+		Rand:   rng.Float64,
+	}}
 }
 
-// raise moves one level up and returns the wait: base·factor^(level-1),
-// with ±jitter applied before the cap so that no wait exceeds max.
-func (b *backoff) raise(now time.Time) time.Duration {
-	b.level++
-	d := float64(b.base) * math.Pow(b.factor, float64(b.level-1))
-	if b.jitter > 0 {
-		d *= 1 + b.jitter*(2*b.rng.Float64()-1)
-	}
-	if !(d < float64(b.max)) { // also catches +Inf
-		d = float64(b.max)
-	}
-	if d < 0 {
-		d = 0
-	}
-	b.last = time.Duration(d)
-	b.next = now.Add(b.last)
-	return b.last
+// raise moves one level up, closes the gate for the level's wait and
+// returns that wait.
+func (b *launchGate) raise(now time.Time) time.Duration {
+	d := b.Next()
+	b.next = now.Add(d)
+	return d
 }
 
-func (b *backoff) reset() {
-	b.level = 0
+func (b *launchGate) reset() {
+	b.Reset()
 	b.next = time.Time{}
-	b.last = 0
 }
 
-func (b *backoff) open(now time.Time) bool { return b.next.IsZero() || !now.Before(b.next) }
+func (b *launchGate) open(now time.Time) bool { return b.next.IsZero() || !now.Before(b.next) }

@@ -251,7 +251,7 @@ type Engine struct {
 	pendingLaunches int
 	pendingByPID    map[pidKey]*task // pending launches by host and PID (once the reply gives it)
 
-	backoff backoff
+	backoff launchGate
 	ids     *rand.Rand // task id suffixes
 
 	start         time.Time

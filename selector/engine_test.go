@@ -454,7 +454,7 @@ func TestBackoffWaitsGrowToTheCapWithJitter(t *testing.T) {
 			t.Fatalf("seed %d: no jitter", seed)
 		}
 		b.reset()
-		if b.level != 0 || !b.open(t0) {
+		if b.Level() != 0 || !b.open(t0) {
 			t.Fatal("reset did not open the gate")
 		}
 	}

@@ -167,8 +167,8 @@ func (e *Engine) checkInvariants() error {
 	if e.pending.len()+e.delayed.len() > len(e.targets) {
 		return fmt.Errorf("queues hold %d targets, only %d exist", e.pending.len()+e.delayed.len(), len(e.targets))
 	}
-	if e.backoff.level < 0 {
-		return fmt.Errorf("backoff level %d", e.backoff.level)
+	if e.backoff.Level() < 0 {
+		return fmt.Errorf("backoff level %d", e.backoff.Level())
 	}
 	if math.IsNaN(e.lossTokens) || e.lossTokens < -1e-9 || e.lossTokens > 1+1e-9 {
 		return fmt.Errorf("loss tokens %v out of 0..1", e.lossTokens)

@@ -22,7 +22,7 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 		Disruption:      e.disruption,
 		Recovering:      e.recovering,
 		LaunchesStopped: e.stopReason(now),
-		Backoff:         schemas.Backoff{Level: e.backoff.level},
+		Backoff:         schemas.Backoff{Level: e.backoff.Level()},
 		PendingLaunches: e.pendingLaunches,
 		Targets:         make([]schemas.TargetStatus, 0, len(e.targets)),
 		Hosts:           make([]schemas.HostStatusLine, 0, len(e.hostSeq)),

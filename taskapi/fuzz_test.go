@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 )
 
 var fuzzSeeds = []string{
@@ -118,22 +117,6 @@ func FuzzHandler(f *testing.F) {
 			t.Fatalf("error reply not JSON: %q", rec.Body.String())
 		}
 	})
-}
-
-func TestRateLimiter(t *testing.T) {
-	l := rateLimiter{every: 5 * time.Second}
-	t0 := time.Unix(1000, 0)
-	if ok, n := l.allow(t0); !ok || n != 0 {
-		t.Fatal("first line suppressed")
-	}
-	for i := range 3 {
-		if ok, _ := l.allow(t0.Add(time.Duration(i+1) * time.Second)); ok {
-			t.Fatal("line within the period logged")
-		}
-	}
-	if ok, n := l.allow(t0.Add(5 * time.Second)); !ok || n != 3 {
-		t.Fatalf("after the period: %v, %d suppressed; want true, 3", ok, n)
-	}
 }
 
 func TestCheckMetricsTypes(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -70,7 +71,7 @@ type Server struct {
 	closeErr  error
 
 	requests, malformed, authFailures, refused, backendErrors atomic.Uint64
-	limiter                                                   rateLimiter
+	limiter                                                   ratelog.Limiter // for malformed and unauthorized requests
 }
 
 // Timeouts of the server's connections.
@@ -113,7 +114,7 @@ func NewServer(socketPath string, b Backend, auth func(taskID, token string) boo
 	}
 	ln.SetUnlinkOnClose(false) // Close removes the file itself, if still ours
 	s := &Server{path: socketPath, ln: ln, b: b, auth: auth, log: log}
-	s.limiter.every = logEvery
+	s.limiter.Every = logEvery
 	if err := os.Chmod(socketPath, 0o600); err != nil {
 		ln.Close()
 		os.Remove(socketPath)
@@ -385,9 +386,7 @@ func (s *Server) handleHelpers(w http.ResponseWriter, r *http.Request, op func(s
 // bad answers a malformed request: counted, logged at a limited rate.
 func (s *Server) bad(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
 	s.malformed.Add(1)
-	if ok, suppressed := s.limiter.allow(time.Now()); ok {
-		s.log.Warn("task API: malformed request", "path", r.URL.Path, "status", status, "err", msg, "suppressed", suppressed)
-	}
+	s.limiter.Log(s.log, slog.LevelWarn, "task API: malformed request", "path", r.URL.Path, "status", status, "err", msg)
 	writeJSON(w, status, ErrorReply{Code: code, Message: msg})
 }
 
@@ -395,9 +394,7 @@ func (s *Server) bad(w http.ResponseWriter, r *http.Request, status int, code, m
 // logged at a limited rate.
 func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request, status int, code, msg, taskID string) {
 	s.authFailures.Add(1)
-	if ok, suppressed := s.limiter.allow(time.Now()); ok {
-		s.log.Warn("task API: unauthorized request", "path", r.URL.Path, "task_id", taskID, "status", status, "err", msg, "suppressed", suppressed)
-	}
+	s.limiter.Log(s.log, slog.LevelWarn, "task API: unauthorized request", "path", r.URL.Path, "task_id", taskID, "status", status, "err", msg)
 	writeJSON(w, status, ErrorReply{Code: code, Message: msg})
 }
 
@@ -443,26 +440,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Length", fmt.Sprint(len(data)+1))
 	w.WriteHeader(status)
 	w.Write(append(data, '\n'))
-}
-
-// rateLimiter lets one log line through per period and counts the rest.
-type rateLimiter struct {
-	mu         sync.Mutex
-	every      time.Duration
-	last       time.Time
-	suppressed int
-}
-
-// allow reports whether to log now, and how many lines were suppressed
-// since the last one logged.
-func (l *rateLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < l.every {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.last, l.suppressed = now, 0
-	return true, n
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -207,7 +208,7 @@ type Agent struct {
 	refusedMu                                   sync.Mutex
 	refused                                     map[string]uint64
 	malformed                                   [3]atomic.Uint64
-	malformedLog                                [3]rateLog
+	malformedLog                                [3]ratelog.Limiter
 }
 
 const (
@@ -246,6 +247,9 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		ended:   newEndedCache(cfg.EndedMemory),
 		ready:   make(chan struct{}),
 		refused: make(map[string]uint64),
+	}
+	for i := range a.malformedLog {
+		a.malformedLog[i].Every, a.malformedLog[i].Now = malformedLogEvery, cfg.Now
 	}
 	if m, ok := exec.(MemoryAccounter); ok {
 		a.memory = m.MemoryAccounting()
@@ -857,12 +861,12 @@ func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 }
 
 // malformedRequest counts an undecodable request and logs it, at most once
-// per rateLogEvery per kind.
+// per malformedLogEvery per kind.
 func (a *Agent) malformedRequest(kind int, m *nats.Msg, err error) {
 	a.malformed[kind].Add(1)
-	if n, ok := a.malformedLog[kind].allow(a.cfg.Now()); ok {
+	if ok, n := a.malformedLog[kind].Allow(); ok {
 		a.log.Warn("malformed request", "kind", kindNames[kind], "subject", m.Subject, "bytes", len(m.Data),
-			"err", truncate(err.Error(), 256), "suppressed_since_last", n)
+			"err", truncate(err.Error(), 256), "suppressed", n)
 	}
 }
 
@@ -918,27 +922,9 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// rateLogEvery is the shortest gap between two logs of one malformed kind.
-const rateLogEvery = 5 * time.Second
-
-// rateLog lets one log line through per rateLogEvery and counts the rest.
-type rateLog struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-func (r *rateLog) allow(now time.Time) (suppressed int, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.last.IsZero() && now.Sub(r.last) < rateLogEvery {
-		r.suppressed++
-		return 0, false
-	}
-	n := r.suppressed
-	r.last, r.suppressed = now, 0
-	return n, true
-}
+// malformedLogEvery is the shortest gap between two logs of one malformed
+// kind.
+const malformedLogEvery = 5 * time.Second
 
 // endedCache remembers the spans of the last n ended task_ids, oldest out
 // first.

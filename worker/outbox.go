@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/taskselector/taskselector/internal/backoff"
 )
 
 // outItem is one event waiting for its JetStream ack.
@@ -25,8 +27,7 @@ type outbox struct {
 	log            *slog.Logger
 	max            int
 	publishTimeout time.Duration
-	retryBase      time.Duration
-	retryMax       time.Duration
+	retry          backoff.Policy // between publish attempts of one event; no jitter
 
 	mu     sync.Mutex
 	q      []outItem
@@ -44,8 +45,9 @@ func newOutbox(js jetstream.JetStream, log *slog.Logger, max int, publishTimeout
 	close(idle)
 	return &outbox{
 		js: js, log: log, max: max,
-		publishTimeout: publishTimeout, retryBase: retryBase, retryMax: retryMax,
-		idle: idle, wake: make(chan struct{}, 1),
+		publishTimeout: publishTimeout,
+		retry:          backoff.Policy{Base: retryBase, Max: retryMax},
+		idle:           idle, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -132,7 +134,6 @@ func (o *outbox) run(ctx context.Context) {
 // publish retries one event until it is acked; false when ctx ended first.
 // The client's own retry on "no responders" is off: this loop backs off.
 func (o *outbox) publish(ctx context.Context, it outItem) bool {
-	wait := o.retryBase
 	for attempt := 1; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, o.publishTimeout)
 		_, err := o.js.Publish(pctx, it.subject, it.data, jetstream.WithMsgID(it.msgID), jetstream.WithRetryAttempts(0))
@@ -148,6 +149,7 @@ func (o *outbox) publish(ctx context.Context, it outItem) bool {
 			return false
 		}
 		o.failures.Add(1)
+		wait := o.retry.Delay(attempt, nil)
 		// Log the first failure of an event, then every 10th.
 		if attempt == 1 || attempt%10 == 0 {
 			o.log.Warn("task event not acked, retrying", "subject", it.subject, "msg_id", it.msgID,
@@ -160,6 +162,5 @@ func (o *outbox) publish(ctx context.Context, it outItem) bool {
 			return false
 		case <-t.C:
 		}
-		wait = min(wait*2, o.retryMax)
 	}
 }

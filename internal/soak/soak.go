@@ -40,6 +40,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/audit"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -98,7 +99,7 @@ type world struct {
 	stopWatch context.CancelFunc
 	selProxy  *proxy     // the selectors' way to the server, tapped
 	opNC      *nats.Conn // the operator's: targets, the auditor, the sniffer, injected messages
-	client    *bus.Client
+	client    *client.Client
 	js        jetstream.JetStream
 	sniff     *sniffer
 	track     *tracker
@@ -213,7 +214,7 @@ func (w *world) start(ctx context.Context) error {
 	if w.opNC, err = bus.Connect(ctx, w.url, "soak-operator", w.clog, nil, nil); err != nil {
 		return fmt.Errorf("soak: connect: %w", err)
 	}
-	if w.client, err = bus.NewClient(w.opNC, ""); err != nil {
+	if w.client, err = client.New(w.opNC, ""); err != nil {
 		return fmt.Errorf("soak: client: %w", err)
 	}
 	if w.js, err = jetstream.New(w.opNC); err != nil {

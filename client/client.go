@@ -1,4 +1,11 @@
-package bus
+// Package client is the Go client for declaring targets and reading the
+// selector's status: it puts and deletes target specs in the targets KV
+// bucket and asks the selector for its status snapshot.
+//
+// It speaks the protocol alone (package protocol, the wire types of package
+// schemas, nats.go and jetstream), so a program that uses it links neither
+// the selector nor the NATS server.
+package client
 
 import (
 	"context"
@@ -21,12 +28,12 @@ type Client struct {
 	subj protocol.Subjects
 }
 
-// NewClient returns a Client on nc for the selector under prefix (empty means
+// New returns a Client on nc for the selector under prefix (empty means
 // protocol.DefaultPrefix).
-func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
+func New(nc *nats.Conn, prefix string) (*Client, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return nil, fmt.Errorf("bus: client: jetstream: %w", err)
+		return nil, fmt.Errorf("client: jetstream: %w", err)
 	}
 	return &Client{nc: nc, js: js, subj: protocol.NewSubjects(prefix)}, nil
 }
@@ -34,7 +41,7 @@ func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
 func (c *Client) targets(ctx context.Context) (jetstream.KeyValue, error) {
 	kv, err := c.js.KeyValue(ctx, protocol.TargetsBucket)
 	if err != nil {
-		return nil, fmt.Errorf("bus: client: open bucket %s (is a selector running?): %w", protocol.TargetsBucket, err)
+		return nil, fmt.Errorf("client: open bucket %s (is a selector running?): %w", protocol.TargetsBucket, err)
 	}
 	return kv, nil
 }
@@ -43,11 +50,11 @@ func (c *Client) targets(ctx context.Context) (jetstream.KeyValue, error) {
 // validated first (a zero version is set to the current one).
 func (c *Client) PutTarget(ctx context.Context, name string, spec schemas.TargetSpec) error {
 	if name == "" {
-		return errors.New("bus: client: empty target name")
+		return errors.New("client: empty target name")
 	}
 	data, err := schemas.Marshal(&spec)
 	if err != nil {
-		return fmt.Errorf("bus: client: spec of %q: %w", name, err)
+		return fmt.Errorf("client: spec of %q: %w", name, err)
 	}
 	return c.PutTargetRaw(ctx, name, data)
 }
@@ -55,12 +62,15 @@ func (c *Client) PutTarget(ctx context.Context, name string, spec schemas.Target
 // PutTargetRaw stores data as target's spec as is, valid or not (for tests
 // and tools that bring their own encoding).
 func (c *Client) PutTargetRaw(ctx context.Context, name string, data []byte) error {
+	if name == "" {
+		return errors.New("client: empty target name")
+	}
 	kv, err := c.targets(ctx)
 	if err != nil {
 		return err
 	}
 	if _, err := kv.Put(ctx, protocol.EncodeName(name), data); err != nil {
-		return fmt.Errorf("bus: client: put target %q: %w", name, err)
+		return fmt.Errorf("client: put target %q: %w", name, err)
 	}
 	return nil
 }
@@ -72,7 +82,7 @@ func (c *Client) DeleteTarget(ctx context.Context, name string) error {
 		return err
 	}
 	if err := kv.Delete(ctx, protocol.EncodeName(name)); err != nil {
-		return fmt.Errorf("bus: client: delete target %q: %w", name, err)
+		return fmt.Errorf("client: delete target %q: %w", name, err)
 	}
 	return nil
 }
@@ -83,10 +93,10 @@ func (c *Client) Status(ctx context.Context) (schemas.SelectorStatus, error) {
 	var st schemas.SelectorStatus
 	msg, err := c.nc.RequestWithContext(ctx, c.subj.Status(), nil)
 	if err != nil {
-		return st, fmt.Errorf("bus: client: status request: %w", err)
+		return st, fmt.Errorf("client: status request: %w", err)
 	}
 	if err := json.Unmarshal(msg.Data, &st); err != nil {
-		return st, fmt.Errorf("bus: client: decode status: %w", err)
+		return st, fmt.Errorf("client: decode status: %w", err)
 	}
 	return st, nil
 }
