@@ -513,9 +513,10 @@ var ErrUnsettled = errors.New("bus: earlier write not settled yet")
 //   - if it holds exactly data (or, for a delete, data == nil and the key is
 //     gone), our write landed: it adopts the current revision and reports
 //     true;
-//   - if it still holds the revision last seen (or, for a first write, does
-//     not exist yet), nothing has landed: it returns an error wrapping
-//     ErrUnsettled, and the write may be retried;
+//   - if it still holds the revision last seen, or an older one (a lagging
+//     replica answered), or, for a first write, does not exist yet, nothing
+//     is proved: it returns an error wrapping ErrUnsettled, and the write
+//     may be retried;
 //   - otherwise another writer changed it: it reports false (a conflict).
 //
 // A failed read returns its error; that too is no evidence of a conflict.
@@ -541,8 +542,11 @@ func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (
 	if err != nil {
 		return false, fmt.Errorf("bus: reconcile %q: %w", target, err)
 	}
-	if known && e.Revision() == seen {
-		return false, fmt.Errorf("bus: reconcile %q: still at revision %d: %w", target, seen, ErrUnsettled)
+	if known && e.Revision() <= seen {
+		// Nothing landed, or the read was served by a replica that has not
+		// caught up (in a cluster, KV reads may come from any replica):
+		// no evidence of another writer.
+		return false, fmt.Errorf("bus: reconcile %q: at revision %d, last seen %d: %w", target, e.Revision(), seen, ErrUnsettled)
 	}
 	if data == nil || !bytes.Equal(e.Value(), data) {
 		return false, nil

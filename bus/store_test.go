@@ -258,6 +258,52 @@ func TestTaskStoreReconcile(t *testing.T) {
 	}
 }
 
+// laggingKV answers Get with an older revision of the key, as a replica
+// that has not caught up does in a cluster.
+type laggingKV struct {
+	jetstream.KeyValue
+	stale jetstream.KeyValueEntry // nil: no lag
+}
+
+func (l *laggingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if l.stale != nil {
+		return l.stale, nil
+	}
+	return l.KeyValue.Get(ctx, key)
+}
+
+// TestReconcileTakesALaggingReadForUnsettled: a read older than the revision
+// the store last saw proves nothing; it must not be taken for another
+// writer (which stops launches).
+func TestReconcileTakesALaggingReadForUnsettled(t *testing.T) {
+	s := natstest.Server(t)
+	nc := connect(t, s.ClientURL())
+	lag := &laggingKV{KeyValue: kvOf(t, nc, protocol.TasksBucket)}
+	ctx := testCtx(t, 10*time.Second)
+	st := NewTaskStore(lag, testLog())
+	v1 := mustMarshal(t, ptr(taskState("x", "t1", 1)))
+	v2 := mustMarshal(t, ptr(taskState("x", "t2", 2)))
+	v3 := mustMarshal(t, ptr(taskState("x", "t3", 3)))
+	if err := st.Put(ctx, "x", v1); err != nil {
+		t.Fatal(err)
+	}
+	first, err := lag.KeyValue.Get(ctx, protocol.EncodeName("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, "x", v2); err != nil {
+		t.Fatal(err)
+	}
+	lag.stale = first
+	if ok, err := st.Reconcile(ctx, "x", v3); ok || !errors.Is(err, ErrUnsettled) {
+		t.Fatalf("reconcile against a lagging read = %v, %v; want ErrUnsettled", ok, err)
+	}
+	lag.stale = nil
+	if err := st.Put(ctx, "x", v3); err != nil {
+		t.Fatalf("write after the lagging read: %v", err)
+	}
+}
+
 func TestTaskStoreReplay(t *testing.T) {
 	s := natstest.Server(t)
 	nc := connect(t, s.ClientURL())
