@@ -61,6 +61,10 @@ func TestChaosWallClockJump(t *testing.T) {
 			faults: worker.Faults{CrashTargets: []string{"jc:1"}, CrashAfter: time.Second}})
 	}
 	sel := w.startSelector(serviceConfig(cfg))
+	gaps := w.watchHeartbeatGaps()
+	// A task whose heartbeats came this far apart may be judged stale
+	// for the machine's load, not for the clock.
+	slow := func() map[string]time.Duration { return gaps.over(cfg.HeartbeatStale * 3 / 4) }
 	targets := edgeTargetNames("j", 5)
 	for _, name := range targets {
 		w.declare(name, chaosSpec(2, 0.5))
@@ -70,21 +74,26 @@ func TestChaosWallClockJump(t *testing.T) {
 	// Ahead: the phases finish, and a task crashes, under the jumped clock.
 	clock.jump(decade)
 	w.declare("jc", chaosSpec(1, 30))
-	w.waitTarget(15*time.Second, "jc", func(ts schemas.TargetStatus) bool { return ts.Epoch >= 2 })
-	gaps := w.relaunchGaps("jc")
-	if len(gaps) == 0 || gaps[0] > cfg.HeartbeatStale+3*time.Second {
-		t.Errorf("crash → relaunch under a clock ten years ahead: %s; want about the stale threshold %v", chaosSummary(gaps), cfg.HeartbeatStale)
+	// The auditor sees the relaunch once the new process starts.
+	var relaunch []time.Duration
+	waitFor(t, 15*time.Second, func() (bool, string) {
+		relaunch = w.relaunchGaps("jc")
+		return len(relaunch) > 0, fmt.Sprintf("jc: processes %v", w.aud.Procs("jc"))
+	})
+	if relaunch[0] > cfg.HeartbeatStale+3*time.Second {
+		t.Errorf("crash → relaunch under a clock ten years ahead: %s; want about the stale threshold %v", chaosSummary(relaunch), cfg.HeartbeatStale)
 	}
-	t.Logf("crash → relaunch with the worker's clock ten years ahead: %s (stale threshold %v)", chaosSummary(gaps), cfg.HeartbeatStale)
+	t.Logf("crash → relaunch with the worker's clock ten years ahead: %s (stale threshold %v)", chaosSummary(relaunch), cfg.HeartbeatStale)
 	// Long enough for a heartbeat judged by its sent_at to go stale.
 	waitMoreHeartbeats(t, sel, 25*uint64(len(targets)))
 	// Back.
 	clock.jump(-decade)
 	waitMoreHeartbeats(t, sel, 25*uint64(len(targets)))
 	st := w.settle(chaosSettle, chaosBoth(w.allActive(), w.inPhase("last", targets...)))
-	if c := st.Counters; c.Kills != 0 || c.Stale != 1 || c.HostsLost != 0 || c.Timeouts != 0 || c.PhasesCompleted != uint64(2*len(targets)) {
-		t.Errorf("kills %d, stale %d, hosts lost %d, timeouts %d, phases completed %d; want 0, 1 (the crash), 0, 0, %d",
-			c.Kills, c.Stale, c.HostsLost, c.Timeouts, c.PhasesCompleted, 2*len(targets))
+	late := slow()
+	if c := st.Counters; c.Kills != 0 || c.Stale < 1 || c.Stale > 1+uint64(len(late)) || c.HostsLost != 0 || c.Timeouts != 0 || c.PhasesCompleted != uint64(2*len(targets)) {
+		t.Errorf("kills %d, stale %d, hosts lost %d, timeouts %d, phases completed %d; want 0, 1 (the crash) plus at most the %d tasks whose heartbeats came late (%v), 0, 0, %d",
+			c.Kills, c.Stale, c.HostsLost, c.Timeouts, c.PhasesCompleted, len(late), late, 2*len(targets))
 	}
 	w.checkAudit()
 
@@ -130,8 +139,9 @@ func TestChaosWallClockJump(t *testing.T) {
 			t.Errorf("%s: %s after the restart, was %s", old.Target, describeLine(ts), old.TaskID)
 		}
 	}
-	if c := st2.Counters; c.Launches != 0 || c.Kills != 0 || c.Stale != 0 {
-		t.Errorf("after the restart: launches %d, kills %d, stale %d; want none (%s)", c.Launches, c.Kills, c.Stale, fmt.Sprint(c))
+	if c, late := st2.Counters, slow(); c.Launches != 0 || c.Kills != 0 || c.Stale > uint64(len(late)) {
+		t.Errorf("after the restart: launches %d, kills %d, stale %d; want none (stale: at most the %d tasks whose heartbeats came late, %v; %s)",
+			c.Launches, c.Kills, c.Stale, len(late), late, fmt.Sprint(c))
 	}
 	w.checkAudit()
 }

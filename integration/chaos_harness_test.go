@@ -602,3 +602,56 @@ func chaosHostLine(st *schemas.SelectorStatus, host string) (schemas.HostStatusL
 	}
 	return schemas.HostStatusLine{}, false
 }
+
+// heartbeatGaps follows every heartbeat on the test's own connection and
+// keeps, per task, the longest time between two of its heartbeats as they
+// arrived. The selector sees the same gaps, give or take its own
+// scheduling: a task whose gap neared the stale threshold on a loaded
+// machine may be judged stale with no fault to blame, and a test that
+// counts stale tasks allows for those.
+type heartbeatGaps struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+	max  map[string]time.Duration
+}
+
+// watchHeartbeatGaps starts following heartbeats until the test ends.
+func (w *chaosWorld) watchHeartbeatGaps() *heartbeatGaps {
+	w.t.Helper()
+	g := &heartbeatGaps{last: map[string]time.Time{}, max: map[string]time.Duration{}}
+	sub, err := w.nc.Subscribe(w.subj.Heartbeats(), func(m *nats.Msg) {
+		hb, err := schemas.DecodeHeartbeat(m.Data)
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		g.mu.Lock()
+		if last, ok := g.last[hb.TaskID]; ok {
+			g.max[hb.TaskID] = max(g.max[hb.TaskID], now.Sub(last))
+		}
+		g.last[hb.TaskID] = now
+		g.mu.Unlock()
+	})
+	if err != nil {
+		w.t.Fatalf("subscribe to heartbeats: %v", err)
+	}
+	w.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := w.nc.Flush(); err != nil {
+		w.t.Fatalf("flush: %v", err)
+	}
+	return g
+}
+
+// over returns the tasks, with their longest gap, whose heartbeats were at
+// least d apart at some time.
+func (g *heartbeatGaps) over(d time.Duration) map[string]time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := map[string]time.Duration{}
+	for id, gap := range g.max {
+		if gap >= d {
+			out[id] = gap
+		}
+	}
+	return out
+}

@@ -226,17 +226,28 @@ type PsEnded struct {
 	Kind   string `json:"kind"`
 }
 
-// PsReply lists the tasks a host runs and, in Ended, tasks that ended
-// recently (those the request names by PID, or the most recent ones), so
-// that a task that finished is not taken for one that vanished while its
-// done event is still on its way. A worker that could not answer the
-// request sets Error, and Tasks says nothing then.
+// PsStarting is a task whose launch a worker is carrying out: its process
+// is being started and has no PID yet.
+type PsStarting struct {
+	TaskID string `json:"task_id"`
+	Epoch  uint64 `json:"epoch"`
+	Target string `json:"target"`
+}
+
+// PsReply lists the tasks a host runs; in Starting, the tasks it is
+// starting (only when the request names no PID); and in Ended, tasks that
+// ended recently (those the request names by PID, or the most recent ones),
+// so that a task that finished is not taken for one that vanished while its
+// done event is still on its way, nor one being started for one that never
+// came. A worker that could not answer the request sets Error, and Tasks
+// says nothing then.
 type PsReply struct {
-	V     int         `json:"v"`
-	Host  string      `json:"host"`
-	Tasks []PsTask    `json:"tasks"`
-	Ended []PsEnded   `json:"ended,omitempty"`
-	Error *ReplyError `json:"error,omitempty"`
+	V        int          `json:"v"`
+	Host     string       `json:"host"`
+	Tasks    []PsTask     `json:"tasks"`
+	Starting []PsStarting `json:"starting,omitempty"`
+	Ended    []PsEnded    `json:"ended,omitempty"`
+	Error    *ReplyError  `json:"error,omitempty"`
 }
 
 // HostRAM is a host's capacity and current use.

@@ -384,6 +384,17 @@ func (m PsReply) Validate() error {
 			break
 		}
 	}
+	for i := range m.Starting {
+		st := &m.Starting[i]
+		s := c.elem("starting", i)
+		s.name("task_id", st.TaskID)
+		s.positiveU("epoch", st.Epoch)
+		s.name("target", st.Target)
+		c.merge(s)
+		if c.err != nil {
+			break
+		}
+	}
 	for i := range m.Ended {
 		d := &m.Ended[i]
 		s := c.elem("ended", i)

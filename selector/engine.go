@@ -1344,6 +1344,12 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 		}
 		ended[d.TaskID] = d
 	}
+	// A task being started runs as far as the engine is concerned: it may
+	// be killed (the worker kills it once it runs), and it is not gone.
+	starting := make(map[string]bool, len(ev.Reply.Starting))
+	for _, st := range ev.Reply.Starting {
+		starting[st.TaskID] = true
+	}
 	running := make(map[string]*schemas.PsTask, len(ev.Reply.Tasks))
 	for i := range ev.Reply.Tasks {
 		p := &ev.Reply.Tasks[i]
@@ -1363,13 +1369,18 @@ func (e *Engine) psReplied(now time.Time, ev *PsReplied) {
 		}
 		k.probeOut = false
 		k.psMissing = false
-		if p := running[k.id]; p != nil {
-			if k.pid == 0 && p.PID > 0 {
+		if p := running[k.id]; p != nil || starting[k.id] {
+			if p != nil && k.pid == 0 && p.PID > 0 {
 				k.pid = p.PID
 			}
 			switch {
 			case k.why == suspectRecovered && e.recovering:
 				continue // alive; its heartbeat will confirm it
+			case k.why == suspectRecovered && p == nil && now.Sub(k.launchedAt) < e.cfg.LaunchTimeout:
+				// Still being started, as a launch the engine sent
+				// itself would be: its first heartbeat has the
+				// launch timeout, counted from the restart, to come.
+				continue
 			case k.why == suspectStale && e.hbDropAt.After(k.suspectAt):
 				// Heartbeats were lost on the selector's side since it was
 				// judged stale: its silence may be ours. It runs, so it is

@@ -649,3 +649,81 @@ func TestGoneButDoneWaitsForItsEvent(t *testing.T) {
 		t.Fatalf("b after HostStale: %q", h.format(cmds))
 	}
 }
+
+// A ps reply that lists a silent launch as still being started: the task
+// is not taken for gone (that would run its phase twice once the start
+// completes) but killed, which the worker carries out once it runs; a reply
+// that lists it nowhere closes it, and the target waits to run again.
+func TestStartingTaskIsKilledNotTakenForGone(t *testing.T) {
+	for _, listed := range []bool{true, false} {
+		h := newHarness(t, testConfig())
+		h.declare("a", simple(10, 10, 90))
+		h.warm("h1=1000")
+		l := h.task("a#1")
+		cmds := h.loop(h.e.cfg.LaunchTimeout+time.Second, nil, nil)
+		ps := only(cmds, CmdPs)
+		if len(ps) != 1 || len(ps[0].Ps.PIDs) != 0 {
+			t.Fatalf("no ps of every task after the launch timeout: %q", h.format(cmds))
+		}
+		rep := schemas.PsReply{V: schemas.Version, Host: "h1", Tasks: []schemas.PsTask{}}
+		if listed {
+			rep.Starting = []schemas.PsStarting{{TaskID: l.id, Epoch: l.epoch, Target: "a"}}
+		}
+		cmds = h.step(&PsReplied{Host: "h1", Reply: rep})
+		if listed {
+			h.expect(cmds, `kill h1 a#1 pid=0 reason="no first heartbeat"`)
+		} else {
+			h.expect(cmds, "persist a phase=a epoch=1 task=-")
+		}
+	}
+}
+
+// A restarted engine finds a recorded launch still being started on its
+// host: it waits for its first heartbeat for the launch timeout, counted
+// from the restart, even once the recovery grace is over, and kills it only
+// then; a heartbeat in time confirms it.
+func TestRecoveredLaunchStillStartingIsAwaited(t *testing.T) {
+	for _, beats := range []bool{true, false} {
+		cfg := testConfig()
+		cfg.RecoveryGrace = time.Second
+		cfg.LaunchTimeout = 3 * time.Second
+		h := newHarness(t, cfg)
+		h.declare("a", simple(10, 10, 90))
+		h.warm("h1=1000")
+		l := h.task("a#1") // sent; its reply never comes
+		h.advance(time.Second)
+		h.start()
+		starting := func() []Command {
+			var cmds []Command
+			for _, c := range append(h.refresh(), h.tick()...) {
+				if c.Kind == CmdPs {
+					cmds = append(cmds, h.step(&PsReplied{Host: "h1", Reply: schemas.PsReply{V: schemas.Version, Host: "h1",
+						Tasks: []schemas.PsTask{}, Starting: []schemas.PsStarting{{TaskID: l.id, Epoch: l.epoch, Target: "a"}}}})...)
+					continue
+				}
+				cmds = append(cmds, c)
+			}
+			return cmds
+		}
+		var cmds []Command
+		for range 5 { // 2.5 s: past the grace, within the launch timeout
+			cmds = append(cmds, starting()...)
+			h.advance(500 * time.Millisecond)
+		}
+		if len(only(cmds, CmdKill))+len(only(cmds, CmdLaunch)) != 0 {
+			t.Fatalf("a launch still being started was not awaited: %q", h.format(cmds))
+		}
+		if beats {
+			h.reply("a#1", 0)
+			if cmds := h.heartbeat("a#1"); len(only(cmds, CmdPersist)) != 1 || h.targetStatus("a").State != StateActive {
+				t.Fatalf("first heartbeat: %q, %+v", h.format(cmds), h.targetStatus("a"))
+			}
+			continue
+		}
+		for range 2 {
+			h.advance(500 * time.Millisecond)
+			cmds = append(cmds, starting()...)
+		}
+		h.expect(only(cmds, CmdKill), `kill h1 a#1 pid=0 reason="no heartbeat since restart"`)
+	}
+}

@@ -185,7 +185,8 @@ type Agent struct {
 	out  *outbox
 
 	mu       sync.Mutex
-	tasks    map[string]*entry // by task_id
+	tasks    map[string]*entry    // by task_id
+	starts   map[string]*starting // launches whose Start is under way, by task_id
 	ended    endedCache
 	draining bool
 	memory   string // how the executor accounts for RAM (HostStatus.Memory)
@@ -244,6 +245,7 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		log:     log,
 		subj:    protocol.NewSubjects(cfg.Prefix),
 		tasks:   make(map[string]*entry),
+		starts:  make(map[string]*starting),
 		ended:   newEndedCache(cfg.EndedMemory),
 		ready:   make(chan struct{}),
 		refused: make(map[string]uint64),
@@ -523,6 +525,9 @@ func (a *Agent) freeLocked() int64 {
 		tasksUsed += used
 		committed += max(e.spec.BudgetMiB(), used)
 	}
+	for _, st := range a.starts {
+		committed += st.spec.BudgetMiB()
+	}
 	committed += max(a.exec.UsedMiB()-tasksUsed, 0)
 	return a.cfg.RAMMiB - committed
 }
@@ -551,11 +556,26 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 		reply = a.refuseLaunch(&req, schemas.CodeDraining,
 			"sent before the host's fence lifted: the selector gave it up long ago")
 	} else {
-		reply = a.launch(&req)
+		var killed *entry
+		reply, killed = a.launch(&req)
+		if killed != nil {
+			// A kill came while it was being started: it is stopped now.
+			defer a.killStarted(killed)
+		}
 	}
 	if m.Reply != "" {
 		a.respondJSON(m, reply, true)
 	}
+}
+
+// killStarted stops e, whose kill came while it was being started.
+func (a *Agent) killStarted(e *entry) {
+	stopped, err := a.stop(e, schemas.ReasonKilled)
+	if err != nil || !stopped {
+		return // a retried kill tries again, or it ended on its own
+	}
+	a.kills.Add(1)
+	a.log.Info("task killed as it started", "task_id", e.spec.TaskID, "pid", e.pid, "target", e.spec.Target)
 }
 
 // commandFields are the top-level fields by which a launch request could
@@ -588,25 +608,73 @@ func (a *Agent) refuseLaunch(req *schemas.LaunchRequest, code, msg string) schem
 	return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, Error: replyError(code, msg)}
 }
 
-// launch carries out one decoded launch request and returns the reply.
-func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
-	refuse := func(code, msg string) schemas.LaunchReply { return a.refuseLaunch(req, code, msg) }
+// starting is a launch whose executor Start is under way. Start runs
+// without the agent's lock, so that a slow one (a process that takes long to
+// exec, a memory group that takes long to make) holds up neither the
+// heartbeats of the other tasks nor ps, kill or other launches. Its budget
+// counts as committed meanwhile.
+type starting struct {
+	spec LaunchSpec
+	done chan struct{} // closed once Start returned and the outcome is recorded
+	// exit is the task's end when its Exited hook ran before Start's
+	// outcome was recorded; the launch reports it then.
+	exit *Exit
+	// killed is set when a kill request came during the start: the task is
+	// stopped as soon as it is recorded.
+	killed bool
+}
+
+// waitStartLocked waits, without the lock (which the caller holds, and
+// holds again on return), for the start of the task taskID if one is under
+// way, and reports whether it waited.
+func (a *Agent) waitStartLocked(taskID string) bool {
+	s, ok := a.starts[taskID]
+	if !ok {
+		return false
+	}
+	a.mu.Unlock()
+	<-s.done
+	a.mu.Lock()
+	return true
+}
+
+// waitStarts waits until every start under way when it is called has ended.
+func (a *Agent) waitStarts() {
+	a.mu.Lock()
+	var done []chan struct{}
+	for _, s := range a.starts {
+		done = append(done, s.done)
+	}
+	a.mu.Unlock()
+	for _, d := range done {
+		<-d
+	}
+}
+
+// launch carries out one decoded launch request and returns the reply, and
+// the task it started if a kill of it came while it was being started.
+func (a *Agent) launch(req *schemas.LaunchRequest) (_ schemas.LaunchReply, killed *entry) {
+	refuse := func(code, msg string) (schemas.LaunchReply, *entry) { return a.refuseLaunch(req, code, msg), nil }
 	spec := LaunchSpec{TaskID: req.TaskID, Epoch: req.Epoch, Target: req.Target, Type: req.Type, RAM: req.RAM, Args: req.Args}
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// A retried request while the first one's Start is under way is answered
+	// from its outcome.
+	for a.waitStartLocked(req.TaskID) {
+	}
 	if e, ok := a.tasks[req.TaskID]; ok {
 		if e.spec.Target != req.Target || e.spec.Epoch != req.Epoch {
 			return refuse(schemas.CodeInvalid, fmt.Sprintf("task_id %s already runs for target %q epoch %d", req.TaskID, e.spec.Target, e.spec.Epoch))
 		}
 		a.relaunches.Add(1)
-		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: e.pid}
+		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: e.pid}, nil
 	}
 	if pid, ok := a.ended.get(req.TaskID); ok {
 		// Ended already (its event is on its way or delivered): answer with
 		// its PID and start nothing, so a retried request never runs twice.
 		a.relaunches.Add(1)
-		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: pid}
+		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: pid}, nil
 	}
 	if a.draining {
 		return refuse(schemas.CodeDraining, "host is draining")
@@ -625,8 +693,14 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 	}
 	var hooks Hooks
 	hooks.Exited = func(t Task, ex Exit) { a.exited(spec.TaskID, t, ex) }
+	st := &starting{spec: spec, done: make(chan struct{})}
+	a.starts[spec.TaskID] = st
 	startedAt := a.cfg.Now()
+	a.mu.Unlock()
 	task, err := a.exec.Start(&spec, hooks)
+	a.mu.Lock()
+	delete(a.starts, spec.TaskID)
+	defer close(st.done) // after the outcome is recorded, before the unlock
 	if err != nil {
 		return refuse(launchCode(err), err.Error())
 	}
@@ -637,13 +711,28 @@ func (a *Agent) launch(req *schemas.LaunchRequest) schemas.LaunchReply {
 		startedAt: startedAt,
 		hbSubject: a.subj.Heartbeat(a.cfg.Host, spec.Target),
 	}
-	a.tasks[spec.TaskID] = e
 	a.launches.Add(1)
+	if st.exit != nil {
+		// It ended before its start was recorded: it is reported as any
+		// task that ended, and the reply gives its PID.
+		ex := *st.exit
+		a.removeLocked(e, ex.Kind, ex.Reason)
+		if ex.Kind != "" {
+			a.log.Info("task ended as it started", "task_id", spec.TaskID, "pid", e.pid, "target", spec.Target,
+				"kind", ex.Kind, "reason", ex.Reason)
+			a.emit(e, ex)
+		}
+		return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: e.pid}, nil
+	}
+	a.tasks[spec.TaskID] = e
 	// The first heartbeat goes out before the reply, not at the next tick.
 	a.heartbeatLocked(e)
 	a.log.Info("task started", "task_id", spec.TaskID, "pid", e.pid, "target", spec.Target, "type", spec.Type,
 		"epoch", spec.Epoch, "budget_mib", budget)
-	return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: e.pid}
+	if st.killed {
+		killed = e
+	}
+	return schemas.LaunchReply{V: schemas.Version, TaskID: req.TaskID, PID: e.pid}, killed
 }
 
 func launchCode(err error) string {
@@ -662,6 +751,9 @@ func (a *Agent) exited(taskID string, t Task, ex Exit) {
 	a.mu.Lock()
 	e, ok := a.tasks[taskID]
 	if !ok || e.task != t {
+		if st, ok := a.starts[taskID]; ok && st.exit == nil {
+			st.exit = &ex // its launch reports it
+		}
 		a.mu.Unlock()
 		return
 	}
@@ -739,6 +831,16 @@ func (a *Agent) handleKill(m *nats.Msg) {
 func (a *Agent) kill(req *schemas.KillRequest) schemas.KillReply {
 	reply := schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID}
 	a.mu.Lock()
+	if st, ok := a.starts[req.TaskID]; ok {
+		// Answering "gone" now would let it run unknown, and waiting for
+		// its start would hold up every other kill: it is stopped once it
+		// runs, and this reply says it still runs.
+		st.killed = true
+		a.mu.Unlock()
+		reply.Running = true
+		reply.Error = replyError(schemas.CodeFailed, "the task is being started; it is stopped as soon as it runs")
+		return reply
+	}
 	e, ok := a.tasks[req.TaskID]
 	a.mu.Unlock()
 	if !ok {
@@ -795,8 +897,10 @@ func (a *Agent) entries() []*entry {
 	return out
 }
 
-// killAll kills every task (shutdown with KillOnShutdown).
+// killAll kills every task (shutdown with KillOnShutdown), those being
+// started included.
 func (a *Agent) killAll() {
+	a.waitStarts()
 	for _, e := range a.entries() {
 		a.kill(&schemas.KillRequest{TaskID: e.spec.TaskID, PID: e.pid, Reason: "worker shutdown"})
 	}
@@ -822,7 +926,8 @@ func (a *Agent) handlePs(m *nats.Msg) {
 const psEndedMax = 64
 
 // ps lists the running tasks (hung ones included), only those with the
-// requested PIDs when there are any, ordered by PID. It also lists, in
+// requested PIDs when there are any, ordered by PID; when there are none,
+// it lists in Starting the tasks being started. It also lists, in
 // Ended, the tasks that ended on their own with those PIDs (or the most
 // recent ones), so that the selector can tell a task whose done event is
 // on its way from one that vanished.
@@ -841,6 +946,12 @@ func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 			pt.Log = l.LogPath()
 		}
 		reply.Tasks = append(reply.Tasks, pt)
+	}
+	if len(req.PIDs) == 0 {
+		for _, st := range a.starts {
+			reply.Starting = append(reply.Starting, schemas.PsStarting{TaskID: st.spec.TaskID, Epoch: st.spec.Epoch, Target: st.spec.Target})
+		}
+		slices.SortFunc(reply.Starting, func(x, y schemas.PsStarting) int { return strings.Compare(x.TaskID, y.TaskID) })
 	}
 	a.ended.recent(func(sp TaskSpan) bool {
 		if sp.Kind == "" || sp.Epoch == 0 {

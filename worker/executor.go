@@ -71,7 +71,7 @@ type Hooks struct {
 	// its RAM has been freed, and never for a task stopped by Task.Kill. It
 	// must not be called while Start is still running for that task, nor
 	// while the executor holds a lock the agent may wait on: the agent takes
-	// its own lock inside.
+	// its own lock inside. It may come as soon as Start has returned.
 	Exited func(t Task, exit Exit)
 }
 

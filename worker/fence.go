@@ -263,8 +263,8 @@ func (a *Agent) checkFence(period time.Duration) time.Duration {
 }
 
 // stopFenced stops every task of a fenced agent. A launch that raced with
-// the fence added its task before this takes the lock, so it is stopped
-// too; a task whose stop fails is tried again at the next check.
+// the fence and recorded its task after this ran, or a task whose stop
+// failed, is stopped at the next check.
 func (a *Agent) stopFenced() {
 	for _, e := range a.entries() {
 		stopped, err := a.stop(e, schemas.ReasonFenced)

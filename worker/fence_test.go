@@ -78,7 +78,7 @@ func TestFenceStopsTasksWhenTheConnectionStalls(t *testing.T) {
 	// A launch that reaches it now (one delivered just before the stall) is
 	// refused with draining: a code the selector does not take for a
 	// permanent refusal of the target.
-	rep := h.agent.launch(ptr(declared("foodnstuff", "work", 10, 10, 1e6)))
+	rep, _ := h.agent.launch(ptr(declared("foodnstuff", "work", 10, 10, 1e6)))
 	if rep.Error == nil || rep.Error.Code != schemas.CodeDraining || !strings.Contains(rep.Error.Message, "fenced") {
 		t.Errorf("launch while fenced: %+v (error %+v)", rep, rep.Error)
 	}

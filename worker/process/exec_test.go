@@ -386,7 +386,10 @@ func TestKillTree(t *testing.T) {
 	for _, mode := range []cgroup.Mode{"", cgroup.ModeProc} {
 		t.Run("mode="+string(mode), func(t *testing.T) {
 			h := newHarness(t, mode)
-			tk := h.start("tree", 0, nil)
+			// Three Go test binaries (with -race, about 15 MiB each) share
+			// the task's memory group: helpers' room keeps the kernel's
+			// OOM killer out of a test of Kill.
+			tk := h.start("tree", 128, nil)
 			pids := treePIDs(t, tk)
 			t0 := time.Now()
 			if err := tk.Kill(); err != nil {
@@ -467,7 +470,10 @@ func TestRestartKillsLeftovers(t *testing.T) {
 	for _, mode := range []cgroup.Mode{"", cgroup.ModeProc} {
 		t.Run("mode="+string(mode), func(t *testing.T) {
 			h := newHarness(t, mode)
-			tk := h.start("tree", 0, nil)
+			// Three Go test binaries (with -race, about 15 MiB each) share
+			// the task's memory group: helpers' room keeps the kernel's
+			// OOM killer out of a test of Kill.
+			tk := h.start("tree", 128, nil)
 			pids := treePIDs(t, tk)
 			group := tk.(*task).GroupName()
 			// Abandon the executor as kill -9 would: stop its API only.
