@@ -1,13 +1,19 @@
 package bus
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/taskselector/taskselector/internal/ratelog"
+	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
 
@@ -354,4 +360,250 @@ func (f *fifo[T]) pop() T {
 		f.items, f.head = f.items[:n], 0
 	}
 	return v
+}
+
+// outCmd is a command copied out of the engine, its message already encoded.
+type outCmd struct {
+	kind   selector.CommandKind
+	host   string
+	target string
+	taskID string  // launch, kill
+	epoch  uint64  // launch
+	pid    int64   // kill
+	pids   []int64 // ps: the PIDs it asks about (nil: every task)
+	fence  bool    // kill of a task that is not its target's
+	data   []byte
+}
+
+// batch holds one Step's commands in order.
+type batch struct {
+	cmds  []outCmd
+	store bool // some command writes the store
+}
+
+// collect copies cmds (valid only until the next Step) and encodes their
+// messages, under the engine lock. It does not allocate when cmds is empty.
+func (s *SelectorService) collect(cmds []selector.Command) batch {
+	if len(cmds) == 0 {
+		return batch{}
+	}
+	b := batch{cmds: make([]outCmd, 0, len(cmds))}
+	for i := range cmds {
+		c := &cmds[i]
+		o := outCmd{kind: c.Kind, host: c.Host, target: c.Target}
+		var v schemas.Message
+		switch c.Kind {
+		case selector.CmdLaunch:
+			v, o.taskID, o.epoch = c.Launch, c.Launch.TaskID, c.Launch.Epoch
+		case selector.CmdKill:
+			v, o.taskID, o.pid = c.Kill, c.Kill.TaskID, c.Kill.PID
+			o.fence = c.Fence
+		case selector.CmdPs:
+			v = c.Ps
+			if len(c.Ps.PIDs) > 0 {
+				o.pids = slices.Clone(c.Ps.PIDs)
+			}
+		case selector.CmdPersist:
+			v, b.store = c.State, true
+			if o.target == "" {
+				o.target = c.State.Target
+			}
+		case selector.CmdDelete:
+			b.store = true
+		default:
+			s.log.Error("engine returned an unknown command; ignored", "kind", c.Kind)
+			continue
+		}
+		if v != nil {
+			data, err := schemas.Marshal(v)
+			if err != nil {
+				s.log.Error("cannot encode command; dropped", "kind", c.Kind, "target", c.Target, "host", c.Host, "err", err)
+				continue
+			}
+			o.data = data
+		}
+		b.cmds = append(b.cmds, o)
+	}
+	return b
+}
+
+// dispatch carries out a batch. Without writes, its requests go out at once;
+// with writes, the whole batch goes through the store writer, which sends
+// the requests once the writes before them are stored. An ack always goes
+// through the store writer's queue: it leaves only once every write queued
+// before it is stored (a duplicate event, whose step writes nothing, must
+// not be acked while the first delivery's writes wait).
+func (s *SelectorService) dispatch(b batch, ack func()) {
+	if b.store {
+		s.writer.enqueue(writeItem{cmds: b.cmds, ack: ack})
+		return
+	}
+	for _, c := range b.cmds {
+		s.request(c)
+	}
+	if ack != nil {
+		s.writer.enqueue(writeItem{ack: ack})
+	}
+}
+
+// request queues one launch, kill or ps request for its host (see
+// requestQueue); a sender carries it out and feeds the reply, or its
+// absence, back to the engine.
+func (s *SelectorService) request(c outCmd) {
+	switch c.kind {
+	case selector.CmdLaunch, selector.CmdKill, selector.CmdPs:
+		s.reqs.enqueue(c)
+	}
+}
+
+// send sends one request and steps the engine with its reply, or with its
+// absence. The reply timeout starts now. A launch is reported as sent
+// (LaunchSent) first, so that its launch timeout starts now too.
+func (s *SelectorService) send(c outCmd) {
+	var subject string
+	switch c.kind {
+	case selector.CmdLaunch:
+		subject = s.subj.Launch(c.host)
+		s.step(&selector.LaunchSent{TaskID: c.taskID}, nil)
+	case selector.CmdKill:
+		subject = s.subj.Kill(c.host)
+	case selector.CmdPs:
+		subject = s.subj.Ps(c.host)
+	default:
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.reqCtx, s.cfg.RequestTimeout)
+	msg, err := s.nc.RequestWithContext(ctx, subject, c.data)
+	cancel()
+	if err != nil {
+		noResp := errors.Is(err, nats.ErrNoResponders)
+		if !noResp && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			s.logLimit.Log("request", s.log, slog.LevelWarn, "request failed", "subject", subject, "err", err)
+		}
+		s.step(unanswered(&c, noResp), nil)
+		return
+	}
+	s.step(s.decodeReply(&c, msg.Data), nil)
+}
+
+// RequestsDropped counts the requests dropped because too many were queued
+// (fence kills beyond MaxQueuedFencesPerHost included).
+func (s *SelectorService) RequestsDropped() uint64 { return s.reqs.dropped.Load() }
+
+// RequestsMerged counts the kill and ps requests absorbed by an identical
+// one that was still waiting to be sent.
+func (s *SelectorService) RequestsMerged() uint64 { return s.reqs.merged.Load() }
+
+// ReplyErrors counts the ps and kill replies that carried an error (the
+// worker refused or could not read the request); each was fed to the engine
+// as unanswered.
+func (s *SelectorService) ReplyErrors() uint64 { return s.replyErrors.Load() }
+
+func unanswered(c *outCmd, noResponders bool) selector.Event {
+	switch c.kind {
+	case selector.CmdLaunch:
+		return &selector.LaunchUnanswered{Host: c.host, Target: c.target, TaskID: c.taskID, NoResponders: noResponders}
+	case selector.CmdKill:
+		return &selector.KillUnanswered{Host: c.host, TaskID: c.taskID, NoResponders: noResponders}
+	default:
+		return &selector.PsUnanswered{Host: c.host, NoResponders: noResponders}
+	}
+}
+
+// decodeReply turns a reply into its event. A malformed reply is counted and
+// treated as a lost one: the worker may have acted on the request. A ps or
+// kill reply with its error set (the worker refused the request or could
+// not read it) says nothing of the tasks: it is logged and treated as a lost
+// one too, so that the engine asks again, but not counted as malformed.
+func (s *SelectorService) decodeReply(c *outCmd, data []byte) selector.Event {
+	var err error
+	var source string
+	switch c.kind {
+	case selector.CmdLaunch:
+		var r schemas.LaunchReply
+		if r, err = decodeLaunchReply(data); err == nil {
+			return &selector.LaunchReplied{Host: c.host, Target: c.target, Epoch: c.epoch, Reply: r}
+		}
+		source = SourceLaunchReply
+	case selector.CmdKill:
+		var r schemas.KillReply
+		if r, err = decodeKillReply(data); err == nil {
+			if r.Error != nil {
+				s.replyError(c, r.Error)
+				return unanswered(c, false)
+			}
+			return &selector.KillReplied{Host: c.host, Reply: r}
+		}
+		source = SourceKillReply
+	default:
+		var r schemas.PsReply
+		if r, err = decodePsReply(data); err == nil {
+			if r.Error != nil {
+				s.replyError(c, r.Error)
+				return unanswered(c, false)
+			}
+			return &selector.PsReplied{Host: c.host, PIDs: c.pids, Reply: r}
+		}
+		source = SourcePsReply
+	}
+	s.countMalformed(source, c.host, err)
+	return unanswered(c, false)
+}
+
+// replyError counts and (rate-limited) logs a ps or kill reply that carries
+// an error.
+func (s *SelectorService) replyError(c *outCmd, re *schemas.ReplyError) {
+	s.replyErrors.Add(1)
+	s.replyErrLog.Log(s.log, slog.LevelWarn, "worker answered with an error; taken as unanswered", "kind", c.kind, "host", c.host,
+		"task_id", c.taskID, "code", re.Code, "message", re.Message)
+}
+
+// inflight counts pending work (the request queue's queued and in-flight
+// requests and events to feed back) and lets shutdown wait for none.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed while n == 0
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	if f.n == 0 || f.idle == nil {
+		f.idle = make(chan struct{})
+	}
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	f.n--
+	if f.n == 0 {
+		close(f.idle)
+	}
+	f.mu.Unlock()
+}
+
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// wait returns once no request is in flight, or ctx's error.
+func (f *inflight) wait(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		if f.n == 0 {
+			f.mu.Unlock()
+			return nil
+		}
+		idle := f.idle
+		f.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
