@@ -172,6 +172,9 @@ type Agent struct {
 
 	fence fenceState
 
+	// handlers counts the request handlers in flight, for shutdown.
+	handlers handlerGate
+
 	ready     chan struct{}
 	readyOnce sync.Once
 
@@ -227,32 +230,23 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
 // Run serves until ctx ends, then shuts down gracefully: it drains (refuses
-// launches), kills the tasks when Config.KillOnShutdown is set, waits up to
-// Config.FlushTimeout for unacked events, unsubscribes and closes the
-// executor. It returns nil after a clean shutdown. With Config.FenceAfter
-// set, it also probes the connection and fences the agent while NATS does
-// not answer (see fence.go).
+// launches), kills the tasks when Config.KillOnShutdown is set, publishes a
+// last HostStatus, waits for unacked events, stops the micro service (which
+// handles the requests already delivered) and waits for the request
+// handlers in flight, waits for the events they queued, and closes the
+// executor; the waits share one Config.FlushTimeout. It returns nil after a
+// clean shutdown. With Config.FenceAfter set, it also probes the connection
+// and fences the agent while NATS does not answer (see fence.go).
 func (a *Agent) Run(ctx context.Context) error {
-	var subs []*nats.Subscription
+	svc, err := a.startService()
+	if err != nil {
+		return err
+	}
 	defer func() {
-		for _, s := range subs {
-			_ = s.Unsubscribe()
+		if !svc.Stopped() {
+			_ = svc.Stop()
 		}
 	}()
-	for _, h := range []struct {
-		subject string
-		fn      nats.MsgHandler
-	}{
-		{a.subj.Launch(a.cfg.Host), a.handleLaunch},
-		{a.subj.Kill(a.cfg.Host), a.handleKill},
-		{a.subj.Ps(a.cfg.Host), a.handlePs},
-	} {
-		s, err := a.nc.Subscribe(h.subject, h.fn)
-		if err != nil {
-			return fmt.Errorf("worker: subscribe %s: %w", h.subject, err)
-		}
-		subs = append(subs, s)
-	}
 	if err := a.nc.Flush(); err != nil {
 		a.log.Warn("flush after subscribing failed; continuing", "err", err)
 	}
@@ -287,24 +281,28 @@ loop:
 
 	a.log.Info("worker agent shutting down", "kill_tasks", a.cfg.KillOnShutdown)
 	stopFencing()
+	// Requests are still answered while the agent drains and kills: a
+	// launch is refused with draining, a kill or ps carried out.
 	a.Drain()
 	if a.cfg.KillOnShutdown {
 		a.killAll()
 	}
 	a.publishHostStatus()
-	flush := time.NewTimer(a.cfg.FlushTimeout)
-	select {
-	case <-a.out.idleCh():
-	case <-flush.C:
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), a.cfg.FlushTimeout)
+	defer cancelFlush()
+	flushed := a.waitOutbox(flushCtx)
+	if !a.stopService(flushCtx, svc) {
+		a.log.Error("shutdown: request handlers still running; closing the executor anyway", "timeout", a.cfg.FlushTimeout)
+	}
+	if flushed {
+		// Events of kills served while the service stopped.
+		flushed = a.waitOutbox(flushCtx)
+	}
+	if !flushed {
 		a.log.Error("shutdown: event outbox not flushed in time", "unacked", a.out.len(), "timeout", a.cfg.FlushTimeout)
 	}
-	flush.Stop()
 	stopOut()
 	<-outDone
-	for _, s := range subs {
-		_ = s.Unsubscribe()
-	}
-	subs = nil
 	if err := a.exec.Close(); err != nil {
 		a.log.Warn("closing executor", "err", err)
 	}
@@ -313,6 +311,17 @@ loop:
 	}
 	a.log.Info("worker agent stopped")
 	return nil
+}
+
+// waitOutbox waits until every queued event is acked, or ctx ends; it
+// reports whether the outbox is idle.
+func (a *Agent) waitOutbox(ctx context.Context) bool {
+	select {
+	case <-a.out.idleCh():
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // Drain stops accepting launches (they are refused with draining); running

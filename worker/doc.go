@@ -46,10 +46,19 @@
 //     is full an event is dropped with an error log, and the selector finds
 //     the task by its missing heartbeats instead.
 //   - Shutdown, when Run's context ends: drain (refuse launches), kill every
-//     task if Config.KillOnShutdown, publish a last HostStatus, wait up to
-//     Config.FlushTimeout for the outbox, unsubscribe and close the executor.
+//     task if Config.KillOnShutdown, publish a last HostStatus, wait for the
+//     outbox, stop the micro service (requests already delivered are still
+//     handled, and waited for; a kill delivered after that is answered
+//     failed, running true), wait for the outbox again and close the
+//     executor; the waits share one Config.FlushTimeout.
 //     Tasks that are not killed are left running; the sim executor's tasks
 //     then die with the process without an event.
+//   - Service discovery. The launch, kill and ps subjects are the endpoints
+//     of an instance of the NATS micro service taskselector-worker, with
+//     the host in its metadata, so that `nats micro ls`, `info` and `stats`
+//     list the workers with per-endpoint request and error counts. A reply
+//     that carries an error also carries the headers Nats-Service-Error and
+//     Nats-Service-Error-Code (ServiceErrorCode; service.go has the details).
 //   - Malformed kill and ps requests are answered with a KillReply (running
 //     true, so that a reader that ignores the error does not take the task
 //     for gone) or a PsReply (no tasks) carrying error code invalid.

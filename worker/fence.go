@@ -204,13 +204,14 @@ func (a *Agent) publishBarrier(nonce uint64) {
 	}
 }
 
-// passBarrier handles a launch-subject message m: it reports whether m is
-// to be handled as a launch request. A barrier is not: if it is the one
-// awaited, launches are taken again. A launch that arrives while a barrier
-// is awaited was sent before the fence lifted, and is refused.
-func (a *Agent) passBarrier(m *nats.Msg) (launch, stale bool) {
+// passBarrier handles a launch-subject message whose barrierHeader is
+// barrier ("" when it has none): it reports whether the message is to be
+// handled as a launch request. A barrier is not: if it is the one awaited,
+// launches are taken again. A launch that arrives while a barrier is
+// awaited was sent before the fence lifted, and is refused.
+func (a *Agent) passBarrier(barrier string) (launch, stale bool) {
 	awaited := a.fence.barrier.Load()
-	if v := m.Header.Get(barrierHeader); v != "" {
+	if v := barrier; v != "" {
 		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n != 0 && n == awaited &&
 			a.fence.barrier.CompareAndSwap(awaited, 0) {
 			a.log.Info("fence barrier back: taking launches again")

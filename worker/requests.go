@@ -10,7 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -23,24 +23,29 @@ const (
 
 var kindNames = [3]string{"launch", "kill", "ps"}
 
-func (a *Agent) handleLaunch(m *nats.Msg) {
-	launch, stale := a.passBarrier(m)
+// handleLaunch is the launch endpoint's handler. The fence barrier (see
+// fence.go) comes on the same subject, without a reply subject.
+func (a *Agent) handleLaunch(r micro.Request) {
+	if a.handlers.enter() {
+		// Once the gate is closed the agent is draining already: a launch
+		// is refused, or answered from a task it knows, before any use of
+		// the executor.
+		defer a.handlers.leave()
+	}
+	launch, stale := a.passBarrier(r.Headers().Get(barrierHeader))
 	if !launch {
 		return
 	}
-	req, err := schemas.DecodeLaunchRequest(m.Data)
+	data := r.Data()
+	req, err := schemas.DecodeLaunchRequest(data)
 	if err != nil {
-		a.malformedRequest(kindLaunch, m, err)
-		if m.Reply != "" {
-			a.respondJSON(m, schemas.LaunchReply{
-				V: schemas.Version, TaskID: bestEffortTaskID(m.Data),
-				Error: replyError(schemas.CodeInvalid, err.Error()),
-			}, false)
-		}
+		a.malformedRequest(kindLaunch, r, err)
+		re := replyError(schemas.CodeInvalid, err.Error())
+		a.respond(r, schemas.LaunchReply{V: schemas.Version, TaskID: bestEffortTaskID(data), Error: re}, re, false)
 		return
 	}
 	var reply schemas.LaunchReply
-	if key := commandKey(m.Data); key != "" {
+	if key := commandKey(data); key != "" {
 		reply = a.refuseLaunch(&req, schemas.CodeInvalid, fmt.Sprintf(
 			"the launch names a command (field %q): a launch names a task type, and only the worker's own configuration says what runs", key))
 	} else if stale {
@@ -54,9 +59,7 @@ func (a *Agent) handleLaunch(m *nats.Msg) {
 			defer a.killStarted(killed)
 		}
 	}
-	if m.Reply != "" {
-		a.respondJSON(m, reply, true)
-	}
+	a.respond(r, reply, reply.Error, true)
 }
 
 // commandFields are the top-level fields by which a launch request could
@@ -184,22 +187,28 @@ func launchCode(err error) string {
 	}
 }
 
-func (a *Agent) handleKill(m *nats.Msg) {
-	req, err := schemas.DecodeKillRequest(m.Data)
+// handleKill is the kill endpoint's handler.
+func (a *Agent) handleKill(r micro.Request) {
+	data := r.Data()
+	req, err := schemas.DecodeKillRequest(data)
 	if err != nil {
-		a.malformedRequest(kindKill, m, err)
-		if m.Reply != "" {
-			// Running true: a reader that ignores the error must not take
-			// the task for gone.
-			a.respondJSON(m, schemas.KillReply{V: schemas.Version, TaskID: bestEffortTaskID(m.Data), Running: true,
-				Error: replyError(schemas.CodeInvalid, err.Error())}, false)
-		}
+		a.malformedRequest(kindKill, r, err)
+		// Running true: a reader that ignores the error must not take the
+		// task for gone.
+		re := replyError(schemas.CodeInvalid, err.Error())
+		a.respond(r, schemas.KillReply{V: schemas.Version, TaskID: bestEffortTaskID(data), Running: true, Error: re}, re, false)
 		return
 	}
-	reply := a.kill(&req)
-	if m.Reply != "" {
-		a.respondJSON(m, reply, true)
+	if !a.handlers.enter() {
+		// The agent is shutting down and its executor may be closed: the
+		// task is left as it is, and said to run.
+		re := replyError(schemas.CodeFailed, "the worker is shutting down")
+		a.respond(r, schemas.KillReply{V: schemas.Version, TaskID: req.TaskID, PID: req.PID, Running: true, Error: re}, re, true)
+		return
 	}
+	defer a.handlers.leave()
+	reply := a.kill(&req)
+	a.respond(r, reply, reply.Error, true)
 }
 
 // kill stops the task req names (by task_id, and by PID when it is not 0)
@@ -242,18 +251,21 @@ func (a *Agent) kill(req *schemas.KillRequest) schemas.KillReply {
 	return reply
 }
 
-func (a *Agent) handlePs(m *nats.Msg) {
-	req, err := schemas.DecodePsRequest(m.Data)
+// handlePs is the ps endpoint's handler.
+func (a *Agent) handlePs(r micro.Request) {
+	if a.handlers.enter() {
+		// ps reads the agent's own records of the tasks alone.
+		defer a.handlers.leave()
+	}
+	req, err := schemas.DecodePsRequest(r.Data())
 	if err != nil {
-		a.malformedRequest(kindPs, m, err)
-		if m.Reply != "" {
-			a.respondJSON(m, schemas.PsReply{V: schemas.Version, Host: a.cfg.Host,
-				Error: replyError(schemas.CodeInvalid, err.Error())}, true)
-		}
+		a.malformedRequest(kindPs, r, err)
+		re := replyError(schemas.CodeInvalid, err.Error())
+		a.respond(r, schemas.PsReply{V: schemas.Version, Host: a.cfg.Host, Error: re}, re, true)
 		return
 	}
-	if m.Reply != "" {
-		a.respondJSON(m, a.ps(&req), true)
+	if r.Reply() != "" {
+		a.respond(r, a.ps(&req), nil, true)
 	}
 }
 
@@ -309,10 +321,10 @@ func (a *Agent) ps(req *schemas.PsRequest) schemas.PsReply {
 
 // malformedRequest counts an undecodable request and logs it, at most once
 // per malformedLogEvery per kind.
-func (a *Agent) malformedRequest(kind int, m *nats.Msg, err error) {
+func (a *Agent) malformedRequest(kind int, r micro.Request, err error) {
 	a.malformed[kind].Add(1)
 	if ok, n := a.malformedLog[kind].Allow(); ok {
-		a.log.Warn("malformed request", "kind", kindNames[kind], "subject", m.Subject, "bytes", len(m.Data),
+		a.log.Warn("malformed request", "kind", kindNames[kind], "subject", r.Subject(), "bytes", len(r.Data()),
 			"err", truncate(err.Error(), 256), "suppressed", n)
 	}
 }
@@ -320,25 +332,6 @@ func (a *Agent) malformedRequest(kind int, m *nats.Msg, err error) {
 // replyError builds a reply's error, its message cut to 512 bytes.
 func replyError(code, msg string) *schemas.ReplyError {
 	return &schemas.ReplyError{Code: code, Message: truncate(msg, 512)}
-}
-
-// respondJSON answers m; strict replies go through schemas.Marshal (which
-// validates), the others through encoding/json.
-func (a *Agent) respondJSON(m *nats.Msg, v any, strict bool) {
-	var b []byte
-	var err error
-	if msg, ok := v.(schemas.Message); ok && strict {
-		b, err = schemas.Marshal(msg)
-	} else {
-		b, err = json.Marshal(v)
-	}
-	if err != nil {
-		a.log.Error("encoding reply", "subject", m.Subject, "err", err)
-		return
-	}
-	if err := m.Respond(b); err != nil {
-		a.log.Warn("reply failed", "subject", m.Subject, "err", err)
-	}
 }
 
 // bestEffortTaskID pulls a task_id out of a request that failed strict

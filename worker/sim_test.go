@@ -7,8 +7,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
@@ -509,9 +507,9 @@ func FuzzRequests(f *testing.F) {
 		_, errL := schemas.DecodeLaunchRequest(b)
 		_, errK := schemas.DecodeKillRequest(b)
 		_, errP := schemas.DecodePsRequest(b)
-		a.handleLaunch(&nats.Msg{Subject: "l", Data: b})
-		a.handleKill(&nats.Msg{Subject: "k", Data: b})
-		a.handlePs(&nats.Msg{Subject: "p", Data: b})
+		a.handleLaunch(&fakeRequest{subject: "l", data: b})
+		a.handleKill(&fakeRequest{subject: "k", data: b})
+		a.handlePs(&fakeRequest{subject: "p", data: b})
 		after := a.Stats().Malformed
 		for kind, decodeErr := range map[string]error{"launch": errL, "kill": errK, "ps": errP} {
 			want := before[kind]
