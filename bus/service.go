@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/protocol"
@@ -150,7 +151,7 @@ type SelectorService struct {
 	reqs      *requestQueue
 
 	ready     chan struct{}
-	statusSub *nats.Subscription
+	statusSvc micro.Service // answers status requests (status.go)
 	hbSub     *nats.Subscription
 	hostSub   *nats.Subscription
 
@@ -239,10 +240,10 @@ func (s *SelectorService) heartbeatsDropped() int {
 
 // Run starts the service and blocks until ctx ends, then shuts down
 // gracefully: it stops launching, lets in-flight requests settle (bounded by
-// ShutdownTimeout), flushes the store writer (bounded likewise) and drains
-// its subscriptions. Startup steps that fail for a transient reason (the
-// server restarting, JetStream not ready) are retried with backoff until ctx
-// ends. Run may be called once.
+// ShutdownTimeout), flushes the store writer (bounded likewise), drains its
+// subscriptions and stops its micro service (see status.go). Startup steps
+// that fail for a transient reason (the server restarting, JetStream not
+// ready) are retried with backoff until ctx ends. Run may be called once.
 func (s *SelectorService) Run(ctx context.Context) error {
 	if !s.runOnce.CompareAndSwap(false, true) {
 		return errors.New("bus: SelectorService.Run called twice")
@@ -359,9 +360,9 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	stopWriter()
 	<-writerDone
 
-	s.drainSub(s.statusSub)
+	s.stopStatusService()
 	if s.nc.IsConnected() {
-		s.waitSubsClosed(s.cfg.ShutdownTimeout, s.hbSub, s.hostSub, s.statusSub)
+		s.waitSubsClosed(s.cfg.ShutdownTimeout, s.hbSub, s.hostSub)
 	}
 	s.log.Info("selector stopped")
 	return nil
@@ -472,16 +473,18 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	// Dispatch what the rebuilt state calls for right away (a ps of the
 	// known hosts, for instance) rather than at the first tick.
 	s.step(&s.tickEv, nil)
-	statusSub, err := s.nc.Subscribe(s.subj.Status(), s.onStatus)
+	statusSvc, err := s.startStatusService()
 	if err != nil {
 		consume.Stop()
-		return fail(fmt.Errorf("bus: subscribe %s: %w", s.subj.Status(), err))
+		return fail(err)
 	}
-	s.setSub(&s.statusSub, statusSub)
+	s.mu.Lock()
+	s.statusSvc = statusSvc
+	s.mu.Unlock()
 	// Ready means answering: make sure the server knows the subscription.
 	if err := s.nc.FlushTimeout(s.cfg.WriteTimeout); err != nil && s.nc.IsConnected() {
 		consume.Stop()
-		_ = statusSub.Unsubscribe()
+		s.stopStatusService()
 		return fail(fmt.Errorf("bus: flush status subscription: %w", err))
 	}
 	return consume, nil

@@ -2,16 +2,21 @@ package bus
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
 // Status returns the engine's status snapshot with the bus-level counters
-// merged in: slow-consumer drops, store errors and malformed messages.
+// merged in: slow-consumer drops (of the heartbeat and host status
+// subscriptions), store errors and malformed messages.
 func (s *SelectorService) Status() schemas.SelectorStatus {
 	s.mu.Lock()
 	var st schemas.SelectorStatus
@@ -20,7 +25,7 @@ func (s *SelectorService) Status() schemas.SelectorStatus {
 	} else {
 		st = schemas.SelectorStatus{V: schemas.Version, Recovering: true, Connected: s.nc.IsConnected(), At: time.Now().UTC()}
 	}
-	subs := [...]*nats.Subscription{s.hbSub, s.hostSub, s.statusSub}
+	subs := [...]*nats.Subscription{s.hbSub, s.hostSub}
 	s.mu.Unlock()
 	s.mergeCounters(&st, subs[:])
 	return st
@@ -53,7 +58,59 @@ func (s *SelectorService) mergeCounters(st *schemas.SelectorStatus, subs []*nats
 	}
 }
 
-func (s *SelectorService) onStatus(m *nats.Msg) {
+// The selector serves its status subject as the NATS micro service
+// protocol.SelectorService, with the one endpoint protocol.EndpointStatus,
+// so that `nats micro ls`, `info` and `stats` show it next to the workers.
+// The endpoint has no queue group, as the plain subscription it replaces:
+// with a hot standby, every selector answers a status request, a requester
+// that takes the first reply gets either, and one that collects replies
+// (`nats req --replies 0`) sees both; a queue group would instead hide one
+// of them at random. The service is added last in start, so that its
+// presence, like a status answer, means the selector listens; Run stops it
+// last.
+
+// startStatusService adds the micro service that answers status requests.
+func (s *SelectorService) startStatusService() (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:               protocol.SelectorService,
+		Version:            protocol.ServiceVersion,
+		Description:        "taskselector selector: decides which tasks run where; answers status snapshots",
+		Metadata:           map[string]string{protocol.ServiceMetaPrefix: s.subj.Prefix},
+		QueueGroupDisabled: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: add micro service %s: %w", protocol.SelectorService, err)
+	}
+	subject := s.subj.Status()
+	if err := svc.AddEndpoint(protocol.EndpointStatus, micro.HandlerFunc(s.handleStatus), micro.WithEndpointSubject(subject)); err != nil {
+		err = fmt.Errorf("bus: add endpoint %s on %s: %w", protocol.EndpointStatus, subject, err)
+		if serr := svc.Stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("bus: stop micro service: %w", serr))
+		}
+		return nil, err
+	}
+	return svc, nil
+}
+
+// stopStatusService stops the status service, if any; the requests already
+// delivered are still answered.
+func (s *SelectorService) stopStatusService() {
+	s.mu.Lock()
+	svc := s.statusSvc
+	s.mu.Unlock()
+	if svc == nil {
+		return
+	}
+	if err := svc.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		s.log.Warn("cannot stop the status service", "err", err)
+	}
+}
+
+// handleStatus answers a status request with the status snapshot.
+func (s *SelectorService) handleStatus(r micro.Request) {
+	if r.Reply() == "" {
+		return
+	}
 	st := s.Status()
 	data, err := encodeStatus(st)
 	if err == nil && len(data) > int(s.nc.MaxPayload()) {
@@ -68,7 +125,7 @@ func (s *SelectorService) onStatus(m *nats.Msg) {
 		s.log.Error("cannot encode status", "err", err)
 		return
 	}
-	if err := m.Respond(data); err != nil {
+	if err := r.Respond(data); err != nil {
 		s.logLimit.Log("status-respond", s.log, slog.LevelWarn, "cannot answer status request", "err", err)
 	}
 }
