@@ -362,6 +362,11 @@ func (s *SelectorService) Run(ctx context.Context) error {
 
 	s.stopStatusService()
 	if s.nc.IsConnected() {
+		// Once Run returns, the server no longer routes status or $SRV
+		// requests here.
+		if err := s.nc.FlushTimeout(s.cfg.ShutdownTimeout); err != nil {
+			s.log.Warn("shutdown: flush after stopping the status service", "err", err)
+		}
 		s.waitSubsClosed(s.cfg.ShutdownTimeout, s.hbSub, s.hostSub)
 	}
 	s.log.Info("selector stopped")
