@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -15,13 +16,16 @@ import (
 func (e *Engine) checkInvariants() error {
 	seenTarget := make(map[*target]*task, len(e.tasks))
 	pendingCount := 0
-	type sums struct{ reserved, used int64 }
+	type sums struct{ reserved int64 }
 	perHost := make(map[*host]*sums, len(e.hostSeq))
 	for i, k := range e.tasks {
 		if k.idx != i {
 			return fmt.Errorf("task %s: idx %d, at %d", k.id, k.idx, i)
 		}
-		if i >= len(e.hot) || e.hot[i].phase != k.phase || e.hot[i].lastHB != e.since(k.lastHB) {
+		if !liveStates.has(k.state) {
+			return fmt.Errorf("task %s: state %d is not a live task's", k.id, k.state)
+		}
+		if i >= len(e.hot) || e.hot[i].state != k.state || e.hot[i].lastHB != e.since(k.lastHB) {
 			return fmt.Errorf("task %s: hot entry out of step", k.id)
 		}
 		if e.byID[k.id] != k {
@@ -70,7 +74,6 @@ func (e *Engine) checkInvariants() error {
 			perHost[k.host] = s
 		}
 		s.reserved += k.accounted()
-		s.used += k.used
 	}
 	onHosts := 0
 	for i, h := range e.hostSeq {
@@ -80,8 +83,8 @@ func (e *Engine) checkInvariants() error {
 			return fmt.Errorf("host %s: seq %d, at %d", h.name, h.seq, i)
 		case e.hosts[h.name] != h:
 			return fmt.Errorf("host %s: not in hosts", h.name)
-		case h.reserved < 0 || h.taskUsed < 0:
-			return fmt.Errorf("host %s: negative ledger: reserved %d, task use %d", h.name, h.reserved, h.taskUsed)
+		case h.reserved < 0:
+			return fmt.Errorf("host %s: negative ledger: reserved %d", h.name, h.reserved)
 		case !inMiB(h.total) || !inMiB(h.used) || !inMiB(h.foreignMiB):
 			return fmt.Errorf("host %s: figure out of 0..MaxMiB: total %d used %d foreign %d", h.name, h.total, h.used, h.foreignMiB)
 		}
@@ -117,9 +120,8 @@ func (e *Engine) checkInvariants() error {
 		if p := perHost[h]; p != nil {
 			s = *p
 		}
-		if h.reserved != s.reserved || h.taskUsed != s.used {
-			return fmt.Errorf("host %s: reserved %d used %d, its tasks hold %d and use %d",
-				h.name, h.reserved, h.taskUsed, s.reserved, s.used)
+		if h.reserved != s.reserved {
+			return fmt.Errorf("host %s: reserved %d, its tasks hold %d", h.name, h.reserved, s.reserved)
 		}
 	}
 	if err := e.pending.check(); err != nil {
@@ -177,6 +179,34 @@ func (e *Engine) checkInvariants() error {
 	case DisruptionNormal, DisruptionPartial, DisruptionFull:
 	default:
 		return fmt.Errorf("disruption mode %q", e.disruption)
+	}
+	return checkTransitions(e)
+}
+
+// transitionsMade is every task state transition (from-state, trigger) that
+// an engine checked by checkInvariants has made, across engines and tests.
+var transitionsMade struct {
+	sync.Mutex
+	made [numTaskStates][numTaskTriggers]bool
+}
+
+// checkTransitions fails if e made a task state transition that
+// taskTransitions does not declare, and records those it made in
+// transitionsMade.
+func checkTransitions(e *Engine) error {
+	transitionsMade.Lock()
+	defer transitionsMade.Unlock()
+	for from := range numTaskStates {
+		for by := range numTaskTriggers {
+			if e.transitions[from][by] == 0 {
+				continue
+			}
+			if !taskTransitions[by].from.has(from) {
+				return fmt.Errorf("undeclared task transition: from %s on %s (%d times)",
+					stateNames[from], triggerNames[by], e.transitions[from][by])
+			}
+			transitionsMade.made[from][by] = true
+		}
 	}
 	return nil
 }

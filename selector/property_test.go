@@ -1406,8 +1406,8 @@ func (w *world) summary() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "edge: up=%v connected=%v writer=%d writing=%v paused=%v\n    ", w.up, w.connected, len(w.writer), w.writing, w.now.Before(w.pausedUntil))
 	for _, k := range w.e.tasks {
-		if k.phase != tActive {
-			fmt.Fprintf(&b, "task %s: phase %d why %d sent=%v launched +%v probeOut=%v\n    ", k.id, k.phase, k.why, k.sent, k.launchedAt.Sub(t0), k.probeOut)
+		if k.state != taskActive {
+			fmt.Fprintf(&b, "task %s: state %d why %d sent=%v launched +%v probeOut=%v\n    ", k.id, k.state, k.why, k.sent, k.launchedAt.Sub(t0), k.probeOut)
 		}
 	}
 	fmt.Fprintf(&b, "engine: ready=%v disruption=%s %q stopped=%q backoff=%d (next +%v) pending=%d",

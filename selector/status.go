@@ -10,6 +10,38 @@ import (
 	"github.com/taskselector/taskselector/schemas"
 )
 
+// Target states shown in status.
+const (
+	StatePending   = "pending"
+	StateLaunching = "launching"
+	StateActive    = "active"
+	StateSuspect   = "suspect"
+	StateBlocked   = "blocked"
+	StateComplete  = "complete"
+)
+
+// Failure causes counted in status.
+const (
+	FailInsufficientRAM    = schemas.CodeInsufficientRAM
+	FailUnknownType        = schemas.CodeUnknownType
+	FailInvalid            = schemas.CodeInvalid
+	FailDraining           = schemas.CodeDraining
+	FailNoResponders       = "no_responders"
+	FailLaunchTimeout      = "launch_timeout"
+	FailSilent             = "silent"
+	FailStale              = "stale"
+	FailHelpersUnavailable = schemas.ReasonHelpersUnavailable
+	FailExited             = schemas.ReasonExited
+	FailKilled             = schemas.ReasonKilled
+	FailCrashed            = schemas.ReasonCrashed
+	FailHostLost           = "host_lost"
+	FailGoneAfterRestart   = "gone_after_restart"
+	FailNotSent            = "not_sent"
+	FailFenced             = schemas.ReasonFenced
+	FailOOM                = schemas.ReasonOOM
+	FailOther              = "other"
+)
+
 // Status returns a snapshot for operators. It allocates; call it at the rate
 // a person reads it, not per message.
 func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
@@ -132,10 +164,10 @@ func (e *Engine) targetStatus(now time.Time, t *target) schemas.TargetStatus {
 		} else {
 			ts.HeartbeatAgeMS = 0 // the wire format has no negative ages; state launching says "none yet"
 		}
-		switch k.phase {
-		case tLaunching, tLaunched:
+		switch k.state {
+		case taskLaunching, taskLaunched:
 			ts.State = StateLaunching
-		case tActive:
+		case taskActive:
 			ts.State = StateActive
 		default:
 			ts.State = StateSuspect
@@ -168,7 +200,7 @@ func suspectReason(k *task) string {
 	case suspectSuperseded:
 		r = "its phase was done by an earlier task"
 	}
-	if k.phase == tKilling {
+	if k.state == taskKilling {
 		return r + "; killing"
 	}
 	if !k.awaitDoneAt.IsZero() {
