@@ -1,5 +1,11 @@
 package bus
 
+// The harness behind the heartbeat-ingest and restart-to-ready benchmarks
+// (ingest_test.go): it starts an embedded server, seeds the buckets as a
+// previous selector would have left them, and times the service over real
+// NATS. It serves only those benchmarks, so it lives with the tests rather
+// than in the package.
+
 import (
 	"context"
 	"errors"
@@ -19,9 +25,9 @@ import (
 	"github.com/taskselector/taskselector/schemas"
 )
 
-// IngestOptions configure MeasureHeartbeatIngest. Zero fields take the
+// ingestOptions configure measureHeartbeatIngest. Zero fields take the
 // defaults in brackets.
-type IngestOptions struct {
+type ingestOptions struct {
 	// Messages is the number of heartbeats published in each phase [200000].
 	Messages int
 	// Tasks is the number of distinct tasks (and targets) the heartbeats
@@ -41,8 +47,8 @@ type IngestOptions struct {
 	BeforePhase, AfterPhase func(phase string)
 }
 
-// IngestResult holds the figures of one MeasureHeartbeatIngest run.
-type IngestResult struct {
+// ingestResult holds the figures of one measureHeartbeatIngest run.
+type ingestResult struct {
 	Messages     int     // heartbeats per phase
 	MessageBytes int     // size of one heartbeat
 	BareRate     float64 // msgs/s read and dropped by a bare subscriber
@@ -53,18 +59,18 @@ type IngestResult struct {
 }
 
 // String formats the result in one line.
-func (r IngestResult) String() string {
+func (r ingestResult) String() string {
 	return fmt.Sprintf("heartbeat ingest: %d msgs of %d B: bare %.0f msgs/s, service %.0f msgs/s, ratio %.2f (drops: bare %d, service %d)",
 		r.Messages, r.MessageBytes, r.BareRate, r.ServiceRate, r.Ratio, r.BareDropped, r.SvcDropped)
 }
 
-// MeasureHeartbeatIngest measures heartbeats ingested per second end to end
+// measureHeartbeatIngest measures heartbeats ingested per second end to end
 // through NATS: a publisher, an embedded server, and the subscriber. It runs
 // two phases in one process on one server, with the same publisher and the
 // same messages: first a bare subscriber that reads and drops each message,
 // then a SelectorService that knows every task (rebuilt from the tasks
 // bucket), decodes each heartbeat and steps the engine with it.
-func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult, error) {
+func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult, error) {
 	if o.Messages <= 0 {
 		o.Messages = 200000
 	}
@@ -83,7 +89,7 @@ func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult,
 	if o.AfterPhase == nil {
 		o.AfterPhase = func(string) {}
 	}
-	res := IngestResult{Messages: o.Messages}
+	res := ingestResult{Messages: o.Messages}
 	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-ingest-", "ingest")
 	if err != nil {
 		return res, err
@@ -305,8 +311,8 @@ func runMeasureService(ctx context.Context, nc *nats.Conn, cfg ServiceConfig, lo
 	}
 }
 
-// RestartOptions configure MeasureRestartToReady.
-type RestartOptions struct {
+// restartOptions configure measureRestartToReady.
+type restartOptions struct {
 	// Tasks is the number of targets, each with a persisted task [10000].
 	Tasks int
 	// StoreDir is the embedded server's store [a new temporary directory,
@@ -316,8 +322,8 @@ type RestartOptions struct {
 	Log *slog.Logger
 }
 
-// RestartResult holds the figures of one MeasureRestartToReady run.
-type RestartResult struct {
+// restartResult holds the figures of one measureRestartToReady run.
+type restartResult struct {
 	Tasks int
 	// RestartToReady runs from the start of the connection to NATS until
 	// the service has replayed both buckets, rebuilt the engine and
@@ -326,21 +332,21 @@ type RestartResult struct {
 }
 
 // String formats the result in one line.
-func (r RestartResult) String() string {
+func (r restartResult) String() string {
 	return fmt.Sprintf("restart-to-ready with %d tasks in KV: %v", r.Tasks, r.RestartToReady)
 }
 
-// MeasureRestartToReady stores o.Tasks targets and their task states, as a
+// measureRestartToReady stores o.Tasks targets and their task states, as a
 // selector would have left them, then starts a selector service on a fresh
 // connection and reports how long it took to be ready.
-func MeasureRestartToReady(ctx context.Context, o RestartOptions) (RestartResult, error) {
+func measureRestartToReady(ctx context.Context, o restartOptions) (restartResult, error) {
 	if o.Tasks <= 0 {
 		o.Tasks = 10000
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	res := RestartResult{Tasks: o.Tasks}
+	res := restartResult{Tasks: o.Tasks}
 	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-restart-", "restart")
 	if err != nil {
 		return res, err
