@@ -21,6 +21,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -96,7 +98,7 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 	}
 	defer stopServer()
 	conn := func(name string) (*nats.Conn, error) {
-		return Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
+		return natsconn.Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
 	}
 	pub, err := conn("ingest-publisher")
 	if err != nil {
@@ -282,11 +284,11 @@ func startMeasureServer(ctx context.Context, dir, pattern, what string) (srv *se
 			os.RemoveAll(tmp)
 		}
 	}
-	if srv, err = StartEmbedded(ctx, EmbeddedOptions{StoreDir: dir, Port: -1}); err != nil {
+	if srv, err = natsembed.Start(ctx, natsembed.Options{StoreDir: dir, Port: -1}); err != nil {
 		removeTmp()
 		return nil, nil, err
 	}
-	return srv, func() { ShutdownEmbedded(srv); removeTmp() }, nil
+	return srv, func() { natsembed.Shutdown(srv); removeTmp() }, nil
 }
 
 // runMeasureService starts a selector service on nc and waits until it is
@@ -352,7 +354,7 @@ func measureRestartToReady(ctx context.Context, o restartOptions) (restartResult
 		return res, err
 	}
 	defer stopServer()
-	seedConn, err := Connect(ctx, srv.ClientURL(), "restart-seed", o.Log, nil, nil)
+	seedConn, err := natsconn.Connect(ctx, srv.ClientURL(), "restart-seed", o.Log, nil, nil)
 	if err != nil {
 		return res, err
 	}
@@ -363,7 +365,7 @@ func measureRestartToReady(ctx context.Context, o restartOptions) (restartResult
 	}
 
 	started := time.Now()
-	nc, err := Connect(ctx, srv.ClientURL(), "restart-selector", o.Log, nil, nil)
+	nc, err := natsconn.Connect(ctx, srv.ClientURL(), "restart-selector", o.Log, nil, nil)
 	if err != nil {
 		return res, err
 	}

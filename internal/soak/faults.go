@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -643,7 +643,7 @@ func (w *world) restartNATS(rng *rand.Rand) {
 	}
 	down := 200*time.Millisecond + time.Duration(rng.Float64()*float64(800*time.Millisecond))
 	w.log.Info("soak: fault", "kind", KindNATSRestart, "down", down.Round(time.Millisecond))
-	bus.ShutdownEmbedded(w.srv)
+	natsembed.Shutdown(w.srv)
 	w.count(KindNATSRestart)
 	time.Sleep(down)
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)

@@ -42,6 +42,8 @@ import (
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/audit"
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -211,7 +213,7 @@ func (w *world) start(ctx context.Context) error {
 		return err
 	}
 	w.url = w.srv.ClientURL()
-	if w.opNC, err = bus.Connect(ctx, w.url, "soak-operator", w.clog, nil, nil); err != nil {
+	if w.opNC, err = natsconn.Connect(ctx, w.url, "soak-operator", w.clog, nil, nil); err != nil {
 		return fmt.Errorf("soak: connect: %w", err)
 	}
 	if w.client, err = client.New(w.opNC, ""); err != nil {
@@ -278,7 +280,7 @@ func (w *world) start(ctx context.Context) error {
 }
 
 func (w *world) startServer(ctx context.Context) error {
-	srv, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: filepath.Join(w.dir, "nats"), Port: w.port, ReadyTimeout: readyTimeout})
+	srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: filepath.Join(w.dir, "nats"), Port: w.port, ReadyTimeout: readyTimeout})
 	if err != nil {
 		return fmt.Errorf("soak: NATS server: %w", err)
 	}
@@ -420,7 +422,7 @@ type selectorProc struct {
 // startSelector starts a new selector, as a process started at started
 // would, and waits until it is ready.
 func (w *world) startSelector(ctx context.Context, started time.Time) (*selectorProc, error) {
-	nc, err := bus.Connect(ctx, w.selProxy.URL(), "taskselector", w.clog, nil, nil)
+	nc, err := natsconn.Connect(ctx, w.selProxy.URL(), "taskselector", w.clog, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("soak: connect selector: %w", err)
 	}
@@ -651,7 +653,7 @@ func (w *world) close() {
 	if w.opNC != nil {
 		w.opNC.Close()
 	}
-	bus.ShutdownEmbedded(w.srv)
+	natsembed.Shutdown(w.srv)
 	if w.dir != "" {
 		if err := os.RemoveAll(w.dir); err != nil {
 			w.log.Warn("soak: remove data directory", "dir", w.dir, "err", err)
@@ -726,7 +728,7 @@ func (w *world) startHost(ctx context.Context, name string, ram int64) (*hostPro
 		}
 		h.proxy = p
 	}
-	nc, err := bus.Connect(ctx, h.proxy.URL(), "worker-"+name, w.clog, nil, nil)
+	nc, err := natsconn.Connect(ctx, h.proxy.URL(), "worker-"+name, w.clog, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("soak: connect worker %s: %w", name, err)
 	}
