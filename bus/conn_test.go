@@ -13,28 +13,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/taskselector/taskselector/client"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
-
-func TestReconnectDelay(t *testing.T) {
-	prevMax := time.Duration(0)
-	for n := 1; n <= 30; n++ {
-		d := reconnectDelay(n)
-		p := reconnectBackoff
-		base := min(p.Base<<min(n-1, 20), p.Max)
-		lo := time.Duration(float64(base) * (1 - p.Jitter))
-		hi := time.Duration(float64(base) * (1 + p.Jitter))
-		if d < lo || d > hi {
-			t.Fatalf("reconnectDelay(%d) = %v, want within [%v, %v]", n, d, lo, hi)
-		}
-		if hi < prevMax {
-			t.Fatalf("delays shrink at attempt %d", n)
-		}
-		prevMax = hi
-	}
-}
 
 // recordingHandler is a slog.Handler that remembers messages.
 type recordingHandler struct {
@@ -80,7 +63,7 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	connected := make(chan result, 1)
 	ctx := testCtx(t, 60*time.Second)
 	go func() {
-		nc, err := Connect(ctx, url, "selector", slog.New(rec),
+		nc, err := natsconn.Connect(ctx, url, "selector", slog.New(rec),
 			func() { mu.Lock(); disc++; mu.Unlock() },
 			func() { mu.Lock(); reco++; mu.Unlock() })
 		connected <- result{nc, err}
@@ -103,17 +86,17 @@ func TestConnectRetryAndServerRestart(t *testing.T) {
 	if err := c.PutTarget(ctx, "keep.me", declaredSpec()); err != nil {
 		t.Fatal(err)
 	}
-	if StatsOf(snc) == nil {
+	if natsconn.StatsOf(snc) == nil {
 		t.Fatalf("no stats for a connection made by Connect")
 	}
 
-	ShutdownEmbedded(srv)
+	natstest.Shutdown(srv)
 	waitFor(t, 10*time.Second, "service sees the disconnect", func() bool { return !r.svc.Status().Connected })
 	waitFor(t, 10*time.Second, "first client's disconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return disc == 1 })
 	natstest.Server(t, natstest.StoreDir(dir), natstest.Port(port))
 	waitFor(t, 10*time.Second, "service sees the reconnect", func() bool { return r.svc.Status().Connected })
 	waitFor(t, 10*time.Second, "first client's reconnect callback", func() bool { mu.Lock(); defer mu.Unlock(); return reco == 1 })
-	if st := StatsOf(snc); st.Disconnects.Load() != 1 || st.Reconnects.Load() != 1 {
+	if st := natsconn.StatsOf(snc); st.Disconnects.Load() != 1 || st.Reconnects.Load() != 1 {
 		t.Fatalf("stats: %d disconnects, %d reconnects", st.Disconnects.Load(), st.Reconnects.Load())
 	}
 

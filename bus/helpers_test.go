@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -24,7 +25,7 @@ func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := Connect(ctx, url, t.Name(), testLog(), nil, nil)
+	nc, err := natsconn.Connect(ctx, url, t.Name(), testLog(), nil, nil)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

@@ -20,7 +20,7 @@ func BenchmarkHeartbeatIngest(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b.StopTimer()
-	res, err := MeasureHeartbeatIngest(ctx, IngestOptions{
+	res, err := measureHeartbeatIngest(ctx, ingestOptions{
 		Messages:    b.N,
 		StoreDir:    b.TempDir(),
 		BeforePhase: func(string) { b.StartTimer() },
@@ -43,7 +43,7 @@ func BenchmarkHeartbeatIngest(b *testing.B) {
 func TestHeartbeatIngestSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := MeasureHeartbeatIngest(ctx, IngestOptions{Messages: 5000, Tasks: 20, StoreDir: t.TempDir()})
+	res, err := measureHeartbeatIngest(ctx, ingestOptions{Messages: 5000, Tasks: 20, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func BenchmarkRestartToReady(b *testing.B) {
 			defer cancel()
 			var total time.Duration
 			for range b.N {
-				res, err := MeasureRestartToReady(ctx, RestartOptions{Tasks: n, StoreDir: b.TempDir()})
+				res, err := measureRestartToReady(ctx, restartOptions{Tasks: n, StoreDir: b.TempDir()})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -114,7 +114,7 @@ func BenchmarkRestartToReady(b *testing.B) {
 func TestRestartToReadySmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := MeasureRestartToReady(ctx, RestartOptions{Tasks: 300, StoreDir: t.TempDir()})
+	res, err := measureRestartToReady(ctx, restartOptions{Tasks: 300, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

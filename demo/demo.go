@@ -18,6 +18,8 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/client"
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
@@ -98,11 +100,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer os.RemoveAll(dir)
 
-	srv, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: dir, Port: -1})
+	srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: dir, Port: -1})
 	if err != nil {
 		return fmt.Errorf("demo: start NATS: %w", err)
 	}
-	defer bus.ShutdownEmbedded(srv)
+	defer natsembed.Shutdown(srv)
 	url := srv.ClientURL()
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -130,7 +132,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		}()
 	}
 
-	nc, err := bus.Connect(ctx, url, "taskselector", log, nil, nil)
+	nc, err := natsconn.Connect(ctx, url, "taskselector", log, nil, nil)
 	if err != nil {
 		return fmt.Errorf("demo: connect selector: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/internal/audit"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/wiretap"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -94,7 +95,7 @@ func (w *chaosWorld) startAuditedSelector(cfg bus.ServiceConfig) *selectorProc {
 	return w.runSelector(w.connectTapped("selector"), cfg)
 }
 
-// connectTapped connects to the env's URL as name, as bus.Connect does,
+// connectTapped connects to the env's URL as name, as natsconn.Connect does,
 // through a wiretap.Dialer that hands the auditor every message the client
 // publishes, on every connection it makes to any server, reconnections
 // included.
@@ -112,7 +113,7 @@ func (w *chaosWorld) connectTapped(name string) *nats.Conn {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, w.url, name, testLog(), nil, nil, nats.SetCustomDialer(tap))
+	nc, err := natsconn.Connect(ctx, w.url, name, testLog(), nil, nil, nats.SetCustomDialer(tap))
 	if err != nil {
 		w.t.Fatalf("connect %s: %v", name, err)
 	}
@@ -133,7 +134,7 @@ func (w *chaosWorld) watch(url string) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	nc, err := bus.Connect(ctx, url, "auditor", testLog(), nil, nil)
+	nc, err := natsconn.Connect(ctx, url, "auditor", testLog(), nil, nil)
 	cancel()
 	if err != nil {
 		w.t.Fatalf("auditor connect to %s: %v", url, err)
@@ -360,7 +361,7 @@ func (w *chaosWorld) startAuditedWorker(host string, ramMiB int64, opts chaosWor
 		url = w.url
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	nc, err := bus.Connect(ctx, url, "worker-"+host, log, nil, nil)
+	nc, err := natsconn.Connect(ctx, url, "worker-"+host, log, nil, nil)
 	cancel()
 	if err != nil {
 		w.t.Fatalf("connect %s: %v", host, err)

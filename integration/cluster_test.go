@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/client"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -50,7 +50,7 @@ func (ce *clusterEnv) pin(i int) {
 	ce.survivor = i
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, ce.c.URL(i), "test", testLog(), nil, nil)
+	nc, err := natsconn.Connect(ctx, ce.c.URL(i), "test", testLog(), nil, nil)
 	if err != nil {
 		t.Fatalf("connect to %s: %v", ce.c.URL(i), err)
 	}

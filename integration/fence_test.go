@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -26,7 +26,7 @@ func (e *env) startFenceWorker(host string, ramMiB int64, url string, fenceAfter
 	e.t.Helper()
 	log := testLog()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	nc, err := bus.Connect(ctx, url, "worker-"+host, log, nil, nil)
+	nc, err := natsconn.Connect(ctx, url, "worker-"+host, log, nil, nil)
 	cancel()
 	if err != nil {
 		e.t.Fatalf("connect %s: %v", host, err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/client"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -154,13 +155,13 @@ func (e *env) restartServer(stopped func()) {
 	e.startServer()
 }
 
-// connect opens a connection that reconnects for good (bus.Connect), closed
-// at the end of the test.
+// connect opens a connection that reconnects for good (natsconn.Connect),
+// closed at the end of the test.
 func (e *env) connect(name string) *nats.Conn {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, e.url, name, testLog(), nil, nil)
+	nc, err := natsconn.Connect(ctx, e.url, name, testLog(), nil, nil)
 	if err != nil {
 		e.t.Fatalf("connect %s: %v", name, err)
 	}

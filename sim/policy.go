@@ -8,6 +8,13 @@ import (
 	"github.com/taskselector/taskselector/selector"
 )
 
+// Policy decides which tasks run where. It gets the same events, and returns
+// the same commands, as the selector engine; *selector.Engine is a Policy.
+// The returned slice may be reused by the next call.
+type Policy interface {
+	Step(now time.Time, ev selector.Event) []selector.Command
+}
+
 // Policy names.
 const (
 	PolicySelector = "selector"

@@ -24,6 +24,8 @@ import (
 
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/demo"
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/internal/ops"
 )
 
@@ -135,15 +137,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		srv, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: cfg.DataDir, Host: host, Port: port})
+		srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: cfg.DataDir, Host: host, Port: port})
 		if err != nil {
 			return fmt.Errorf("start embedded NATS server: %w", err)
 		}
-		defer bus.ShutdownEmbedded(srv)
+		defer natsembed.Shutdown(srv)
 		url = srv.ClientURL()
 		log.Info("embedded NATS server started", "url", url, "store", cfg.DataDir)
 	}
-	nc, err := bus.Connect(ctx, url, "taskselector", log, nil, nil)
+	nc, err := natsconn.Connect(ctx, url, "taskselector", log, nil, nil)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
@@ -157,7 +159,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		HostStatusPending: bus.PendingLimits{Msgs: cfg.HostPending},
 	}, log)
 	if opsLn != nil {
-		h := ops.Handler(svc, ops.NewRegistry(svc, bus.StatsOf(nc)))
+		h := ops.Handler(svc, ops.NewRegistry(svc, natsconn.StatsOf(nc)))
 		opsCtx, stopOps := context.WithCancel(ctx)
 		served := make(chan struct{})
 		go func() {

@@ -2,11 +2,12 @@
 // tests: a server with JetStream on the loopback, by default on a random port
 // with its own store directory, and shut down when the test ends.
 //
-// It builds on nats-server directly, not on package bus, so that bus's own
-// tests can use it without an import cycle.
+// A single server is started by internal/natsembed, as the selector starts
+// its own; the cluster is configured on nats-server directly.
 package natstest
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/taskselector/taskselector/internal/natsembed"
 )
 
 // DefaultReadyTimeout bounds the wait for a server to accept clients unless
@@ -64,25 +67,9 @@ func Server(tb testing.TB, opts ...Option) *server.Server {
 	if c.storeDir == "" {
 		c.storeDir = tb.TempDir()
 	}
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      c.port,
-		JetStream: true,
-		StoreDir:  c.storeDir,
-		NoLog:     true,
-		NoSigs:    true,
-	})
+	s, err := natsembed.Start(context.Background(), natsembed.Options{StoreDir: c.storeDir, Port: c.port, ReadyTimeout: c.readyTimeout})
 	if err != nil {
-		tb.Fatalf("natstest: new NATS server: %v", err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(c.readyTimeout) {
-		Shutdown(s)
-		tb.Fatalf("natstest: NATS server not ready for connections within %v", c.readyTimeout)
-	}
-	if !s.JetStreamEnabled() {
-		Shutdown(s)
-		tb.Fatal("natstest: NATS server started without JetStream")
+		tb.Fatalf("natstest: %v", err)
 	}
 	if !c.noCleanup {
 		tb.Cleanup(func() { Shutdown(s) })
@@ -93,13 +80,7 @@ func Server(tb testing.TB, opts ...Option) *server.Server {
 // Shutdown stops s and waits until it has released its port and store
 // directory, so that a new server may reuse both. It is safe on nil and on a
 // server already shut down.
-func Shutdown(s *server.Server) {
-	if s == nil {
-		return
-	}
-	s.Shutdown()
-	s.WaitForShutdown()
-}
+func Shutdown(s *server.Server) { natsembed.Shutdown(s) }
 
 // Conn connects to the server at url with nats.MaxReconnects(-1) (reconnect
 // for good) followed by opts, and closes the connection when tb's test ends.

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
 )
@@ -67,7 +68,7 @@ func newDesc(name, help string, labels ...string) *prometheus.Desc {
 // NewCollector.
 type Collector struct {
 	src  Source
-	conn *bus.ConnStats
+	conn *natsconn.Stats
 
 	ready, connected, degraded, recovering  *prometheus.Desc
 	disruption                              *prometheus.Desc
@@ -89,8 +90,8 @@ type edgeDef struct {
 var disruptionModes = []string{selector.DisruptionNormal, selector.DisruptionPartial, selector.DisruptionFull}
 
 // NewCollector returns a collector of src's status. conn, when not nil (see
-// bus.StatsOf), adds the NATS connection's counters.
-func NewCollector(src Source, conn *bus.ConnStats) *Collector {
+// natsconn.StatsOf), adds the NATS connection's counters.
+func NewCollector(src Source, conn *natsconn.Stats) *Collector {
 	c := &Collector{
 		src:             src,
 		conn:            conn,
@@ -259,7 +260,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // NewRegistry returns a registry holding a Collector of src (with conn's
 // counters when conn is not nil) and the standard Go runtime and process
 // collectors.
-func NewRegistry(src Source, conn *bus.ConnStats) *prometheus.Registry {
+func NewRegistry(src Source, conn *natsconn.Stats) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		NewCollector(src, conn),

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/schemas"
 )
 
@@ -206,7 +206,7 @@ func collectedValue(t *testing.T, c prometheus.Collector, name string) float64 {
 func TestCollectorEmptyAndConnStats(t *testing.T) {
 	// Before the service has an engine, Status is mostly empty.
 	src := &fakeSource{st: schemas.SelectorStatus{V: schemas.Version, Recovering: true}}
-	var conn bus.ConnStats
+	var conn natsconn.Stats
 	conn.SlowConsumers.Add(2)
 	conn.AsyncErrors.Add(3)
 	conn.Disconnects.Add(4)
@@ -250,9 +250,9 @@ taskselector_nats_reconnects_total 1
 			t.Errorf("%s: %d series, want 0", name, n)
 		}
 	}
-	// Without ConnStats, no NATS series.
+	// Without connection stats, no NATS series.
 	if n := testutil.CollectAndCount(NewCollector(src, nil), "taskselector_nats_reconnects_total"); n != 0 {
-		t.Errorf("nats series without ConnStats: %d", n)
+		t.Errorf("nats series without connection stats: %d", n)
 	}
 }
 
@@ -261,7 +261,7 @@ func TestCollectorConsistentAndLintClean(t *testing.T) {
 	// A pedantic registry fails Gather if a metric was not described, or
 	// if two series collide.
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewCollector(src, &bus.ConnStats{}))
+	reg.MustRegister(NewCollector(src, &natsconn.Stats{}))
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/taskselector/taskselector/bus"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/selector"
@@ -147,7 +148,7 @@ func TestEndpointsOnARealService(t *testing.T) {
 	log := natstest.Log("OPS_TEST_LOG")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, s.ClientURL(), t.Name(), log, nil, nil)
+	nc, err := natsconn.Connect(ctx, s.ClientURL(), t.Name(), log, nil, nil)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -156,7 +157,7 @@ func TestEndpointsOnARealService(t *testing.T) {
 		Engine: selector.Config{RecoveryGrace: 100 * time.Millisecond},
 		Tick:   10 * time.Millisecond,
 	}, log)
-	reg := NewRegistry(svc, bus.StatsOf(nc))
+	reg := NewRegistry(svc, natsconn.StatsOf(nc))
 	srv := httptest.NewServer(Handler(svc, reg))
 	t.Cleanup(srv.Close)
 

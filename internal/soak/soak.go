@@ -30,7 +30,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,10 +41,10 @@ import (
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/client"
 	"github.com/taskselector/taskselector/internal/audit"
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
-	"github.com/taskselector/taskselector/selector"
-	"github.com/taskselector/taskselector/worker"
 )
 
 // Limits on how long components may take to come up or stop.
@@ -53,10 +52,6 @@ const (
 	readyTimeout = 30 * time.Second
 	stopTimeout  = 30 * time.Second
 )
-
-// WhaleTarget is the target the soak declares that fits no host: it must
-// stay pending, with a stated reason, and block nothing.
-const WhaleTarget = "whale"
 
 // Run runs a soak as o says and returns what it found. It injects faults
 // for o.Duration, or until ctx ends, and then heals, settles and checks the
@@ -211,7 +206,7 @@ func (w *world) start(ctx context.Context) error {
 		return err
 	}
 	w.url = w.srv.ClientURL()
-	if w.opNC, err = bus.Connect(ctx, w.url, "soak-operator", w.clog, nil, nil); err != nil {
+	if w.opNC, err = natsconn.Connect(ctx, w.url, "soak-operator", w.clog, nil, nil); err != nil {
 		return fmt.Errorf("soak: connect: %w", err)
 	}
 	if w.client, err = client.New(w.opNC, ""); err != nil {
@@ -278,7 +273,7 @@ func (w *world) start(ctx context.Context) error {
 }
 
 func (w *world) startServer(ctx context.Context) error {
-	srv, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{StoreDir: filepath.Join(w.dir, "nats"), Port: w.port, ReadyTimeout: readyTimeout})
+	srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: filepath.Join(w.dir, "nats"), Port: w.port, ReadyTimeout: readyTimeout})
 	if err != nil {
 		return fmt.Errorf("soak: NATS server: %w", err)
 	}
@@ -305,318 +300,6 @@ func freePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// hostRAM is the RAM of the i-th host, in MiB.
-func hostRAM(i int) int64 {
-	sizes := [...]int64{512, 768, 384, 640}
-	return sizes[(i-1)%len(sizes)]
-}
-
-// declaredTargets returns n targets with two short phases and a long
-// repeating last one ("serve"), so that done events flow and tasks run long
-// enough to be hit.
-func declaredTargets(rng *rand.Rand, n int) map[string]schemas.TargetSpec {
-	out := make(map[string]schemas.TargetSpec, n)
-	for i := 1; i <= n; i++ {
-		name := fmt.Sprintf("t%02d", i)
-		if i == n && n > 1 {
-			name = "odd/target.ü" // names are data
-		}
-		out[name] = schemas.TargetSpec{V: schemas.Version, Profile: schemas.ProfileDeclared, Phases: []schemas.Phase{
-			{Type: "fetch", WrapperMiB: 16, HelpersMinMiB: 16, HelpersFullMiB: 48, WorkS: 1 + 2*rng.Float64()},
-			{Type: "build", WrapperMiB: 16, HelpersMinMiB: 32, HelpersFullMiB: 96, WorkS: 2 + 3*rng.Float64()},
-			{Type: servePhase, WrapperMiB: 16, HelpersMinMiB: 24, HelpersFullMiB: 64, WorkS: 15 + 25*rng.Float64(), Repeat: true},
-		}}
-	}
-	return out
-}
-
-// servePhase is the long repeating last phase of the declared targets.
-const servePhase = "serve"
-
-// whaleSpec is a target whose every RAM figure is the largest a message
-// may carry: it fits nowhere, and its sums overflow a careless ledger.
-func whaleSpec() schemas.TargetSpec {
-	return schemas.TargetSpec{V: schemas.Version, Profile: schemas.ProfileDeclared, Phases: []schemas.Phase{
-		{Type: "hoard", WrapperMiB: schemas.MaxMiB, HelpersMinMiB: schemas.MaxMiB, HelpersFullMiB: schemas.MaxMiB, WorkS: 60, Repeat: true},
-	}}
-}
-
-// probeSpec is a short single-phase target, declared so that a launch is
-// due (after a restart, for a silent launch, during slow writes).
-func probeSpec() schemas.TargetSpec {
-	return schemas.TargetSpec{V: schemas.Version, Profile: schemas.ProfileDeclared, Phases: []schemas.Phase{
-		{Type: "probe", WrapperMiB: 8, HelpersMinMiB: 8, HelpersFullMiB: 16, WorkS: 1},
-	}}
-}
-
-// putTarget declares a target, retrying while the bus is away.
-func (w *world) putTarget(ctx context.Context, name string, spec schemas.TargetSpec) error {
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := w.client.PutTarget(pctx, name, spec)
-		cancel()
-		if err == nil {
-			w.mu.Lock()
-			w.desired[name] = spec
-			w.mu.Unlock()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("soak: declare %q: %w", name, err)
-		}
-		sleepCtx(ctx, 100*time.Millisecond)
-	}
-}
-
-// lingerSpec is a probe whose single phase never ends in a soak: the
-// target of a silent launch, whose task must not finish while silent.
-func lingerSpec() schemas.TargetSpec {
-	return schemas.TargetSpec{V: schemas.Version, Profile: schemas.ProfileDeclared, Phases: []schemas.Phase{
-		{Type: "linger", WrapperMiB: 8, HelpersMinMiB: 8, HelpersFullMiB: 16, WorkS: 1e6},
-	}}
-}
-
-// putProbe declares a new probe target and returns its name.
-func (w *world) putProbe(ctx context.Context) (string, error) {
-	w.mu.Lock()
-	w.probes++
-	name := fmt.Sprintf("probe-%d", w.probes)
-	w.mu.Unlock()
-	return name, w.putTarget(ctx, name, probeSpec())
-}
-
-// dropCompleteProbes deletes the probe targets that have completed.
-func (w *world) dropCompleteProbes(ctx context.Context) {
-	st := w.status()
-	for _, ts := range st.Targets {
-		if !strings.HasPrefix(ts.Target, "probe-") || ts.State != selector.StateComplete {
-			continue
-		}
-		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := w.client.DeleteTarget(dctx, ts.Target)
-		cancel()
-		if err == nil {
-			w.mu.Lock()
-			delete(w.desired, ts.Target)
-			w.mu.Unlock()
-		}
-	}
-}
-
-// ----- the selector -----
-
-// selectorProc is one selector service on its own connection.
-type selectorProc struct {
-	svc    *bus.SelectorService
-	nc     *nats.Conn
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // Run's, once done is closed
-}
-
-// startSelector starts a new selector, as a process started at started
-// would, and waits until it is ready.
-func (w *world) startSelector(ctx context.Context, started time.Time) (*selectorProc, error) {
-	nc, err := bus.Connect(ctx, w.selProxy.URL(), "taskselector", w.clog, nil, nil)
-	if err != nil {
-		return nil, fmt.Errorf("soak: connect selector: %w", err)
-	}
-	w.mu.Lock()
-	w.selGen++
-	seed := uint64(w.o.Seed)<<16 + uint64(w.selGen)
-	w.mu.Unlock()
-	svc := bus.NewSelectorService(nc, bus.ServiceConfig{
-		Engine:            w.tm.engine(seed),
-		Tick:              w.tm.Tick,
-		Store:             bus.StoreConfig{AckWait: w.tm.AckWait},
-		WriteTimeout:      2 * time.Second,
-		ShutdownTimeout:   2 * time.Second,
-		HeartbeatPending:  bus.PendingLimits{Msgs: 4096},
-		HostStatusPending: bus.PendingLimits{Msgs: 512},
-		StartedAt:         started,
-		Faults:            w.svcFaults,
-	}, w.clog)
-	runCtx, cancel := context.WithCancel(context.Background())
-	p := &selectorProc{svc: svc, nc: nc, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.err = svc.Run(runCtx)
-	}()
-	select {
-	case <-svc.Ready():
-		return p, nil
-	case <-p.done:
-		nc.Close()
-		return nil, fmt.Errorf("soak: selector stopped before it was ready: %v", p.err)
-	case <-time.After(readyTimeout):
-	case <-ctx.Done():
-	}
-	cancel()
-	nc.Close()
-	<-p.done
-	return nil, fmt.Errorf("soak: selector not ready within %v", readyTimeout)
-}
-
-// stopSelector stops p: gracefully (it finishes its work, then its
-// connection closes), or at once, as a SIGKILL would (its connection closes
-// first, so that nothing more leaves it, and Run winds down in the
-// background).
-func (w *world) stopSelector(p *selectorProc, graceful bool) {
-	finish := func() {
-		if p.err != nil {
-			w.fail("selector Run: %v", p.err)
-		}
-	}
-	if !graceful {
-		p.nc.Close()
-		p.cancel()
-		w.bg.Add(1)
-		go func() {
-			defer w.bg.Done()
-			select {
-			case <-p.done:
-				finish()
-			case <-time.After(stopTimeout):
-				w.fail("killed selector's Run did not return within %v", stopTimeout)
-			}
-		}()
-		return
-	}
-	p.cancel()
-	select {
-	case <-p.done:
-		finish()
-	case <-time.After(stopTimeout):
-		w.fail("selector did not stop within %v", stopTimeout)
-	}
-	p.nc.Close()
-}
-
-// current returns the running selector.
-func (w *world) current() *selectorProc {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.sel
-}
-
-// status is the running selector's status snapshot.
-func (w *world) status() schemas.SelectorStatus { return w.current().svc.Status() }
-
-// heartbeats counts the heartbeats every selector has handled.
-func (w *world) heartbeats() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var n uint64
-	for _, p := range w.sels {
-		n += p.svc.HeartbeatsHandled()
-	}
-	return n
-}
-
-// ----- settling and the result -----
-
-// settle waits, once every fault has healed, until the recoveries under
-// measurement have ended and the settled system passes the auditor's
-// checks, bounded by Options.Settle. It returns the breaches found by the
-// last check when the system did not settle.
-func (w *world) settle() []string {
-	deadline := time.Now().Add(w.o.Settle)
-	w.log.Info("soak: faults stopped; settling", "bound", w.o.Settle)
-	for w.track.pending() > 0 && time.Now().Before(deadline) {
-		w.track.expire(time.Now())
-		time.Sleep(100 * time.Millisecond)
-	}
-	var last []string
-	clean := 0
-	for time.Now().Before(deadline) {
-		st := w.status()
-		last = w.checkSettled(&st)
-		if len(last) > 0 {
-			clean = 0
-		} else if clean++; clean == 3 {
-			w.log.Info("soak: settled")
-			return nil
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	w.track.expire(time.Now().Add(w.o.StallAfter)) // whatever is still open stalled
-	return last
-}
-
-// checkSettled judges st: the auditor's CheckSettled, and every desired
-// target but the whale running or complete.
-func (w *world) checkSettled(st *schemas.SelectorStatus) []string {
-	w.mu.Lock()
-	desired := sortedKeys(w.desired)
-	w.mu.Unlock()
-	out := w.aud.CheckSettled(st, desired)
-	if !st.Ready || st.Recovering || st.PendingLaunches > 0 {
-		out = append(out, fmt.Sprintf("selector not settled: ready %v, recovering %v, %d launches pending (%s)",
-			st.Ready, st.Recovering, st.PendingLaunches, st.LaunchesStopped))
-	}
-	for _, ts := range st.Targets {
-		switch {
-		case ts.Target == WhaleTarget:
-			if ts.State != selector.StatePending && ts.State != selector.StateBlocked {
-				out = append(out, fmt.Sprintf("target %q, which fits no host, is %s", ts.Target, ts.State))
-			}
-		case !containsStr(desired, ts.Target):
-		case ts.State != selector.StateActive && ts.State != selector.StateComplete:
-			out = append(out, fmt.Sprintf("target %q is %s after the faults stopped (%s)", ts.Target, ts.State, ts.Reason))
-		}
-	}
-	return out
-}
-
-func containsStr(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
-// result gathers the figures; faults began at start.
-func (w *world) result(start time.Time, settled []string) Result {
-	byKind, stalled := w.track.results()
-	var all []time.Duration
-	stats := make(map[string]Stats, len(byKind))
-	for k, ds := range byKind {
-		stats[k] = summarize(ds)
-		all = append(all, ds...)
-	}
-	overall := summarize(all)
-	w.mu.Lock()
-	faults := make(map[string]int, len(w.counts))
-	for k, n := range w.counts {
-		faults[k] = n
-	}
-	failures := append([]string(nil), w.failures...)
-	w.mu.Unlock()
-	var v []string
-	v = append(v, w.aud.Violations()...)
-	for _, s := range settled {
-		v = append(v, "settled: "+s)
-	}
-	v = append(v, stalled...)
-	v = append(v, failures...)
-	return Result{
-		Seed:       w.o.Seed,
-		Duration:   time.Since(start),
-		Faults:     faults,
-		Recoveries: overall.N,
-		Recovery:   overall,
-		ByKind:     stats,
-		Goals:      goals(w.tm, byKind),
-		Violations: v,
-		Heartbeats: w.heartbeats(),
-		Launches:   w.aud.LaunchCount(),
-		Timers:     w.tm,
-	}
 }
 
 // close tears everything down, in order: the selector, the workers, the
@@ -651,7 +334,7 @@ func (w *world) close() {
 	if w.opNC != nil {
 		w.opNC.Close()
 	}
-	bus.ShutdownEmbedded(w.srv)
+	natsembed.Shutdown(w.srv)
 	if w.dir != "" {
 		if err := os.RemoveAll(w.dir); err != nil {
 			w.log.Warn("soak: remove data directory", "dir", w.dir, "err", err)
@@ -677,165 +360,3 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // errStopped is returned by a fault that the end of the fault phase cut
 // short.
 var errStopped = errors.New("soak: stopped")
-
-// ----- workers -----
-
-// hostState is where a worker host is in its life.
-type hostState int
-
-const (
-	hostUp   hostState = iota
-	hostDown           // dead, and coming back
-	hostLost           // dead for good
-)
-
-// hostProc is one worker host: its proxy (which outlives its agents) and
-// its current agent.
-type hostProc struct {
-	name  string
-	ram   int64
-	proxy *proxy
-	state hostState
-	busy  bool // a host fault holds it
-
-	// The current agent; nil while down.
-	nc     *nats.Conn
-	agent  *worker.Agent
-	exec   *chaosExec
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// startHost starts (or restarts) host name with ram MiB, connected through
-// its own proxy, and waits until its agent is ready.
-func (w *world) startHost(ctx context.Context, name string, ram int64) (*hostProc, error) {
-	w.mu.Lock()
-	h := w.hosts[name]
-	if h == nil {
-		h = &hostProc{name: name, ram: ram}
-		w.hosts[name] = h
-		w.hostOrder = append(w.hostOrder, name)
-	}
-	w.hostGen++
-	gen := w.hostGen
-	w.mu.Unlock()
-	if h.proxy == nil {
-		p, err := newProxy(w.serverAddr(), w.clog, nil)
-		if err != nil {
-			return nil, fmt.Errorf("soak: proxy for %s: %w", name, err)
-		}
-		h.proxy = p
-	}
-	nc, err := bus.Connect(ctx, h.proxy.URL(), "worker-"+name, w.clog, nil, nil)
-	if err != nil {
-		return nil, fmt.Errorf("soak: connect worker %s: %w", name, err)
-	}
-	sim, err := worker.NewSim(worker.SimConfig{Host: name, RAMMiB: h.ram, Speed: 1, FirstPID: int64(gen) * 1_000_000, Log: w.clog})
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("soak: worker %s: %w", name, err)
-	}
-	exec := newChaosExec(name, w.aud.Wrap(name, sim), w.onStart, w.takeSilent)
-	agent, err := worker.New(nc, worker.Config{
-		Host: name, RAMMiB: h.ram, HeartbeatInterval: w.tm.Heartbeat, Executor: worker.SimExecutor,
-		FenceAfter: w.tm.FenceAfter, FlushTimeout: time.Second, PublishTimeout: 500 * time.Millisecond,
-		RetryBase: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond,
-	}, exec, w.clog)
-	if err != nil {
-		_ = exec.Close()
-		nc.Close()
-		return nil, fmt.Errorf("soak: worker %s: %w", name, err)
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer exec.Close()
-		if err := agent.Run(runCtx); err != nil {
-			w.fail("worker %s Run: %v", name, err)
-		}
-	}()
-	select {
-	case <-agent.Ready():
-	case <-done:
-		cancel()
-		nc.Close()
-		return nil, fmt.Errorf("soak: worker %s stopped before it was ready", name)
-	case <-time.After(readyTimeout):
-		cancel()
-		nc.Close()
-		<-done
-		return nil, fmt.Errorf("soak: worker %s not ready within %v", name, readyTimeout)
-	}
-	w.mu.Lock()
-	h.nc, h.agent, h.exec, h.cancel, h.done = nc, agent, exec, cancel, done
-	h.state = hostUp
-	w.mu.Unlock()
-	return h, nil
-}
-
-// die kills h's agent as a host crash would: its connection closes first
-// (nothing more leaves it), its processes die at once, and the agent winds
-// down in the background. The caller sets h's state.
-func (w *world) die(h *hostProc) {
-	w.mu.Lock()
-	nc, exec, cancel, done := h.nc, h.exec, h.cancel, h.done
-	h.nc, h.agent, h.exec, h.cancel, h.done = nil, nil, nil, nil, nil
-	w.mu.Unlock()
-	if nc == nil {
-		return
-	}
-	nc.Close()
-	_ = exec.Close()
-	cancel()
-	w.bg.Add(1)
-	go func() {
-		defer w.bg.Done()
-		select {
-		case <-done:
-		case <-time.After(stopTimeout):
-			w.fail("dead worker %s's Run did not return within %v", h.name, stopTimeout)
-		}
-	}()
-}
-
-// stop shuts h's agent down gracefully (its tasks are left to die with its
-// executor) and waits for it.
-func (h *hostProc) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	select {
-	case <-h.done:
-	case <-time.After(stopTimeout):
-	}
-	h.nc.Close()
-	h.nc, h.agent, h.exec, h.cancel, h.done = nil, nil, nil, nil, nil
-}
-
-// onStart is every worker's report of a process start.
-func (w *world) onStart(host, target, taskID string, at time.Time, silent bool) {
-	if silent {
-		w.track.expect(KindSilentLaunch, fmt.Sprintf("silent launch of %s on %s", taskID, host), host, at,
-			[]string{target}, map[string]bool{taskID: true}, w.o.StallAfter)
-		w.mu.Lock()
-		w.counts[KindSilentLaunch]++
-		w.silentStarted = target
-		w.mu.Unlock()
-	}
-	w.track.started(target, taskID, at)
-}
-
-// takeSilent reports whether the launch of target is to be silent, and
-// how long its reply is held; only the first launch of the silent-launch
-// probe is.
-func (w *world) takeSilent(target string) (time.Duration, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.silentTarget == "" || w.silentTarget != target {
-		return 0, false
-	}
-	w.silentTarget = "-" // taken
-	return w.silentDelay, true
-}

@@ -1,5 +1,11 @@
 package bus
 
+// The harness behind the heartbeat-ingest and restart-to-ready benchmarks
+// (ingest_test.go): it starts an embedded server, seeds the buckets as a
+// previous selector would have left them, and times the service over real
+// NATS. It serves only those benchmarks, so it lives with the tests rather
+// than in the package.
+
 import (
 	"context"
 	"errors"
@@ -15,13 +21,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
 
-// IngestOptions configure MeasureHeartbeatIngest. Zero fields take the
+// ingestOptions configure measureHeartbeatIngest. Zero fields take the
 // defaults in brackets.
-type IngestOptions struct {
+type ingestOptions struct {
 	// Messages is the number of heartbeats published in each phase [200000].
 	Messages int
 	// Tasks is the number of distinct tasks (and targets) the heartbeats
@@ -41,8 +49,8 @@ type IngestOptions struct {
 	BeforePhase, AfterPhase func(phase string)
 }
 
-// IngestResult holds the figures of one MeasureHeartbeatIngest run.
-type IngestResult struct {
+// ingestResult holds the figures of one measureHeartbeatIngest run.
+type ingestResult struct {
 	Messages     int     // heartbeats per phase
 	MessageBytes int     // size of one heartbeat
 	BareRate     float64 // msgs/s read and dropped by a bare subscriber
@@ -53,18 +61,18 @@ type IngestResult struct {
 }
 
 // String formats the result in one line.
-func (r IngestResult) String() string {
+func (r ingestResult) String() string {
 	return fmt.Sprintf("heartbeat ingest: %d msgs of %d B: bare %.0f msgs/s, service %.0f msgs/s, ratio %.2f (drops: bare %d, service %d)",
 		r.Messages, r.MessageBytes, r.BareRate, r.ServiceRate, r.Ratio, r.BareDropped, r.SvcDropped)
 }
 
-// MeasureHeartbeatIngest measures heartbeats ingested per second end to end
+// measureHeartbeatIngest measures heartbeats ingested per second end to end
 // through NATS: a publisher, an embedded server, and the subscriber. It runs
 // two phases in one process on one server, with the same publisher and the
 // same messages: first a bare subscriber that reads and drops each message,
 // then a SelectorService that knows every task (rebuilt from the tasks
 // bucket), decodes each heartbeat and steps the engine with it.
-func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult, error) {
+func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult, error) {
 	if o.Messages <= 0 {
 		o.Messages = 200000
 	}
@@ -83,14 +91,14 @@ func MeasureHeartbeatIngest(ctx context.Context, o IngestOptions) (IngestResult,
 	if o.AfterPhase == nil {
 		o.AfterPhase = func(string) {}
 	}
-	res := IngestResult{Messages: o.Messages}
+	res := ingestResult{Messages: o.Messages}
 	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-ingest-", "ingest")
 	if err != nil {
 		return res, err
 	}
 	defer stopServer()
 	conn := func(name string) (*nats.Conn, error) {
-		return Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
+		return natsconn.Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
 	}
 	pub, err := conn("ingest-publisher")
 	if err != nil {
@@ -276,11 +284,11 @@ func startMeasureServer(ctx context.Context, dir, pattern, what string) (srv *se
 			os.RemoveAll(tmp)
 		}
 	}
-	if srv, err = StartEmbedded(ctx, EmbeddedOptions{StoreDir: dir, Port: -1}); err != nil {
+	if srv, err = natsembed.Start(ctx, natsembed.Options{StoreDir: dir, Port: -1}); err != nil {
 		removeTmp()
 		return nil, nil, err
 	}
-	return srv, func() { ShutdownEmbedded(srv); removeTmp() }, nil
+	return srv, func() { natsembed.Shutdown(srv); removeTmp() }, nil
 }
 
 // runMeasureService starts a selector service on nc and waits until it is
@@ -305,8 +313,8 @@ func runMeasureService(ctx context.Context, nc *nats.Conn, cfg ServiceConfig, lo
 	}
 }
 
-// RestartOptions configure MeasureRestartToReady.
-type RestartOptions struct {
+// restartOptions configure measureRestartToReady.
+type restartOptions struct {
 	// Tasks is the number of targets, each with a persisted task [10000].
 	Tasks int
 	// StoreDir is the embedded server's store [a new temporary directory,
@@ -316,8 +324,8 @@ type RestartOptions struct {
 	Log *slog.Logger
 }
 
-// RestartResult holds the figures of one MeasureRestartToReady run.
-type RestartResult struct {
+// restartResult holds the figures of one measureRestartToReady run.
+type restartResult struct {
 	Tasks int
 	// RestartToReady runs from the start of the connection to NATS until
 	// the service has replayed both buckets, rebuilt the engine and
@@ -326,27 +334,27 @@ type RestartResult struct {
 }
 
 // String formats the result in one line.
-func (r RestartResult) String() string {
+func (r restartResult) String() string {
 	return fmt.Sprintf("restart-to-ready with %d tasks in KV: %v", r.Tasks, r.RestartToReady)
 }
 
-// MeasureRestartToReady stores o.Tasks targets and their task states, as a
+// measureRestartToReady stores o.Tasks targets and their task states, as a
 // selector would have left them, then starts a selector service on a fresh
 // connection and reports how long it took to be ready.
-func MeasureRestartToReady(ctx context.Context, o RestartOptions) (RestartResult, error) {
+func measureRestartToReady(ctx context.Context, o restartOptions) (restartResult, error) {
 	if o.Tasks <= 0 {
 		o.Tasks = 10000
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	res := RestartResult{Tasks: o.Tasks}
+	res := restartResult{Tasks: o.Tasks}
 	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-restart-", "restart")
 	if err != nil {
 		return res, err
 	}
 	defer stopServer()
-	seedConn, err := Connect(ctx, srv.ClientURL(), "restart-seed", o.Log, nil, nil)
+	seedConn, err := natsconn.Connect(ctx, srv.ClientURL(), "restart-seed", o.Log, nil, nil)
 	if err != nil {
 		return res, err
 	}
@@ -357,7 +365,7 @@ func MeasureRestartToReady(ctx context.Context, o RestartOptions) (RestartResult
 	}
 
 	started := time.Now()
-	nc, err := Connect(ctx, srv.ClientURL(), "restart-selector", o.Log, nil, nil)
+	nc, err := natsconn.Connect(ctx, srv.ClientURL(), "restart-selector", o.Log, nil, nil)
 	if err != nil {
 		return res, err
 	}

@@ -1,4 +1,11 @@
-package bus
+// Package natsconn makes NATS client connections that stay up for good: the
+// first connection is retried with backoff, a lost one is re-established
+// forever with exponential backoff and jitter, and asynchronous errors are
+// logged and counted per connection.
+//
+// It depends on the NATS client alone (not on nats-server), so a program
+// that only speaks to a server may use it without linking one.
+package natsconn
 
 import (
 	"context"
@@ -26,11 +33,13 @@ var reconnectBackoff = backoff.Policy{
 	CapFirst: true,
 }
 
-// reconnectDelay is the wait before reconnect attempt n (n >= 1).
-func reconnectDelay(n int) time.Duration { return reconnectBackoff.Delay(n, rand.Float64) }
+// ReconnectDelay is the wait before reconnect attempt n (n >= 1). It also
+// spaces other retries against the server, such as a service's start steps,
+// so that they back off like the connection does.
+func ReconnectDelay(n int) time.Duration { return reconnectBackoff.Delay(n, rand.Float64) }
 
-// ConnStats counts what happened to a connection made by Connect.
-type ConnStats struct {
+// Stats counts what happened to a connection made by Connect.
+type Stats struct {
 	// SlowConsumers counts slow-consumer episodes reported by the client
 	// (one per episode per subscription; sub.Dropped() counts the
 	// messages lost).
@@ -42,13 +51,13 @@ type ConnStats struct {
 	Reconnects  atomic.Uint64
 }
 
-var connStats sync.Map // *nats.Conn -> *ConnStats
+var connStats sync.Map // *nats.Conn -> *Stats
 
 // StatsOf returns the counters of a connection made by Connect, or nil for
 // any other connection (or once it is closed).
-func StatsOf(nc *nats.Conn) *ConnStats {
+func StatsOf(nc *nats.Conn) *Stats {
 	if v, ok := connStats.Load(nc); ok {
-		return v.(*ConnStats)
+		return v.(*Stats)
 	}
 	return nil
 }
@@ -56,7 +65,7 @@ func StatsOf(nc *nats.Conn) *ConnStats {
 // Connect connects to the NATS server at url as the client name and keeps
 // the connection up for good: the first connection is retried with backoff
 // until it succeeds or ctx ends, and a lost connection is re-established
-// forever, with exponential backoff and jitter (reconnectDelay). While it is
+// forever, with exponential backoff and jitter (ReconnectDelay). While it is
 // down, publishes are buffered by the client.
 //
 // onDisconnect and onReconnect (either may be nil) are called, from the
@@ -67,13 +76,13 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 	if log == nil {
 		log = slog.Default()
 	}
-	stats := &ConnStats{}
+	stats := &Stats{}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(reconnectBackoff.Base),
 		nats.ReconnectJitter(reconnectBackoff.Base/5, reconnectBackoff.Base/5),
-		nats.CustomReconnectDelay(reconnectDelay),
+		nats.CustomReconnectDelay(ReconnectDelay),
 		nats.PingInterval(5 * time.Second),
 		nats.Timeout(2 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -123,13 +132,13 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 			connStats.Store(nc, stats)
 			return nc, nil
 		}
-		wait := reconnectDelay(attempt)
+		wait := ReconnectDelay(attempt)
 		log.Warn("nats connect failed; retrying", "name", name, "url", url, "attempt", attempt, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("bus: connect to %s: %w (last error: %w)", url, ctx.Err(), err)
+			return nil, fmt.Errorf("natsconn: connect to %s: %w (last error: %w)", url, ctx.Err(), err)
 		case <-t.C:
 		}
 	}

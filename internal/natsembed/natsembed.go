@@ -1,4 +1,10 @@
-package bus
+// Package natsembed runs a NATS server with JetStream inside this process:
+// the selector's default deployment, the demo, the soak and the benchmarks
+// start one instead of connecting to a server of their own.
+//
+// It links nats-server; programs that only connect to a server (the worker,
+// the client) must not import it.
+package natsembed
 
 import (
 	"context"
@@ -10,8 +16,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// EmbeddedOptions configure an in-process NATS server with JetStream.
-type EmbeddedOptions struct {
+// Options configure an in-process NATS server with JetStream.
+type Options struct {
 	// StoreDir is where JetStream keeps its file store. Required.
 	//
 	// Nothing locks a store directory: two servers started on the same
@@ -35,15 +41,15 @@ type EmbeddedOptions struct {
 	Debug bool
 }
 
-// StartEmbedded starts a NATS server with JetStream in this process and waits
-// until it accepts client connections. The server does not install signal
-// handlers; stop it with ShutdownEmbedded. Its client URL is s.ClientURL().
-func StartEmbedded(ctx context.Context, o EmbeddedOptions) (*server.Server, error) {
+// Start starts a NATS server with JetStream in this process and waits until
+// it accepts client connections. The server does not install signal
+// handlers; stop it with Shutdown. Its client URL is s.ClientURL().
+func Start(ctx context.Context, o Options) (*server.Server, error) {
 	if o.StoreDir == "" {
-		return nil, errors.New("bus: embedded server: StoreDir is required")
+		return nil, errors.New("natsembed: embedded server: StoreDir is required")
 	}
 	if err := os.MkdirAll(o.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("bus: embedded server: create store dir: %w", err)
+		return nil, fmt.Errorf("natsembed: embedded server: create store dir: %w", err)
 	}
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
@@ -64,7 +70,7 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (*server.Server, erro
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("bus: embedded server: %w", err)
+		return nil, fmt.Errorf("natsembed: embedded server: %w", err)
 	}
 	if o.Debug {
 		s.ConfigureLogger()
@@ -76,23 +82,23 @@ func StartEmbedded(ctx context.Context, o EmbeddedOptions) (*server.Server, erro
 	select {
 	case ok := <-ready:
 		if !ok {
-			ShutdownEmbedded(s)
-			return nil, fmt.Errorf("bus: embedded server not ready for connections within %v", o.ReadyTimeout)
+			Shutdown(s)
+			return nil, fmt.Errorf("natsembed: embedded server not ready for connections within %v", o.ReadyTimeout)
 		}
 	case <-ctx.Done():
-		ShutdownEmbedded(s)
-		return nil, fmt.Errorf("bus: embedded server start: %w", ctx.Err())
+		Shutdown(s)
+		return nil, fmt.Errorf("natsembed: embedded server start: %w", ctx.Err())
 	}
 	if !s.JetStreamEnabled() {
-		ShutdownEmbedded(s)
-		return nil, errors.New("bus: embedded server started without JetStream")
+		Shutdown(s)
+		return nil, errors.New("natsembed: embedded server started without JetStream")
 	}
 	return s, nil
 }
 
-// ShutdownEmbedded stops s and waits until it has released its port and its
+// Shutdown stops s and waits until it has released its port and its
 // store directory, so that a new server may reuse both. It is safe on nil.
-func ShutdownEmbedded(s *server.Server) {
+func Shutdown(s *server.Server) {
 	if s == nil {
 		return
 	}
