@@ -423,3 +423,16 @@ func seedRestart(ctx context.Context, nc *nats.Conn, n int) error {
 		return fmt.Errorf("bus: restart: seed: %w", ctx.Err())
 	}
 }
+
+// heartbeatsDropped is how many heartbeats the service's subscription
+// dropped for its pending limits.
+func (s *SelectorService) heartbeatsDropped() int {
+	s.mu.Lock()
+	sub := s.hbSub
+	s.mu.Unlock()
+	if sub == nil {
+		return 0
+	}
+	n, _ := sub.Dropped()
+	return n
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/ratelog"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
@@ -226,17 +227,6 @@ func (s *SelectorService) RestartToReady() time.Duration {
 // HeartbeatsHandled counts the heartbeat messages the service has processed,
 // malformed ones included.
 func (s *SelectorService) HeartbeatsHandled() uint64 { return s.heartbeats.Load() }
-
-func (s *SelectorService) heartbeatsDropped() int {
-	s.mu.Lock()
-	sub := s.hbSub
-	s.mu.Unlock()
-	if sub == nil {
-		return 0
-	}
-	n, _ := sub.Dropped()
-	return n
-}
 
 // Run starts the service and blocks until ctx ends, then shuts down
 // gracefully: it stops launching, lets in-flight requests settle (bounded by
@@ -506,7 +496,7 @@ func (s *SelectorService) retryStart(ctx context.Context, what string, step func
 		if ctx.Err() != nil {
 			return fmt.Errorf("bus: selector start: %s: %w", what, err)
 		}
-		wait := reconnectDelay(attempt)
+		wait := natsconn.ReconnectDelay(attempt)
 		s.log.Warn("selector start: "+what+" failed; retrying", "attempt", attempt, "wait", wait, "err", err)
 		if !sleepCtx(ctx, wait) {
 			return fmt.Errorf("bus: selector start: %s: %w", what, ctx.Err())

@@ -53,6 +53,11 @@ type Options struct {
 	Out io.Writer
 	// ANSI redraws the view in place (for terminals).
 	ANSI bool
+	// Host and Port are where the embedded NATS server listens, so that
+	// tools such as `nats micro ls` can look in; the view's first line
+	// names the URL. Port 0 picks a free port; Host "" is 127.0.0.1.
+	Host string
+	Port int
 	// Refresh is the period of the status view [1s].
 	Refresh time.Duration
 	// Observe, when set, sees every status snapshot the view draws.
@@ -100,7 +105,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer os.RemoveAll(dir)
 
-	srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: dir, Port: -1})
+	port := o.Port
+	if port == 0 {
+		port = -1 // a free port
+	}
+	srv, err := natsembed.Start(ctx, natsembed.Options{StoreDir: dir, Host: o.Host, Port: port})
 	if err != nil {
 		return fmt.Errorf("demo: start NATS: %w", err)
 	}
@@ -200,6 +209,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			if o.ANSI {
 				io.WriteString(o.Out, "\x1b[H\x1b[2J")
 			}
+			fmt.Fprintf(o.Out, "NATS at %s (try: nats -s %s micro ls)\n", url, url)
 			Render(o.Out, &st, time.Since(start))
 			if !o.ANSI {
 				io.WriteString(o.Out, "\n")

@@ -50,7 +50,15 @@ func main() {
 	defer stop()
 
 	if *demoMode {
+		var host string
+		var port int
+		if host, port, err = splitListen(cfg.Listen); err != nil {
+			fmt.Fprintf(os.Stderr, "selector: %v\n", err)
+			os.Exit(2)
+		}
 		err = demo.Run(ctx, demo.Options{
+			Host:       host,
+			Port:       max(port, 0),
 			Speed:      cfg.SimSpeed,
 			Engine:     cfg.engine(),
 			Tick:       cfg.Tick,
