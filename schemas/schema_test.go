@@ -9,6 +9,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // msgCase ties a message name to its Go type and strict decoder.
@@ -27,6 +30,8 @@ func dec[T Message](f func([]byte) (T, error)) func([]byte) (Message, error) {
 		return m, nil
 	}
 }
+
+var timeType = reflect.TypeFor[time.Time]()
 
 var allMessages = []msgCase{
 	{nameLaunchRequest, reflect.TypeFor[LaunchRequest](), dec(DecodeLaunchRequest)},
@@ -333,22 +338,22 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 			req = append(req, r.(string))
 		}
 		var names, wantReq []string
-		for _, f := range structFields(typ) {
-			names = append(names, f.name)
-			if f.required {
-				wantReq = append(wantReq, f.name)
+		for _, f := range strictjson.Fields(typ) {
+			names = append(names, f.Name)
+			if f.Required {
+				wantReq = append(wantReq, f.Name)
 			}
-			ps, ok := props[f.name].(map[string]any)
+			ps, ok := props[f.Name].(map[string]any)
 			if !ok {
-				fail("property %q of Go type %v missing from schema", f.name, typ)
+				fail("property %q of Go type %v missing from schema", f.Name, typ)
 				continue
 			}
-			if strings.HasSuffix(f.name, "_mib") {
-				mibBound(s, ps, path+"."+f.name, fail)
+			if strings.HasSuffix(f.Name, "_mib") {
+				mibBound(s, ps, path+"."+f.Name, fail)
 			}
-			fk := typ.Field(f.index).Type.Kind()
-			fieldNull := f.required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
-			driftCheck(s, typ.Field(f.index).Type, ps, path+"."+f.name, fieldNull, errs)
+			fk := typ.Field(f.Index).Type.Kind()
+			fieldNull := f.Required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
+			driftCheck(s, typ.Field(f.Index).Type, ps, path+"."+f.Name, fieldNull, errs)
 		}
 		for p := range props {
 			if !slices.Contains(names, p) {
