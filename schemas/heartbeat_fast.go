@@ -93,7 +93,7 @@ func (d *hbDecoder) run() error {
 		// Fast path: the keys come in AppendHeartbeat's order, written
 		// without escapes or spaces, so the next one is matched verbatim.
 		for k := next; k < next+2 && k < len(hbKeyOrder); k++ {
-			if d.Consume(hbKeyOrder[k]) {
+			if lit := hbKeyOrder[k]; lit != "" && d.Consume(lit) {
 				d.SkipSpace()
 				f, next = k, k+1
 				break
@@ -155,11 +155,12 @@ func (d *hbDecoder) fail(f int, problem string) {
 }
 
 // hbKeyOrder holds the top-level keys, as AppendHeartbeat writes them,
-// indexed by field (the two ram fields are nested and never match).
+// indexed by field; the two ram fields are nested, so their entries are
+// empty and skipped.
 var hbKeyOrder = [...]string{
 	hbV: `"v":`, hbTaskID: `"task_id":`, hbEpoch: `"epoch":`, hbPID: `"pid":`, hbHost: `"host":`,
 	hbTarget: `"target":`, hbType: `"type":`, hbSeq: `"seq":`, hbRAM: `"ram":`,
-	hbRAMBudget: "\x00", hbRAMUsed: "\x00", hbProgress: `"progress":`, hbSentAt: `"sent_at":`,
+	hbProgress: `"progress":`, hbSentAt: `"sent_at":`,
 }
 
 // hbField returns the field of a top-level key, or -1 for an unknown key.

@@ -274,3 +274,23 @@ func TestSyntaxErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestAnyByteAfterRAM puts every byte where the key after "ram" starts.
+// The fast decoder's table of expected keys used to hold "\x00" for the two
+// nested ram fields, so that a NUL byte there was taken for a key: the fast
+// decoder accepted what DecodeHeartbeat rejects as invalid JSON.
+func TestAnyByteAfterRAM(t *testing.T) {
+	h := sampleHeartbeat()
+	b := string(AppendHeartbeat(nil, &h))
+	i := strings.Index(b, `"progress":`)
+	for c := range 256 {
+		for _, in := range []string{b[:i] + string(rune(c)) + " 5," + b[i:], b[:i] + string([]byte{byte(c)}) + `":5,` + b[i:]} {
+			_, serr := DecodeHeartbeat([]byte(in))
+			var got Heartbeat
+			ferr := DecodeHeartbeatInto([]byte(in), &got)
+			if (serr == nil) != (ferr == nil) {
+				t.Errorf("%q: strict %v, fast %v", in, serr, ferr)
+			}
+		}
+	}
+}
