@@ -18,7 +18,9 @@ type ValueError struct {
 	// joined by dots, array indices in brackets, e.g. "ram.used_mib" or
 	// "tasks[2].pid"; "" for the top-level value itself.
 	Path string
-	// Problem is what is wrong, one of the Problem constants.
+	// Problem is what is wrong: one of the Problem constants, or, for a
+	// free-form object holding a number too large for a float64, "holds a
+	// number that is not finite".
 	Problem string
 }
 
