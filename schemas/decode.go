@@ -1,10 +1,10 @@
 package schemas
 
 import (
-	"reflect"
-	"strings"
-	"sync"
-	"time"
+	"fmt"
+	"strconv"
+
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // MaxStatusBytes is the largest SelectorStatus a decoder accepts, and the
@@ -126,32 +126,34 @@ func DecodeSelectorStatus(b []byte) (SelectorStatus, error) { return decodeMessa
 // decodeMessage is the strict decoder shared by every message type.
 //
 // The rules, common to all messages:
-//   - the message is at most sizeLimit bytes of valid JSON whose top level is
-//     an object;
-//   - every field whose json tag lacks omitempty is required: a missing key is
-//     an error; null is accepted (as nil) only for pointer, slice and map
-//     fields, and is an error for other required fields;
-//   - a null optional field is the same as an absent one;
-//   - unknown keys are ignored; of duplicate keys the last one counts;
-//   - keys match exactly (case-sensitive);
-//   - integer fields take JSON integers without fraction or exponent, never
-//     negative, within the Go type's range;
-//   - float fields take finite JSON numbers (1e400 is an error);
-//   - string fields must be valid UTF-8; times are RFC 3339 strings, returned
-//     in UTC;
+//   - the message is at most sizeLimit bytes;
+//   - it is decoded by strictjson.Decode, whose rules apply: valid JSON whose
+//     top level is an object; every field whose json tag lacks omitempty is
+//     required (a missing key is an error; null is accepted, as nil, only for
+//     pointer, slice and map fields); a null optional field is the same as an
+//     absent one; unknown keys are ignored; of duplicate keys the last one
+//     counts; keys match exactly (case-sensitive); integer fields take JSON
+//     integers without fraction or exponent, never negative, within the Go
+//     type's range; float fields take finite JSON numbers (1e400 is an
+//     error); string fields must be valid UTF-8; times are RFC 3339 strings,
+//     returned in UTC;
 //   - then the message's Validate method runs.
-func decodeMessage[T Message](b []byte) (T, error) { return decodeWith[T](b, decodeStrict) }
+func decodeMessage[T Message](b []byte) (T, error) { return decodeWith[T](b, strictjson.Decode) }
 
-// decodeFunc decodes b, a message called name of at most limit bytes, into
-// v, a zero message of the matching type.
-type decodeFunc func(b []byte, name string, limit int, v reflect.Value) error
+// decodeFunc decodes b into v, a pointer to a zero message, and returns the
+// errors strictjson.Decode returns.
+type decodeFunc func(b []byte, v any) error
 
-// decodeWith decodes a message with decode, then validates it.
+// decodeWith checks the size of a message, decodes it with decode, then
+// validates it.
 func decodeWith[T Message](b []byte, decode decodeFunc) (T, error) {
 	var zero, v T
 	name := v.MessageName()
-	if err := decode(b, name, sizeLimit(name), reflect.ValueOf(&v).Elem()); err != nil {
-		return zero, err
+	if limit := sizeLimit(name); len(b) > limit {
+		return zero, tooLarge(name, len(b), limit)
+	}
+	if err := decode(b, &v); err != nil {
+		return zero, decodeError(name, err)
 	}
 	if err := v.Validate(); err != nil {
 		return zero, err
@@ -159,46 +161,19 @@ func decodeWith[T Message](b []byte, decode decodeFunc) (T, error) {
 	return v, nil
 }
 
-// fieldInfo describes one json-tagged field of a struct.
-type fieldInfo struct {
-	name     string
-	index    int
-	required bool // the tag has no omitempty
-}
-
-var fieldCache sync.Map // reflect.Type -> []fieldInfo
-
-// structFields lists t's json-tagged fields in declaration order.
-func structFields(t reflect.Type) []fieldInfo {
-	if fs, ok := fieldCache.Load(t); ok {
-		return fs.([]fieldInfo)
+// decodeError turns an error of strictjson (its Decode, or a Scanner) about
+// the message called name into a *FieldError. A *FieldError is returned as
+// it is; any other error, which means that the message type is not one
+// strictjson supports (a bug caught by TestEveryMessageDecodable), is
+// wrapped.
+func decodeError(name string, err error) error {
+	switch e := err.(type) {
+	case *FieldError:
+		return e
+	case *strictjson.SyntaxError:
+		return fieldErr(name, "", "invalid JSON at offset "+strconv.FormatInt(e.Offset, 10)+": "+e.Msg)
+	case *strictjson.ValueError:
+		return fieldErr(name, e.Path, e.Problem)
 	}
-	var fs []fieldInfo
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, ok := f.Tag.Lookup("json")
-		if !ok || tag == "-" || !f.IsExported() {
-			continue
-		}
-		name, opts, _ := strings.Cut(tag, ",")
-		if name == "" {
-			name = f.Name
-		}
-		fs = append(fs, fieldInfo{name: name, index: i, required: !hasOpt(opts, "omitempty")})
-	}
-	fieldCache.Store(t, fs)
-	return fs
+	return fmt.Errorf("schemas: decode %s: %w", name, err)
 }
-
-func hasOpt(opts, want string) bool {
-	for opts != "" {
-		var o string
-		o, opts, _ = strings.Cut(opts, ",")
-		if o == want {
-			return true
-		}
-	}
-	return false
-}
-
-var timeType = reflect.TypeFor[time.Time]()

@@ -3,6 +3,8 @@ package schemas
 import (
 	"fmt"
 	"strconv"
+
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // FieldError is the error every decoder and Validate method returns. It names
@@ -28,21 +30,21 @@ func (e *FieldError) Error() string {
 	return "schemas: " + e.Message + ": field " + strconv.Quote(e.Field) + ": " + e.Problem
 }
 
-// Problems shared by the decoders and Validate methods.
+// Problems shared by the decoders and Validate methods; those the decoders
+// report are strictjson's, so that DecodeHeartbeatInto, which is written by
+// hand, words them as the generic decoder does.
 const (
-	probMissing     = "missing"
-	probNull        = "null"
-	probNegative    = "negative"
-	probNotFinite   = "not finite"
-	probOutOfRange  = "out of range"
-	probNotInteger  = "not an integer"
-	probNotNumber   = "not a number"
-	probNotString   = "not a string"
-	probNotBool     = "not a boolean"
-	probNotObject   = "not an object"
-	probNotArray    = "not an array"
-	probNotTime     = "not an RFC 3339 time"
-	probBadUTF8     = "invalid UTF-8"
+	probMissing     = strictjson.ProblemMissing
+	probNull        = strictjson.ProblemNull
+	probNegative    = strictjson.ProblemNegative
+	probNotFinite   = strictjson.ProblemNotFinite
+	probOutOfRange  = strictjson.ProblemOutOfRange
+	probNotNumber   = strictjson.ProblemNotNumber
+	probNotString   = strictjson.ProblemNotString
+	probNotObject   = strictjson.ProblemNotObject
+	probNotTime     = strictjson.ProblemNotTime
+	probBadUTF8     = strictjson.ProblemBadUTF8
+	probNotJSONObj  = strictjson.ProblemNotJSONObject
 	probEmpty       = "empty"
 	probNotPositive = "must be at least 1"
 )

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // Heartbeat fields in struct order: the order in which problems are
@@ -35,7 +37,7 @@ const hbRequired = (1<<hbCount - 1) &^ (1 << hbProgress)
 
 // hbDecoder holds the state of one DecodeHeartbeatInto call.
 type hbDecoder struct {
-	scanner
+	strictjson.Scanner
 	n        Heartbeat // the heartbeat being decoded
 	old      *Heartbeat
 	present  uint16 // fields seen (the last occurrence counts)
@@ -58,9 +60,10 @@ func DecodeHeartbeatInto(b []byte, h *Heartbeat) error {
 	if len(b) > MaxMessageBytes {
 		return tooLarge(nameHeartbeat, len(b), MaxMessageBytes)
 	}
-	d := hbDecoder{scanner: scanner{b: b, msg: nameHeartbeat}, old: h}
+	d := hbDecoder{old: h}
+	d.Reset(b)
 	if err := d.run(); err != nil {
-		return err
+		return decodeError(nameHeartbeat, err)
 	}
 	if err := d.n.validate(); err != nil {
 		return err
@@ -69,31 +72,29 @@ func DecodeHeartbeatInto(b []byte, h *Heartbeat) error {
 	return nil
 }
 
+// run decodes the heartbeat into d.n. Its errors are *FieldError, or the
+// Scanner's *strictjson.SyntaxError.
 func (d *hbDecoder) run() error {
-	d.ws()
-	if d.i >= len(d.b) {
-		return d.eof()
-	}
-	if d.b[d.i] != '{' {
-		if _, err := d.value(0); err != nil {
+	if d.Peek() != '{' {
+		// Not an object, or no input at all (Value reports the end of it).
+		if _, err := d.Value(0); err != nil {
 			return err
 		}
-		if err := d.end(); err != nil {
+		if err := d.End(); err != nil {
 			return err
 		}
-		return fieldErr(nameHeartbeat, "", "not a JSON object")
+		return fieldErr(nameHeartbeat, "", probNotJSONObj)
 	}
-	more, err := d.openObject()
+	more, err := d.OpenObject()
 	next := 0 // position in hbKeyOrder of the key expected next
 	for more && err == nil {
 		f := -1
-		d.ws()
+		d.SkipSpace()
 		// Fast path: the keys come in AppendHeartbeat's order, written
 		// without escapes or spaces, so the next one is matched verbatim.
 		for k := next; k < next+2 && k < len(hbKeyOrder); k++ {
-			if lit := hbKeyOrder[k]; len(d.b)-d.i >= len(lit) && string(d.b[d.i:d.i+len(lit)]) == lit {
-				d.i += len(lit)
-				d.ws()
+			if lit := hbKeyOrder[k]; lit != "" && d.Consume(lit) {
+				d.SkipSpace()
 				f, next = k, k+1
 				break
 			}
@@ -111,12 +112,12 @@ func (d *hbDecoder) run() error {
 		if err = d.field(f); err != nil {
 			return err
 		}
-		more, err = d.next('}')
+		more, err = d.Next('}')
 	}
 	if err != nil {
 		return err
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return err
 	}
 	for f := range hbCount {
@@ -134,11 +135,11 @@ func (d *hbDecoder) run() error {
 // unescapedKey reads an object key and the colon after it, and returns the
 // key with its escapes undone (into the scratch buffer) when it has any.
 func (d *hbDecoder) unescapedKey() ([]byte, error) {
-	key, fl, err := d.key()
-	if err != nil || fl&flEscape == 0 {
+	key, fl, err := d.Key()
+	if err != nil || fl&strictjson.Escaped == 0 {
 		return key, err
 	}
-	d.scratch = unescape(d.scratch[:0], key)
+	d.scratch = strictjson.Unescape(d.scratch[:0], key)
 	return d.scratch, nil
 }
 
@@ -154,11 +155,12 @@ func (d *hbDecoder) fail(f int, problem string) {
 }
 
 // hbKeyOrder holds the top-level keys, as AppendHeartbeat writes them,
-// indexed by field (the two ram fields are nested and never match).
+// indexed by field; the two ram fields are nested, so their entries are
+// empty and skipped.
 var hbKeyOrder = [...]string{
 	hbV: `"v":`, hbTaskID: `"task_id":`, hbEpoch: `"epoch":`, hbPID: `"pid":`, hbHost: `"host":`,
 	hbTarget: `"target":`, hbType: `"type":`, hbSeq: `"seq":`, hbRAM: `"ram":`,
-	hbRAMBudget: "\x00", hbRAMUsed: "\x00", hbProgress: `"progress":`, hbSentAt: `"sent_at":`,
+	hbProgress: `"progress":`, hbSentAt: `"sent_at":`,
 }
 
 // hbField returns the field of a top-level key, or -1 for an unknown key.
@@ -197,7 +199,7 @@ func (d *hbDecoder) field(f int) error {
 	}
 	switch f {
 	case hbEpoch, hbSeq, hbPID, hbV:
-		if n, ok := d.plainUint(); ok {
+		if n, ok := d.PlainUint(); ok {
 			d.see(f)
 			switch f {
 			case hbEpoch:
@@ -214,7 +216,7 @@ func (d *hbDecoder) field(f int) error {
 			return nil
 		}
 	}
-	raw, fl, err := d.raw(1)
+	raw, fl, err := d.Raw(1)
 	if err != nil || f < 0 {
 		return err
 	}
@@ -229,17 +231,17 @@ func (d *hbDecoder) field(f int) error {
 	}
 	switch f {
 	case hbV:
-		n, p := uintValue(raw, math.MaxInt64)
+		n, p := strictjson.ParseUint(raw, math.MaxInt64)
 		d.n.V = int(n)
 		d.check(f, p)
 	case hbTaskID:
 		d.n.TaskID = d.str(f, raw, fl, d.old.TaskID)
 	case hbEpoch:
 		var p string
-		d.n.Epoch, p = uintValue(raw, math.MaxUint64)
+		d.n.Epoch, p = strictjson.ParseUint(raw, math.MaxUint64)
 		d.check(f, p)
 	case hbPID:
-		n, p := uintValue(raw, math.MaxInt64)
+		n, p := strictjson.ParseUint(raw, math.MaxInt64)
 		d.n.PID = int64(n)
 		d.check(f, p)
 	case hbHost:
@@ -250,10 +252,10 @@ func (d *hbDecoder) field(f int) error {
 		d.n.Type = d.str(f, raw, fl, d.old.Type)
 	case hbSeq:
 		var p string
-		d.n.Seq, p = uintValue(raw, math.MaxUint64)
+		d.n.Seq, p = strictjson.ParseUint(raw, math.MaxUint64)
 		d.check(f, p)
 	case hbProgress:
-		v, p := floatValue(raw)
+		v, p := strictjson.ParseFloat(raw)
 		if p != "" {
 			d.fail(f, p)
 			return nil
@@ -283,41 +285,13 @@ func (d *hbDecoder) field(f int) error {
 	return nil
 }
 
-// plainUint reads, on the fast path, a number made only of digits (no sign,
-// fraction or exponent, not starting with 0) that fits in a uint64 and is
-// followed by a delimiter. Anything else leaves the scanner where it was and
-// returns false, for the general path to handle.
-func (d *hbDecoder) plainUint() (uint64, bool) {
-	b, i := d.b, d.i
-	if i >= len(b) || b[i] < '1' || b[i] > '9' {
-		return 0, false
-	}
-	var n uint64
-	start := i
-	for i < len(b) && '0' <= b[i] && b[i] <= '9' {
-		i++
-	}
-	if i-start > 19 { // may overflow: let uintValue decide
-		return 0, false
-	}
-	if i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
-		return 0, false
-	}
-	for _, c := range b[start:i] {
-		n = n*10 + uint64(c-'0')
-	}
-	d.i = i
-	return n, true
-}
-
 // hasLit consumes lit (a key with its quotes and colon, and any whitespace
 // after it) when the input continues with it.
 func (d *hbDecoder) hasLit(lit string) bool {
-	if len(d.b)-d.i < len(lit) || string(d.b[d.i:d.i+len(lit)]) != lit {
+	if !d.Consume(lit) {
 		return false
 	}
-	d.i += len(lit)
-	d.ws()
+	d.SkipSpace()
 	return true
 }
 
@@ -336,18 +310,18 @@ func (d *hbDecoder) check(f int, problem string) {
 }
 
 // str decodes a string field, returning old when the value equals it.
-func (d *hbDecoder) str(f int, raw []byte, fl uint8, old string) string {
+func (d *hbDecoder) str(f int, raw []byte, fl strictjson.Flags, old string) string {
 	if raw[0] != '"' {
 		d.fail(f, probNotString)
 		return ""
 	}
 	s := raw[1 : len(raw)-1]
-	if fl&flHigh != 0 && !utf8.Valid(s) {
+	if fl&strictjson.NonASCII != 0 && !utf8.Valid(s) {
 		d.fail(f, probBadUTF8)
 		return ""
 	}
-	if fl&flEscape != 0 {
-		d.scratch = unescape(d.scratch[:0], s)
+	if fl&strictjson.Escaped != 0 {
+		d.scratch = strictjson.Unescape(d.scratch[:0], s)
 		s = d.scratch
 	}
 	if string(s) == old {
@@ -362,8 +336,9 @@ func (d *hbDecoder) ram() error {
 	d.see(hbRAM)
 	d.present &^= 1<<hbRAMBudget | 1<<hbRAMUsed
 	d.bad &^= 1<<hbRAMBudget | 1<<hbRAMUsed
-	if d.i < len(d.b) && d.b[d.i] != '{' {
-		raw, _, err := d.raw(1)
+	if d.Peek() != '{' {
+		// Not an object, or no input at all (Raw reports the end of it).
+		raw, _, err := d.Raw(1)
 		if err != nil {
 			return err
 		}
@@ -374,13 +349,10 @@ func (d *hbDecoder) ram() error {
 		}
 		return nil
 	}
-	if d.i >= len(d.b) {
-		return d.eof()
-	}
-	more, err := d.openObject()
+	more, err := d.OpenObject()
 	for more && err == nil {
 		f := -1
-		d.ws()
+		d.SkipSpace()
 		switch {
 		case d.hasLit(`"budget_mib":`):
 			f = hbRAMBudget
@@ -399,7 +371,7 @@ func (d *hbDecoder) ram() error {
 			}
 		}
 		var raw []byte
-		if raw, _, err = d.raw(2); err != nil {
+		if raw, _, err = d.Raw(2); err != nil {
 			return err
 		}
 		if f >= 0 {
@@ -407,7 +379,7 @@ func (d *hbDecoder) ram() error {
 			if string(raw) == "null" {
 				d.fail(f, probNull)
 			} else {
-				n, p := uintValue(raw, math.MaxInt64)
+				n, p := strictjson.ParseUint(raw, math.MaxInt64)
 				d.check(f, p)
 				if f == hbRAMBudget {
 					d.n.RAM.BudgetMiB = int64(n)
@@ -416,7 +388,7 @@ func (d *hbDecoder) ram() error {
 				}
 			}
 		}
-		more, err = d.next('}')
+		more, err = d.Next('}')
 	}
 	return err
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // mibFields lists the paths, array indices written as [], of every RAM
@@ -25,13 +27,13 @@ func mibFields(t reflect.Type, prefix string, out *[]string) {
 		if t == timeType {
 			return
 		}
-		for _, f := range structFields(t) {
-			p := joinPath(prefix, f.name)
-			if strings.HasSuffix(f.name, "_mib") {
+		for _, f := range strictjson.Fields(t) {
+			p := joinPath(prefix, f.Name)
+			if strings.HasSuffix(f.Name, "_mib") {
 				*out = append(*out, p)
 				continue
 			}
-			mibFields(t.Field(f.index).Type, p, out)
+			mibFields(t.Field(f.Index).Type, p, out)
 		}
 	}
 }

@@ -8,7 +8,12 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/taskselector/taskselector/internal/strictjson"
 )
 
 // msgCase ties a message name to its Go type and strict decoder.
@@ -28,6 +33,8 @@ func dec[T Message](f func([]byte) (T, error)) func([]byte) (Message, error) {
 	}
 }
 
+var timeType = reflect.TypeFor[time.Time]()
+
 var allMessages = []msgCase{
 	{nameLaunchRequest, reflect.TypeFor[LaunchRequest](), dec(DecodeLaunchRequest)},
 	{nameLaunchReply, reflect.TypeFor[LaunchReply](), dec(DecodeLaunchReply)},
@@ -43,25 +50,59 @@ var allMessages = []msgCase{
 	{nameSelectorStatus, reflect.TypeFor[SelectorStatus](), dec(DecodeSelectorStatus)},
 }
 
-func loadSchema(t testing.TB, name string) *jsonSchema {
+// schemaURL is where a message's schema is registered with the compiler:
+// its "$id".
+func schemaURL(name string) string {
+	return "https://github.com/taskselector/taskselector/schemas/json/" + name + schemaSuffix
+}
+
+var (
+	schemaMu       sync.Mutex
+	compiledSchema = map[string]*jsonschema.Schema{}
+)
+
+// loadSchema compiles the schema of a message (once per test binary) with
+// github.com/santhosh-tekuri/jsonschema, which checks it against the draft
+// 2020-12 meta-schema; "format" is asserted, not just an annotation.
+func loadSchema(t testing.TB, name string) *jsonschema.Schema {
 	t.Helper()
+	schemaMu.Lock()
+	defer schemaMu.Unlock()
+	if s, ok := compiledSchema[name]; ok {
+		return s
+	}
 	b, ok := Schema(name)
 	if !ok {
 		t.Fatalf("no schema for %s", name)
 	}
-	s, err := newJSONSchema(b)
+	doc, err := decodeJSON(b)
 	if err != nil {
 		t.Fatalf("schema %s: %v", name, err)
 	}
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	if err := c.AddResource(schemaURL(name), doc); err != nil {
+		t.Fatalf("schema %s: %v", name, err)
+	}
+	s, err := c.Compile(schemaURL(name))
+	if err != nil {
+		t.Fatalf("schema %s does not compile: %v", name, err)
+	}
+	compiledSchema[name] = s
 	return s
+}
+
+// decodeJSON decodes b into generic values, with numbers as json.Number, as
+// the schema library expects them.
+func decodeJSON(b []byte) (any, error) {
+	return jsonschema.UnmarshalJSON(bytes.NewReader(b))
 }
 
 // examples returns the encoded examples of a message's schema.
 func examples(t testing.TB, name string) [][]byte {
 	t.Helper()
-	s := loadSchema(t, name)
-	exs, ok := s.root["examples"].([]any)
-	if !ok || len(exs) == 0 {
+	exs := loadSchema(t, name).Examples
+	if len(exs) == 0 {
 		t.Fatalf("schema %s has no examples", name)
 	}
 	var out [][]byte
@@ -73,6 +114,21 @@ func examples(t testing.TB, name string) [][]byte {
 		out = append(out, b)
 	}
 	return out
+}
+
+// sameJSON reports whether a and b, decoded by decodeJSON, are the same JSON
+// value (numbers compared by value), as the schema {"const": a} judges it.
+func sameJSON(t testing.TB, a, b any) error {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("mem://const.json", map[string]any{"const": a}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("mem://const.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Validate(b)
 }
 
 // looseEqual compares two messages, treating nil and empty slices and maps
@@ -186,8 +242,8 @@ func TestSchemaExamples(t *testing.T) {
 					t.Fatalf("example %d: encodings differ:\n%s\n%s", i, enc1, enc2)
 				}
 				// The example and the re-encoding carry the same JSON.
-				if !jsonEqual(inst, encInst) {
-					t.Fatalf("example %d: re-encoding differs from the example:\n%s\n%s", i, ex, enc1)
+				if err := sameJSON(t, inst, encInst); err != nil {
+					t.Fatalf("example %d: re-encoding differs from the example: %v\n%s\n%s", i, err, ex, enc1)
 				}
 			}
 		})
@@ -203,7 +259,7 @@ func TestSchemaMatchesGoTypes(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			s := loadSchema(t, m.name)
 			var errs []string
-			driftCheck(s, m.typ, s.root, m.name, false, &errs)
+			driftCheck(m.typ, s, m.name, false, &errs)
 			for _, e := range errs {
 				t.Error(e)
 			}
@@ -211,23 +267,48 @@ func TestSchemaMatchesGoTypes(t *testing.T) {
 	}
 }
 
-func nodeTypes(node map[string]any) []string {
-	switch x := node["type"].(type) {
+// deref follows a schema's $ref, if any.
+func deref(s *jsonschema.Schema) *jsonschema.Schema {
+	for s.Ref != nil {
+		s = s.Ref
+	}
+	return s
+}
+
+// jsonType is the JSON type of v, a value from decodeJSON.
+func jsonType(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "boolean"
 	case string:
-		return []string{x}
-	case []any:
-		var out []string
-		for _, v := range x {
-			out = append(out, v.(string))
+		return "string"
+	case json.Number:
+		if r, ok := new(big.Rat).SetString(string(x)); ok && r.IsInt() {
+			return "integer"
 		}
-		return out
+		return "number"
+	case []any:
+		return "array"
+	case map[string]any:
+		return "object"
+	}
+	return fmt.Sprintf("unknown(%T)", v)
+}
+
+// nodeTypes lists the JSON types a schema allows: its "type", or else the
+// types of its const and enum values.
+func nodeTypes(s *jsonschema.Schema) []string {
+	if s.Types != nil && !s.Types.IsEmpty() {
+		return s.Types.ToStrings()
 	}
 	var vals []any
-	if c, ok := node["const"]; ok {
-		vals = append(vals, c)
+	if s.Const != nil {
+		vals = append(vals, *s.Const)
 	}
-	if e, ok := node["enum"].([]any); ok {
-		vals = append(vals, e...)
+	if s.Enum != nil {
+		vals = append(vals, s.Enum.Values...)
 	}
 	var out []string
 	for _, v := range vals {
@@ -238,35 +319,21 @@ func nodeTypes(node map[string]any) []string {
 	return out
 }
 
-func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path string, wantNull bool, errs *[]string) {
+func driftCheck(typ reflect.Type, node *jsonschema.Schema, path string, wantNull bool, errs *[]string) {
 	fail := func(format string, args ...any) {
 		*errs = append(*errs, path+": "+fmt.Sprintf(format, args...))
 	}
-	resolve := func(n map[string]any) map[string]any {
-		for {
-			ref, ok := n["$ref"].(string)
-			if !ok {
-				return n
-			}
-			r, err := s.resolve(ref)
-			if err != nil {
-				fail("%v", err)
-				return map[string]any{}
-			}
-			n = r
-		}
-	}
-	node = resolve(node)
+	node = deref(node)
 	nullable := false
-	if branches, ok := node["anyOf"].([]any); ok {
-		var nonNull []map[string]any
-		for _, b := range branches {
-			bm := resolve(b.(map[string]any))
-			if slices.Equal(nodeTypes(bm), []string{"null"}) {
+	if len(node.AnyOf) > 0 {
+		var nonNull []*jsonschema.Schema
+		for _, b := range node.AnyOf {
+			b = deref(b)
+			if slices.Equal(nodeTypes(b), []string{"null"}) {
 				nullable = true
 				continue
 			}
-			nonNull = append(nonNull, bm)
+			nonNull = append(nonNull, b)
 		}
 		if len(nonNull) != 1 {
 			if typ.Kind() == reflect.Interface {
@@ -292,7 +359,7 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 	switch {
 	case typ == timeType:
 		want = "string"
-		if node["format"] != "date-time" {
+		if node.Format == nil || node.Format.Name != "date-time" {
 			fail("time without format date-time")
 		}
 	case typ.Kind() == reflect.Struct:
@@ -303,10 +370,8 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 		want = "boolean"
 	case typ.Kind() == reflect.Int || typ.Kind() == reflect.Int64 || typ.Kind() == reflect.Uint64:
 		want = "integer"
-		if _, isConst := node["const"]; !isConst {
-			if min, ok := rat(node["minimum"]); !ok || min.Sign() < 0 {
-				fail("integer without a non-negative minimum")
-			}
+		if node.Const == nil && (node.Minimum == nil || node.Minimum.Sign() < 0) {
+			fail("integer without a non-negative minimum")
 		}
 	case typ.Kind() == reflect.Float64:
 		want = "number"
@@ -326,77 +391,59 @@ func driftCheck(s *jsonSchema, typ reflect.Type, node map[string]any, path strin
 	switch {
 	case typ == timeType:
 	case typ.Kind() == reflect.Struct:
-		props, _ := node["properties"].(map[string]any)
-		var req []string
-		reqList, _ := node["required"].([]any)
-		for _, r := range reqList {
-			req = append(req, r.(string))
-		}
 		var names, wantReq []string
-		for _, f := range structFields(typ) {
-			names = append(names, f.name)
-			if f.required {
-				wantReq = append(wantReq, f.name)
+		for _, f := range strictjson.Fields(typ) {
+			names = append(names, f.Name)
+			if f.Required {
+				wantReq = append(wantReq, f.Name)
 			}
-			ps, ok := props[f.name].(map[string]any)
+			ps, ok := node.Properties[f.Name]
 			if !ok {
-				fail("property %q of Go type %v missing from schema", f.name, typ)
+				fail("property %q of Go type %v missing from schema", f.Name, typ)
 				continue
 			}
-			if strings.HasSuffix(f.name, "_mib") {
-				mibBound(s, ps, path+"."+f.name, fail)
+			if strings.HasSuffix(f.Name, "_mib") {
+				mibBound(ps, path+"."+f.Name, fail)
 			}
-			fk := typ.Field(f.index).Type.Kind()
-			fieldNull := f.required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
-			driftCheck(s, typ.Field(f.index).Type, ps, path+"."+f.name, fieldNull, errs)
+			fk := typ.Field(f.Index).Type.Kind()
+			fieldNull := f.Required && (fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map)
+			driftCheck(typ.Field(f.Index).Type, ps, path+"."+f.Name, fieldNull, errs)
 		}
-		for p := range props {
+		for p := range node.Properties {
 			if !slices.Contains(names, p) {
 				fail("schema property %q not in Go type %v", p, typ)
 			}
 		}
-		slices.Sort(req)
+		req := slices.Sorted(slices.Values(node.Required))
 		slices.Sort(wantReq)
 		if !slices.Equal(req, wantReq) {
 			fail("required %v, Go type %v has required (no omitempty) %v", req, typ, wantReq)
 		}
 	case typ.Kind() == reflect.Slice:
-		items, ok := node["items"].(map[string]any)
-		if !ok {
+		if node.Items2020 == nil {
 			fail("array without items")
 			return
 		}
-		driftCheck(s, typ.Elem(), items, path+"[]", false, errs)
+		driftCheck(typ.Elem(), node.Items2020, path+"[]", false, errs)
 	case typ.Kind() == reflect.Map:
-		ap, ok := node["additionalProperties"].(map[string]any)
 		if typ.Elem().Kind() == reflect.Interface {
 			return // free-form object
 		}
+		ap, ok := node.AdditionalProperties.(*jsonschema.Schema)
 		if !ok {
 			fail("map without an additionalProperties schema")
 			return
 		}
-		driftCheck(s, typ.Elem(), ap, path+".*", false, errs)
+		driftCheck(typ.Elem(), ap, path+".*", false, errs)
 	}
 }
 
 // mibBound checks that the schema of a RAM figure (a property named *_mib)
 // caps it at MaxMiB, as the decoders do.
-func mibBound(s *jsonSchema, node map[string]any, path string, fail func(string, ...any)) {
-	for {
-		ref, ok := node["$ref"].(string)
-		if !ok {
-			break
-		}
-		r, err := s.resolve(ref)
-		if err != nil {
-			fail("%v", err)
-			return
-		}
-		node = r
-	}
-	if max, ok := rat(node["maximum"]); !ok || max.Cmp(big.NewRat(MaxMiB, 1)) != 0 {
-		fail("RAM figure %s without maximum %d (MaxMiB), has %v", path, int64(MaxMiB), node["maximum"])
+func mibBound(node *jsonschema.Schema, path string, fail func(string, ...any)) {
+	node = deref(node)
+	if node.Maximum == nil || node.Maximum.Cmp(big.NewRat(MaxMiB, 1)) != 0 {
+		fail("RAM figure %s without maximum %d (MaxMiB), has %v", path, int64(MaxMiB), node.Maximum)
 	}
 }
 
@@ -494,9 +541,21 @@ func TestSchemaAndDecoderAgree(t *testing.T) {
 			}
 			for i, ex := range examples(t, m.name) {
 				var paths [][]any
-				jsonPaths(mustDecodeJSON(t, ex), nil, &paths)
+				inst := mustDecodeJSON(t, ex)
+				jsonPaths(inst, nil, &paths)
 				for _, p := range paths {
 					ps := pathString(p)
+					// A time that is not one: both reject (the schema asserts
+					// its format).
+					if v, ok := valueAt(inst, p).(string); ok {
+						if _, err := time.Parse(time.RFC3339Nano, v); err == nil {
+							for _, bad := range []string{"2025-02-30T12:00:00Z", "2025-03-01T12:00:00", "2025-03-01 12:00:00Z"} {
+								if se, ge := verdicts(mutate(t, ex, p, bad, false)); se == nil || ge == nil {
+									t.Errorf("example %d with %s = %q: schema error %v, Go error %v", i, ps, bad, se, ge)
+								}
+							}
+						}
+					}
 					// Deleting a member: both accept or both reject.
 					b := mutate(t, ex, p, nil, true)
 					if se, ge := verdicts(b); (se == nil) != (ge == nil) {
@@ -535,6 +594,19 @@ func TestSchemaAndDecoderAgree(t *testing.T) {
 	}
 }
 
+// valueAt returns the value at path in v, a value from decodeJSON.
+func valueAt(v any, path []any) any {
+	for _, p := range path {
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[p.(string)]
+		case []any:
+			v = x[p.(int)]
+		}
+	}
+	return v
+}
+
 func mustDecodeJSON(t *testing.T, b []byte) any {
 	t.Helper()
 	v, err := decodeJSON(b)
@@ -542,4 +614,86 @@ func mustDecodeJSON(t *testing.T, b []byte) any {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestSchemaKeywords checks that the schema files use only keywords of JSON
+// Schema draft 2020-12, and only formats the library asserts: the library
+// ignores an unknown keyword (a typo such as "minimun" would silently check
+// nothing) and an unknown format.
+func TestSchemaKeywords(t *testing.T) {
+	known := strings.Fields(`$schema $id $ref $anchor $dynamicRef $dynamicAnchor $vocabulary $comment $defs
+		allOf anyOf oneOf not if then else dependentSchemas prefixItems items contains properties
+		patternProperties additionalProperties propertyNames unevaluatedItems unevaluatedProperties
+		type enum const multipleOf maximum exclusiveMaximum minimum exclusiveMinimum maxLength minLength
+		pattern maxItems minItems uniqueItems maxContains minContains maxProperties minProperties required
+		dependentRequired format contentEncoding contentMediaType contentSchema
+		title description default deprecated readOnly writeOnly examples`)
+	asserted := []string{"date-time"} // formats the schemas use; the library asserts them
+	// Keywords whose value is a schema, a map of schemas or a list of them.
+	single := []string{"not", "if", "then", "else", "items", "contains", "additionalProperties",
+		"propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema"}
+	maps := []string{"$defs", "properties", "patternProperties", "dependentSchemas"}
+	lists := []string{"allOf", "anyOf", "oneOf", "prefixItems"}
+	for _, name := range SchemaNames() {
+		b, _ := Schema(name)
+		doc, err := decodeJSON(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var walk func(v any, path string)
+		walk = func(v any, path string) {
+			s, ok := v.(map[string]any)
+			if !ok {
+				return // a boolean schema
+			}
+			for kw, arg := range s {
+				switch {
+				case !slices.Contains(known, kw):
+					t.Errorf("%s: %s: unknown keyword %q", name, path, kw)
+				case kw == "format" && !slices.Contains(asserted, fmt.Sprint(arg)):
+					t.Errorf("%s: %s: format %q is not asserted", name, path, arg)
+				case slices.Contains(single, kw):
+					walk(arg, path+"/"+kw)
+				case slices.Contains(maps, kw):
+					for k, sub := range arg.(map[string]any) {
+						walk(sub, path+"/"+kw+"/"+k)
+					}
+				case slices.Contains(lists, kw):
+					for i, sub := range arg.([]any) {
+						walk(sub, fmt.Sprintf("%s/%s/%d", path, kw, i))
+					}
+				}
+			}
+		}
+		walk(doc, "#")
+	}
+}
+
+// TestEncodersMatchSchema validates what Marshal, and AppendHeartbeat, write
+// for representative values against the schemas.
+func TestEncodersMatchSchema(t *testing.T) {
+	h := sampleHeartbeat()
+	h2 := h
+	h2.Progress, h2.SentAt = nil, h.SentAt.In(time.FixedZone("x", -3*3600))
+	ts := sampleTaskState()
+	empty := TaskState{Target: "t", Phase: "p", UpdatedAt: ts.UpdatedAt}
+	msgs := []Message{&h, &h2, &ts, &empty}
+	for _, spec := range sampleTargetSpecs() {
+		msgs = append(msgs, &spec)
+	}
+	check := func(name string, b []byte) {
+		t.Helper()
+		inst, err := decodeJSON(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := loadSchema(t, name).Validate(inst); err != nil {
+			t.Errorf("%s does not match its schema: %v\n%s", name, err, b)
+		}
+	}
+	for _, m := range msgs {
+		check(m.MessageName(), mustMarshal(t, m))
+	}
+	check(nameHeartbeat, AppendHeartbeat(nil, &h))
+	check(nameHeartbeat, AppendHeartbeat(nil, &h2))
 }

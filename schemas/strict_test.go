@@ -2,15 +2,23 @@ package schemas
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/taskselector/taskselector/internal/strictjson/strictjsontest"
 )
 
-// strictPair is a message's strict decoder and the reference decoder it
-// replaced (reference_test.go), which must judge every input alike.
+// referenceDecode is decodeMessage with strictjsontest.Reference, the
+// decoder strictjson.Decode replaced, in place of strictjson.Decode.
+func referenceDecode[T Message](b []byte) (T, error) {
+	return decodeWith[T](b, strictjsontest.Reference)
+}
+
+// strictPair is a message's strict decoder and the reference decoder, which
+// must judge every input alike.
 type strictPair struct {
 	name              string
 	decode, reference func([]byte) (Message, error)
@@ -47,155 +55,14 @@ func sameAsReference[T any](t testing.TB, in []byte, decode, reference func([]by
 	}
 }
 
-// jnode is a JSON value that keeps the order of its members, may have
-// duplicate keys and may hold any raw text, even invalid JSON.
-type jnode struct {
-	raw     string // a scalar, or text put in place; "" for an array or object
-	obj     bool
-	members []jmember // of an object
-	elems   []*jnode  // of an array (when raw == "" and !obj)
-}
-
-type jmember struct {
-	key string // the key as written, with its quotes
-	val *jnode
-}
-
-func parseJNode(t testing.TB, b []byte) *jnode {
-	t.Helper()
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.UseNumber()
-	var walk func() *jnode
-	walk = func() *jnode {
-		tok, err := d.Token()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch tok {
-		case json.Delim('{'):
-			n := &jnode{obj: true}
-			for d.More() {
-				k, err := d.Token()
-				if err != nil {
-					t.Fatal(err)
-				}
-				kb, _ := json.Marshal(k)
-				n.members = append(n.members, jmember{string(kb), walk()})
-			}
-			_, _ = d.Token()
-			return n
-		case json.Delim('['):
-			n := &jnode{elems: []*jnode{}}
-			for d.More() {
-				n.elems = append(n.elems, walk())
-			}
-			_, _ = d.Token()
-			return n
-		}
-		rb, err := json.Marshal(tok)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &jnode{raw: string(rb)}
-	}
-	return walk()
-}
-
-func (n *jnode) appendTo(b []byte) []byte {
-	switch {
-	case n.raw != "":
-		return append(b, n.raw...)
-	case n.obj:
-		b = append(b, '{')
-		for i, m := range n.members {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(append(append(b, m.key...), ':'), m.val.appendTo(nil)...)
-		}
-		return append(b, '}')
-	}
-	b = append(b, '[')
-	for i, e := range n.elems {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = e.appendTo(b)
-	}
-	return append(b, ']')
-}
-
-// variants calls emit with every variant of root made by changing one place
-// in it: each member deleted, given each value in values, given a duplicate
-// key before and after it (holding each value in dups), and written with an
-// escaped key; each array element deleted and given each value in values.
-func variants(root *jnode, values, dups []string, emit func([]byte)) {
-	out := func() { emit(root.appendTo(nil)) }
-	var walk func(n *jnode)
-	walk = func(n *jnode) {
-		if n.obj {
-			for i := range n.members {
-				m := n.members[i]
-				ms := n.members
-				n.members = append(ms[:i:i], ms[i+1:]...)
-				out()
-				for _, v := range dups {
-					dup := jmember{m.key, &jnode{raw: v}}
-					n.members = append(append(ms[:i:i], dup), ms[i:]...)
-					out()
-					n.members = append(append(ms[:i+1:i+1], dup), ms[i+1:]...)
-					out()
-				}
-				n.members = ms
-				orig := *m.val
-				for _, v := range values {
-					*m.val = jnode{raw: v}
-					out()
-				}
-				*m.val = orig
-				if k := m.key; len(k) > 2 {
-					n.members[i].key = `"\u00` + strings.ToLower(hexByte(k[1])) + k[2:]
-					out()
-					n.members[i].key = k
-				}
-				walk(m.val)
-			}
-			return
-		}
-		for i, e := range n.elems {
-			es := n.elems
-			n.elems = append(es[:i:i], es[i+1:]...)
-			out()
-			n.elems = es
-			orig := *e
-			for _, v := range values {
-				*e = jnode{raw: v}
-				out()
-			}
-			*e = orig
-			walk(e)
-		}
-	}
-	walk(root)
-}
-
-func hexByte(c byte) string { return string([]byte{hexDigits[c>>4], hexDigits[c&0xf]}) }
-
 // strictValues are put in place of every member and element in turn: every
-// JSON type, and the edge cases of every rule.
-var strictValues = []string{
-	`null`, `true`, `false`, `0`, `1`, `-1`, `-0`, `2`, `1.5`, `0.5`, `1e3`, `1E400`, `-1e400`, `1e-400`,
-	`9223372036854775807`, `9223372036854775808`, `18446744073709551615`, `18446744073709551616`,
-	`""`, `"x"`, `"é"`, "\"a\xffb\"", `"\u00e9\n"`, `"\ud800"`, `"2025-03-01T12:00:00Z"`, `"0000-01-01T00:00:00Z"`,
-	`"2025-03-01T14:00:00.5+02:00"`, `"2025-13-01T00:00:00Z"`, `"2025\u002d03-01T12:00:00Z"`,
-	`"launching"`, `"hacking"`, `"declared"`, `"failed"`, `"invalid"`, `"` + strings.Repeat("n", 257) + `"`,
-	`[]`, `[null]`, `[1]`, `[-1]`, `["x"]`, `[{}]`, `[[]]`, `[1,null,-1]`,
-	`{}`, `{"a":null}`, `{"a":1}`, `{"a":-1}`, `{"":-1}`, `{"a":1e400}`, "{\"\xff\":-1}", `{"a":{"b":[1,-2]}}`,
-	`{"b":-1,"a":-2,"b":1}`, `{"b":-1,"a":"x"}`, `{"b":null,"a":-1,"c":null}`, ` { } `,
-}
+// JSON type, the edge cases of every rule of strictjson.Decode, and those of
+// the messages' Validate methods.
+var strictValues = append(slices.Clip(strictjsontest.Values),
+	`"launching"`, `"hacking"`, `"declared"`, `"failed"`, `"invalid"`, `"`+strings.Repeat("n", 257)+`"`)
 
 // strictDups are the values of duplicate keys.
-var strictDups = []string{`null`, `-1`, `1`, `"x"`, `{}`, `[]`}
+var strictDups = strictjsontest.Dups
 
 // TestStrictMatchesReference checks the strict decoder against the reference
 // on every one-place variant of every schema example, and on every
@@ -217,8 +84,12 @@ func TestStrictMatchesReference(t *testing.T) {
 				check(ex)
 				check(canonical)
 				check(indented(t, ex))
-				variants(parseJNode(t, ex), strictValues, strictDups, check)
-				variants(parseJNode(t, canonical), strictDups, strictDups, check)
+				if err := strictjsontest.Variants(ex, strictValues, strictDups, check); err != nil {
+					t.Fatal(err)
+				}
+				if err := strictjsontest.Variants(canonical, strictDups, strictDups, check); err != nil {
+					t.Fatal(err)
+				}
 				// Every position of a small message; a sample of a big one.
 				for i := 0; i < len(ex); i += 1 + len(ex)/512 {
 					check(ex[:i])

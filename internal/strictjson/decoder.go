@@ -1,157 +1,22 @@
-package schemas
+package strictjson
 
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
 	"math"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 )
 
-// The strict decoder shared by every message type (see decodeMessage for its
-// rules). It reads a message in one pass with the scanner of scan.go,
-// following a decoding plan (a codec) built once per Go type, and sets the
-// fields through reflection as it goes: no intermediate maps, no second
-// decode, and field paths built only for errors.
-//
-// The order in which problems are reported is fixed, whatever the order of
-// the input: a syntax error anywhere comes first (the whole input is always
-// scanned); then, for a struct, its fields in declaration order, each field
-// being either missing, null where null is not allowed, or the first problem
-// inside its value (array elements by index, map entries by key). Of
-// duplicate keys the last one counts, problems included.
-
-// codecKind says how a Go type is decoded.
-type codecKind uint8
-
-const (
-	cString   codecKind = iota
-	cBool               // true or false
-	cInt                // int, int64: a non-negative integer within range
-	cUint               // uint64: a non-negative integer within range
-	cFloat              // float64: a finite number
-	cTime               // time.Time: an RFC 3339 string
-	cPointer            // a pointer to a non-null value of its element
-	cStruct             // a JSON object with the struct's json-tagged fields
-	cSlice              // a JSON array with no null elements
-	cMap                // map[string]T: a JSON object with no null members
-	cFreeForm           // map[string]any (args, metrics), decoded by encoding/json
-)
-
-// codec is the decoding plan of one Go type.
-type codec struct {
-	kind   codecKind
-	typ    reflect.Type
-	elem   *codec       // cPointer, cSlice and cMap: the element's plan
-	fields []fieldCodec // cStruct, in declaration order
-}
-
-// fieldCodec is the plan of one struct field.
-type fieldCodec struct {
-	fieldInfo
-	nullable bool // a pointer, slice or map: null is nil, even when required
-	codec    *codec
-}
-
-// maxFields is the most json-tagged fields a struct may have: the decoder
-// keeps the fields it has seen in a bit set.
-const maxFields = 64
-
-var codecs sync.Map // reflect.Type -> *codec
-
-// codecFor returns the decoding plan of t, building it on first use.
-func codecFor(t reflect.Type) *codec {
-	if c, ok := codecs.Load(t); ok {
-		return c.(*codec)
-	}
-	c, _ := codecs.LoadOrStore(t, buildCodec(t, map[reflect.Type]*codec{}))
-	return c.(*codec)
-}
-
-// buildCodec builds the plan of t; building holds the plans under
-// construction, so that a recursive type refers to its own plan. It panics on
-// a type the wire format does not use.
-func buildCodec(t reflect.Type, building map[reflect.Type]*codec) *codec {
-	if c, ok := building[t]; ok {
-		return c
-	}
-	c := &codec{typ: t}
-	building[t] = c
-	switch k := t.Kind(); {
-	case t == timeType:
-		c.kind = cTime
-	case k == reflect.String:
-		c.kind = cString
-	case k == reflect.Bool:
-		c.kind = cBool
-	case k == reflect.Int || k == reflect.Int64:
-		c.kind = cInt
-	case k == reflect.Uint64:
-		c.kind = cUint
-	case k == reflect.Float64:
-		c.kind = cFloat
-	case k == reflect.Pointer:
-		c.kind, c.elem = cPointer, buildCodec(t.Elem(), building)
-	case k == reflect.Slice:
-		c.kind, c.elem = cSlice, buildCodec(t.Elem(), building)
-	case k == reflect.Map && t.Key().Kind() == reflect.String && t.Elem().Kind() == reflect.Interface:
-		c.kind = cFreeForm
-	case k == reflect.Map && t.Key().Kind() == reflect.String:
-		c.kind, c.elem = cMap, buildCodec(t.Elem(), building)
-	case k == reflect.Struct:
-		c.kind = cStruct
-		fs := structFields(t)
-		if len(fs) > maxFields {
-			panic("schemas: too many fields in " + t.String())
-		}
-		for _, f := range fs {
-			ft := t.Field(f.index).Type
-			fk := ft.Kind()
-			c.fields = append(c.fields, fieldCodec{
-				fieldInfo: f,
-				nullable:  fk == reflect.Pointer || fk == reflect.Slice || fk == reflect.Map,
-				codec:     buildCodec(ft, building),
-			})
-		}
-	default:
-		panic("schemas: unsupported field type " + t.String())
-	}
-	return c
-}
-
-// decodeStrict decodes b, a message called name of at most limit bytes, into
-// v (a zero value of a message type) with the strict rules.
-func decodeStrict(b []byte, name string, limit int, v reflect.Value) error {
-	if len(b) > limit {
-		return tooLarge(name, len(b), limit)
-	}
-	d := decoder{scanner: scanner{b: b, msg: name}}
-	p, err := d.message(codecFor(v.Type()), v)
-	if err != nil {
-		return jsonSyntaxError(name, b, err)
-	}
-	if p != nil {
-		return p.fieldError(name)
-	}
-	return nil
-}
-
-// jsonSyntaxError reports b, which is not valid JSON, the way encoding/json
-// words it (the offset and text of its *json.SyntaxError); the scanner's own
-// error scanErr is the fallback.
-func jsonSyntaxError(name string, b []byte, scanErr error) error {
-	var se *json.SyntaxError
-	if errors.As(json.Unmarshal(b, new(json.RawMessage)), &se) {
-		return fieldErr(name, "", fmt.Sprintf("invalid JSON at offset %d: %v", se.Offset, se))
-	}
-	return scanErr
-}
+// Decode reads a document in one pass with the Scanner, following the plan
+// (codec) of the target's type, and sets the fields through reflection as it
+// goes: no intermediate maps, no second decode, and paths built only for
+// errors.
 
 // problem is a rule broken somewhere inside the value being decoded: what is
 // wrong, and where, as the path from that value down to the offending one,
@@ -175,44 +40,38 @@ func (p *problem) in(name string, index int) *problem {
 	return p
 }
 
-// fieldError turns p, a problem of message msg, into its error, with the
-// path written as joinPath and indexPath write it.
-func (p *problem) fieldError(msg string) *FieldError {
+// valueError turns p into its error, with the path written as
+// ValueError.Path documents.
+func (p *problem) valueError() *ValueError {
 	path := ""
 	for i := len(p.where) - 1; i >= 0; i-- {
-		if step := p.where[i]; step.index >= 0 {
-			path = indexPath(path, step.index)
-		} else {
-			path = joinPath(path, step.name)
+		switch step := p.where[i]; {
+		case step.index >= 0:
+			path += "[" + strconv.Itoa(step.index) + "]"
+		case path == "":
+			path = step.name
+		default:
+			path += "." + step.name
 		}
 	}
-	return fieldErr(msg, path, p.what)
+	return &ValueError{Path: path, Problem: p.what}
 }
 
-// decoder holds the state of one decodeStrict call.
+// decoder holds the state of one Decode call.
 //
 // Its methods decode one JSON value into a reflect.Value holding its type's
 // zero value. They return a problem when the value breaks a rule, having
 // stepped over all of the value so that the scan goes on, or an error when
 // the input is not valid JSON, which ends the scan. depth is the nesting
-// depth of the array or object holding the value (0 for the message).
+// depth of the array or object holding the value (0 for the document).
 type decoder struct {
-	scanner
+	Scanner
 	scratch []byte // unescaped strings
-}
-
-// peek returns the next byte after whitespace, or 0 at the end of the input.
-func (d *decoder) peek() byte {
-	d.ws()
-	if d.i >= len(d.b) {
-		return 0
-	}
-	return d.b[d.i]
 }
 
 // mismatch steps over a value of the wrong JSON type and reports what.
 func (d *decoder) mismatch(what string, depth int) (*problem, error) {
-	if _, err := d.value(depth); err != nil {
+	if _, err := d.Value(depth); err != nil {
 		return nil, err
 	}
 	return newProblem(what), nil
@@ -221,14 +80,14 @@ func (d *decoder) mismatch(what string, depth int) (*problem, error) {
 // null consumes the next value when it is null, and then returns a problem
 // unless nullOK.
 func (d *decoder) null(nullOK bool) (isNull bool, p *problem, err error) {
-	if d.peek() != 'n' {
+	if d.Peek() != 'n' {
 		return false, nil, nil
 	}
 	if err := d.literal("null"); err != nil {
 		return true, nil, err
 	}
 	if !nullOK {
-		p = newProblem(probNull)
+		p = newProblem(ProblemNull)
 	}
 	return true, p, nil
 }
@@ -237,35 +96,35 @@ func (d *decoder) null(nullOK bool) (isNull bool, p *problem, err error) {
 func (d *decoder) message(c *codec, v reflect.Value) (*problem, error) {
 	var p *problem
 	var err error
-	if d.peek() == '{' {
+	if d.Peek() == '{' {
 		p, err = d.object(c, v, 0)
 	} else {
-		_, err = d.value(0)
-		p = newProblem("not a JSON object")
+		_, err = d.Value(0)
+		p = newProblem(ProblemNotJSONObject)
 	}
 	if err == nil {
-		err = d.end()
+		err = d.End()
 	}
 	return p, err
 }
 
 // decode decodes a non-null value of any kind.
 func (d *decoder) decode(c *codec, v reflect.Value, depth int) (*problem, error) {
-	next := d.peek()
+	next := d.Peek()
 	switch c.kind {
 	case cStruct:
 		if next != '{' {
-			return d.mismatch(probNotObject, depth)
+			return d.mismatch(ProblemNotObject, depth)
 		}
 		return d.object(c, v, depth)
 	case cSlice:
 		if next != '[' {
-			return d.mismatch(probNotArray, depth)
+			return d.mismatch(ProblemNotArray, depth)
 		}
 		return d.array(c, v, depth)
 	case cMap:
 		if next != '{' {
-			return d.mismatch(probNotObject, depth)
+			return d.mismatch(ProblemNotObject, depth)
 		}
 		return d.stringMap(c, v, depth)
 	case cPointer:
@@ -277,7 +136,7 @@ func (d *decoder) decode(c *codec, v reflect.Value, depth int) (*problem, error)
 		return p, err
 	case cString:
 		if next != '"' {
-			return d.mismatch(probNotString, depth)
+			return d.mismatch(ProblemNotString, depth)
 		}
 		return d.decodeString(v)
 	case cBool:
@@ -288,14 +147,14 @@ func (d *decoder) decode(c *codec, v reflect.Value, depth int) (*problem, error)
 		case 'f':
 			return nil, d.literal("false")
 		}
-		return d.mismatch(probNotBool, depth)
+		return d.mismatch(ProblemNotBool, depth)
 	case cFreeForm:
 		if next != '{' {
-			return d.mismatch(probNotObject, depth)
+			return d.mismatch(ProblemNotObject, depth)
 		}
 	}
 	// The other kinds are judged on the value's whole text.
-	raw, _, err := d.raw(depth)
+	raw, _, err := d.Raw(depth)
 	if err != nil {
 		return nil, err
 	}
@@ -313,11 +172,11 @@ func (d *decoder) decodeString(v reflect.Value) (*problem, error) {
 		return nil, err
 	}
 	s := d.b[start+1 : d.i-1]
-	if fl&flHigh != 0 && !utf8.Valid(s) {
-		return newProblem(probBadUTF8), nil
+	if fl&NonASCII != 0 && !utf8.Valid(s) {
+		return newProblem(ProblemBadUTF8), nil
 	}
-	if fl&flEscape != 0 {
-		d.scratch = unescape(d.scratch[:0], s)
+	if fl&Escaped != 0 {
+		d.scratch = Unescape(d.scratch[:0], s)
 		s = d.scratch
 	}
 	v.SetString(string(s))
@@ -329,55 +188,54 @@ func (d *decoder) decodeString(v reflect.Value) (*problem, error) {
 func scalar(kind codecKind, raw []byte, v reflect.Value) string {
 	switch kind {
 	case cInt:
-		n, what := uintValue(raw, math.MaxInt64)
+		n, what := ParseUint(raw, math.MaxInt64)
 		if what == "" && v.OverflowInt(int64(n)) {
-			what = probOutOfRange
+			what = ProblemOutOfRange
 		}
 		if what == "" {
 			v.SetInt(int64(n))
 		}
 		return what
 	case cUint:
-		n, what := uintValue(raw, math.MaxUint64)
+		n, what := ParseUint(raw, math.MaxUint64)
 		if what == "" {
 			v.SetUint(n)
 		}
 		return what
 	case cFloat:
-		f, what := floatValue(raw)
+		f, what := ParseFloat(raw)
 		if what == "" {
 			v.SetFloat(f)
 		}
 		return what
 	case cTime:
 		if raw[0] != '"' {
-			return probNotString
+			return ProblemNotString
 		}
 		t := v.Addr().Interface().(*time.Time)
 		if err := t.UnmarshalJSON(raw); err != nil {
-			return probNotTime
+			return ProblemNotTime
 		}
 		*t = t.UTC()
 		return ""
-	case cFreeForm:
+	default: // cFreeForm: decode only calls scalar for the kinds above and this one
 		return freeForm(raw, v)
 	}
-	panic("schemas: not a scalar kind")
 }
 
 // freeForm decodes raw, a JSON object, into v, a map[string]any, with
 // encoding/json.
 func freeForm(raw []byte, v reflect.Value) string {
 	if !utf8.Valid(raw) {
-		return probBadUTF8
+		return ProblemBadUTF8
 	}
 	mp := reflect.New(v.Type())
 	if err := json.Unmarshal(raw, mp.Interface()); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && strings.HasPrefix(te.Value, "number") {
-			return "holds a number that is " + probNotFinite
+			return "holds a number that is " + ProblemNotFinite
 		}
-		return probNotObject
+		return ProblemNotObject
 	}
 	v.Set(mp.Elem())
 	return ""
@@ -387,11 +245,11 @@ func freeForm(raw []byte, v reflect.Value) string {
 // unescaped (into the scratch buffer when needed) as encoding/json would:
 // invalid UTF-8 becomes U+FFFD.
 func (d *decoder) key() ([]byte, error) {
-	key, fl, err := d.scanner.key()
+	key, fl, err := d.Key()
 	if err != nil || fl == 0 {
 		return key, err
 	}
-	d.scratch = unescape(d.scratch[:0], key)
+	d.scratch = Unescape(d.scratch[:0], key)
 	return d.scratch, nil
 }
 
@@ -409,11 +267,11 @@ func (d *decoder) object(c *codec, v reflect.Value, depth int) (*problem, error)
 		}
 		f := c.field(key, want)
 		if f < 0 {
-			_, err = d.value(depth)
+			_, err = d.Value(depth)
 		} else {
 			want = f + 1
 			fc := &c.fields[f]
-			fv := v.Field(fc.index)
+			fv := v.Field(fc.Index)
 			if seen&(1<<f) != 0 {
 				fv.SetZero() // a duplicate key: start over
 			}
@@ -428,7 +286,7 @@ func (d *decoder) object(c *codec, v reflect.Value, depth int) (*problem, error)
 			}
 		}
 		if err == nil {
-			more, err = d.next('}')
+			more, err = d.Next('}')
 		}
 	}
 	if err != nil {
@@ -437,10 +295,10 @@ func (d *decoder) object(c *codec, v reflect.Value, depth int) (*problem, error)
 	for f := range c.fields {
 		fc := &c.fields[f]
 		if problems != nil && problems[f] != nil {
-			return problems[f].in(fc.name, -1), nil
+			return problems[f].in(fc.Name, -1), nil
 		}
-		if seen&(1<<f) == 0 && fc.required {
-			return newProblem(probMissing).in(fc.name, -1), nil
+		if seen&(1<<f) == 0 && fc.Required {
+			return newProblem(ProblemMissing).in(fc.Name, -1), nil
 		}
 	}
 	return nil, nil
@@ -449,11 +307,11 @@ func (d *decoder) object(c *codec, v reflect.Value, depth int) (*problem, error)
 // field returns the index of the field named key, or -1; the field at want
 // is tried first.
 func (c *codec) field(key []byte, want int) int {
-	if want < len(c.fields) && string(key) == c.fields[want].name {
+	if want < len(c.fields) && string(key) == c.fields[want].Name {
 		return want
 	}
 	for i := range c.fields {
-		if string(key) == c.fields[i].name {
+		if string(key) == c.fields[i].Name {
 			return i
 		}
 	}
@@ -462,7 +320,7 @@ func (c *codec) field(key []byte, want int) int {
 
 // field decodes the value of a struct field, which may be null.
 func (d *decoder) field(fc *fieldCodec, v reflect.Value, depth int) (*problem, error) {
-	if isNull, p, err := d.null(fc.nullable || !fc.required); isNull {
+	if isNull, p, err := d.null(fc.nullable || !fc.Required); isNull {
 		return p, err // v stays zero
 	}
 	return d.decode(fc.codec, v, depth)
@@ -474,7 +332,7 @@ func (d *decoder) array(c *codec, v reflect.Value, depth int) (*problem, error) 
 	depth++
 	d.i++
 	var first *problem // only the first problem is reported
-	more := d.peek() != ']'
+	more := d.Peek() != ']'
 	if !more {
 		d.i++
 		v.Set(reflect.MakeSlice(c.typ, 0, 0))
@@ -483,7 +341,7 @@ func (d *decoder) array(c *codec, v reflect.Value, depth int) (*problem, error) 
 		var p *problem
 		var err error
 		if first != nil {
-			_, err = d.value(depth)
+			_, err = d.Value(depth)
 		} else if isNull, np, nerr := d.null(false); isNull {
 			p, err = np, nerr
 		} else {
@@ -497,7 +355,7 @@ func (d *decoder) array(c *codec, v reflect.Value, depth int) (*problem, error) 
 			first = p.in("", i)
 		}
 		if err == nil {
-			more, err = d.next(']')
+			more, err = d.Next(']')
 		}
 		if err != nil {
 			return nil, err
@@ -538,7 +396,7 @@ func (d *decoder) stringMap(c *codec, v reflect.Value, depth int) (*problem, err
 			delete(problems, k) // a duplicate key: the last one counts
 		}
 		if err == nil {
-			more, err = d.next('}')
+			more, err = d.Next('}')
 		}
 	}
 	if err != nil {
