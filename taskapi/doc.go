@@ -72,4 +72,9 @@
 //
 // Helpers run in the task's own process group (the agent kills the group,
 // so no helper outlives its task).
+//
+// Main does the usual start for a program: it runs the program as its own
+// helper when so invoked, or connects with FromEnv, hands the task, a logger
+// and a FailFunc to the program's body, and exits with the status the body
+// returns (the examples in examples/ are written this way).
 package taskapi

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natsembed"
 	"github.com/taskselector/taskselector/internal/ops"
+	"github.com/taskselector/taskselector/internal/shutdown"
 )
 
 func main() {
@@ -44,8 +44,8 @@ func main() {
 	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	ctx, stop := onSignals(context.Background(), sigs, slog.New(slog.NewTextHandler(os.Stderr, nil)), func(os.Signal) {
-		os.Exit(forcedExitCode)
+	ctx, stop := shutdown.OnSignals(context.Background(), sigs, slog.New(slog.NewTextHandler(os.Stderr, nil)), func(os.Signal) {
+		os.Exit(shutdown.ForcedExitCode)
 	})
 	defer stop()
 
@@ -73,52 +73,6 @@ func main() {
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(os.Stderr, "selector: %v\n", err)
 		os.Exit(1)
-	}
-}
-
-// forcedExitCode is the exit status after a second signal, as after an
-// interrupt.
-const forcedExitCode = 130
-
-// onSignals returns a context that ends at the first signal received on
-// sigs, which starts the graceful shutdown. A second signal while that
-// shutdown runs is logged and handed to force, which exits the process: an
-// operator can always stop a shutdown that hangs. stop ends the watch; it is
-// idempotent.
-func onSignals(parent context.Context, sigs <-chan os.Signal, log *slog.Logger, force func(os.Signal)) (ctx context.Context, stop func()) {
-	ctx, cancel := context.WithCancel(parent)
-	done := make(chan struct{})
-	go func() {
-		// next waits for a signal; false once stop was called, which wins
-		// over a signal pending at the same time.
-		next := func() (os.Signal, bool) {
-			select {
-			case sig := <-sigs:
-				select {
-				case <-done:
-					return nil, false
-				default:
-					return sig, true
-				}
-			case <-done:
-				return nil, false
-			}
-		}
-		sig, ok := next()
-		if !ok {
-			return
-		}
-		log.Info("signal received: shutting down gracefully; send it again to exit at once", "signal", sig.String())
-		cancel()
-		if sig, ok = next(); ok {
-			log.Error("second signal during shutdown: exiting at once", "signal", sig.String(), "status", forcedExitCode)
-			force(sig)
-		}
-	}()
-	var once sync.Once
-	return ctx, func() {
-		once.Do(func() { close(done) })
-		cancel()
 	}
 }
 

@@ -59,14 +59,6 @@ import (
 	"github.com/taskselector/taskselector/taskapi"
 )
 
-// Exit statuses.
-const (
-	exitDone               = 0
-	exitFailed             = 1
-	exitHelpersUnavailable = 2
-	exitSignalled          = 128 + 15
-)
-
 // helperArg is argv[1] of a helper.
 const helperArg = "helper"
 
@@ -95,48 +87,25 @@ type fileResult struct {
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if len(os.Args) > 1 && os.Args[1] == helperArg {
-		if err := runHelper(os.Stdin, os.Stdout); err != nil {
-			log.Error("hashtree helper", "err", err)
-			os.Exit(exitFailed)
-		}
-		return
-	}
-	os.Exit(run(log))
+	taskapi.Main(taskapi.Program{Name: "hashtree", HelperArg: helperArg, Helper: runHelper, Run: run})
 }
 
-// run is the task's main; it returns the exit status.
-func run(log *slog.Logger) int {
-	t, err := taskapi.FromEnv()
-	if err != nil {
-		log.Error("hashtree: not started by a worker agent", "err", err)
-		return exitFailed
-	}
-	defer t.Close()
+// run is the task's body; it returns the exit status.
+func run(t *taskapi.Task, log *slog.Logger, fail taskapi.FailFunc) int {
 	ctx := t.Context()
-	log = log.With("task_id", t.ID)
-	fail := func(code int, reason string, err error) int {
-		log.Error("hashtree failed", "reason", reason, "err", err)
-		if ferr := t.Fail(context.WithoutCancel(ctx), reason); ferr != nil {
-			log.Error("hashtree: reporting failure", "err", ferr)
-		}
-		return code
-	}
-
 	a := args{Helpers: 2, HelperMiB: 16}
 	if err := t.DecodeArgs(&a); err != nil {
-		return fail(exitFailed, "invalid_args", err)
+		return fail(taskapi.ExitFailed, "invalid_args", err)
 	}
 	if err := a.check(); err != nil {
-		return fail(exitFailed, "invalid_args", err)
+		return fail(taskapi.ExitFailed, "invalid_args", err)
 	}
 	files, err := listFiles(ctx, a.Dir)
 	if err != nil {
 		if ctx.Err() != nil {
-			return exitSignalled
+			return taskapi.ExitSignalled
 		}
-		return fail(exitFailed, "list_failed", err)
+		return fail(taskapi.ExitFailed, "list_failed", err)
 	}
 	if err := t.Progress(ctx, 0, map[string]any{"files_total": len(files)}); err != nil {
 		log.Warn("hashtree: progress", "err", err)
@@ -144,7 +113,7 @@ func run(log *slog.Logger) int {
 
 	self, err := os.Executable()
 	if err != nil {
-		return fail(exitFailed, "helper_failed", fmt.Errorf("finding own binary: %w", err))
+		return fail(taskapi.ExitFailed, "helper_failed", fmt.Errorf("finding own binary: %w", err))
 	}
 	var helpers []*helper
 	for i := range a.Helpers {
@@ -157,14 +126,14 @@ func run(log *slog.Logger) int {
 		if err != nil {
 			stopHelpers(helpers)
 			if ctx.Err() != nil {
-				return exitSignalled
+				return taskapi.ExitSignalled
 			}
-			return fail(exitFailed, "helper_failed", err)
+			return fail(taskapi.ExitFailed, "helper_failed", err)
 		}
 		helpers = append(helpers, h)
 	}
 	if len(helpers) == 0 {
-		return fail(exitHelpersUnavailable, schemas.ReasonHelpersUnavailable, errors.New("no helper RAM granted"))
+		return fail(taskapi.ExitHelpersUnavailable, schemas.ReasonHelpersUnavailable, errors.New("no helper RAM granted"))
 	}
 	log.Info("hashtree: hashing", "dir", a.Dir, "files", len(files), "helpers", len(helpers))
 
@@ -217,16 +186,16 @@ func run(log *slog.Logger) int {
 	}
 	if ctx.Err() != nil {
 		log.Info("hashtree: stopped by signal")
-		return exitSignalled
+		return taskapi.ExitSignalled
 	}
 	if err := helperFailure(helperErrs); err != nil {
 		if err == errHelperKilled {
-			return exitFailed // the agent knows why (a kill, the OOM killer)
+			return taskapi.ExitFailed // the agent knows why (a kill, the OOM killer)
 		}
-		return fail(exitFailed, "helper_failed", err)
+		return fail(taskapi.ExitFailed, "helper_failed", err)
 	}
 	if len(done)+unreadable != len(files) {
-		return fail(exitFailed, "helper_failed", fmt.Errorf("helpers answered for %d of %d files", len(done)+unreadable, len(files)))
+		return fail(taskapi.ExitFailed, "helper_failed", fmt.Errorf("helpers answered for %d of %d files", len(done)+unreadable, len(files)))
 	}
 	metrics := map[string]any{
 		"files":      len(done),
@@ -237,10 +206,10 @@ func run(log *slog.Logger) int {
 	}
 	if err := t.Done(ctx, metrics); err != nil {
 		log.Error("hashtree: reporting done", "err", err)
-		return exitFailed
+		return taskapi.ExitFailed
 	}
 	log.Info("hashtree: done", "files", len(done), "bytes", bytes, "digest", metrics["digest"])
-	return exitDone
+	return taskapi.ExitDone
 }
 
 // check checks the args and fills in defaults.

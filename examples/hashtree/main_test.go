@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/taskapi"
 	"github.com/taskselector/taskselector/taskapi/taskapitest"
 )
 
@@ -120,7 +121,7 @@ func TestHashtree(t *testing.T) {
 	t.Run("no helpers", func(t *testing.T) {
 		f, code := runTask(t, bin, 10, map[string]any{"dir": dir, "helpers": 2, "helper_mib": 16})
 		st, _ := f.State("t1")
-		if code != exitHelpersUnavailable || st.Result == nil || st.Result.Done || st.Result.Reason != schemas.ReasonHelpersUnavailable {
+		if code != taskapi.ExitHelpersUnavailable || st.Result == nil || st.Result.Done || st.Result.Reason != schemas.ReasonHelpersUnavailable {
 			t.Fatalf("exit %d, result %+v; want exit 2 and helpers_unavailable", code, st.Result)
 		}
 	})
@@ -134,7 +135,7 @@ func TestHashtree(t *testing.T) {
 		} {
 			f, code := runTask(t, bin, 48, args)
 			st, _ := f.State("t1")
-			if code != exitFailed || st.Result == nil || st.Result.Done || st.Result.Reason == "" {
+			if code != taskapi.ExitFailed || st.Result == nil || st.Result.Done || st.Result.Reason == "" {
 				t.Errorf("args %v: exit %d, result %+v", args, code, st.Result)
 			}
 		}
@@ -175,7 +176,7 @@ func TestNotUnderAgent(t *testing.T) {
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitFailed || !strings.Contains(string(out), "TASK_ID") {
+	if !errors.As(err, &ee) || ee.ExitCode() != taskapi.ExitFailed || !strings.Contains(string(out), "TASK_ID") {
 		t.Errorf("without the environment: %v, %s", err, out)
 	}
 }

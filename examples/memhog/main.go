@@ -56,14 +56,6 @@ import (
 	"github.com/taskselector/taskselector/taskapi"
 )
 
-// Exit statuses.
-const (
-	exitDone               = 0
-	exitFailed             = 1
-	exitHelpersUnavailable = 2
-	exitSignalled          = 128 + 15
-)
-
 // helperArg is argv[1] of a helper.
 const helperArg = "helper"
 
@@ -89,45 +81,22 @@ type helperInput struct {
 const maxMiB = 1 << 20
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if len(os.Args) > 1 && os.Args[1] == helperArg {
-		if err := runHelper(os.Stdin, os.Stdout); err != nil {
-			log.Error("memhog helper", "err", err)
-			os.Exit(exitFailed)
-		}
-		return
-	}
-	os.Exit(run(log))
+	taskapi.Main(taskapi.Program{Name: "memhog", HelperArg: helperArg, Helper: runHelper, Run: run})
 }
 
-// run is the task's main; it returns the exit status.
-func run(log *slog.Logger) int {
-	t, err := taskapi.FromEnv()
-	if err != nil {
-		log.Error("memhog: not started by a worker agent", "err", err)
-		return exitFailed
-	}
-	defer t.Close()
+// run is the task's body; it returns the exit status.
+func run(t *taskapi.Task, log *slog.Logger, fail taskapi.FailFunc) int {
 	ctx := t.Context()
-	log = log.With("task_id", t.ID)
-	fail := func(code int, reason string, err error) int {
-		log.Error("memhog failed", "reason", reason, "err", err)
-		if ferr := t.Fail(context.WithoutCancel(ctx), reason); ferr != nil {
-			log.Error("memhog: reporting failure", "err", ferr)
-		}
-		return code
-	}
-
 	a := args{StepMiB: 16, Helpers: 1, StepMS: 50, HoldMS: 500}
 	if err := t.DecodeArgs(&a); err != nil {
-		return fail(exitFailed, "invalid_args", err)
+		return fail(taskapi.ExitFailed, "invalid_args", err)
 	}
 	if err := a.check(); err != nil {
-		return fail(exitFailed, "invalid_args", err)
+		return fail(taskapi.ExitFailed, "invalid_args", err)
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return fail(exitFailed, "helper_failed", fmt.Errorf("finding own binary: %w", err))
+		return fail(taskapi.ExitFailed, "helper_failed", fmt.Errorf("finding own binary: %w", err))
 	}
 
 	// Start the helpers, each after its grant.
@@ -149,14 +118,14 @@ func run(log *slog.Logger) int {
 		switch {
 		case errors.As(err, &ref):
 			stopAll()
-			return fail(exitHelpersUnavailable, schemas.ReasonHelpersUnavailable,
+			return fail(taskapi.ExitHelpersUnavailable, schemas.ReasonHelpersUnavailable,
 				fmt.Errorf("helper %d of %d (%d MiB) refused: %w", i+1, a.Helpers, share, err))
 		case err != nil:
 			stopAll()
 			if ctx.Err() != nil {
-				return exitSignalled
+				return taskapi.ExitSignalled
 			}
-			return fail(exitFailed, "helper_failed", err)
+			return fail(taskapi.ExitFailed, "helper_failed", err)
 		}
 		log.Info("memhog: helper started", "helper", i, "mib", share, "pid", h.h.Cmd.Process.Pid)
 		helpers = append(helpers, h)
@@ -192,24 +161,24 @@ func run(log *slog.Logger) int {
 	}
 	if ctx.Err() != nil {
 		log.Info("memhog: stopped by signal")
-		return exitSignalled
+		return taskapi.ExitSignalled
 	}
 	for i, err := range errs {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() == -1 {
 			log.Error("memhog: helper killed by a signal", "helper", i, "err", err)
-			return exitFailed // the agent knows why (the OOM killer, a kill)
+			return taskapi.ExitFailed // the agent knows why (the OOM killer, a kill)
 		}
 		if err != nil {
-			return fail(exitFailed, "helper_failed", fmt.Errorf("helper %d: %w", i, err))
+			return fail(taskapi.ExitFailed, "helper_failed", fmt.Errorf("helper %d: %w", i, err))
 		}
 	}
 	if err := t.Done(ctx, map[string]any{"mib": a.MiB, "helpers": len(helpers), "allocated_mib": peak}); err != nil {
 		log.Error("memhog: reporting done", "err", err)
-		return exitFailed
+		return taskapi.ExitFailed
 	}
 	log.Info("memhog: done", "allocated_mib", peak)
-	return exitDone
+	return taskapi.ExitDone
 }
 
 // check checks the args.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/taskapi"
 	"github.com/taskselector/taskselector/taskapi/taskapitest"
 )
 
@@ -89,7 +90,7 @@ func TestMemhog(t *testing.T) {
 		f, cmd, done := startTask(t, bin, 30, map[string]any{"mib": 48, "helpers": 2, "hold_ms": 5000})
 		code := exitCode(t, cmd, done)
 		st, _ := f.State("t1")
-		if code != exitHelpersUnavailable || st.Result == nil || st.Result.Done || st.Result.Reason != schemas.ReasonHelpersUnavailable {
+		if code != taskapi.ExitHelpersUnavailable || st.Result == nil || st.Result.Done || st.Result.Reason != schemas.ReasonHelpersUnavailable {
 			t.Fatalf("exit %d, result %+v; want exit 2 and helpers_unavailable", code, st.Result)
 		}
 		if st.Requests != 2 || st.Refusals != 1 || st.GrantedMiB != 0 {
@@ -116,7 +117,7 @@ func TestMemhog(t *testing.T) {
 		}
 		code := exitCode(t, cmd, done)
 		st, _ := f.State("t1")
-		if code != exitSignalled || st.Result != nil || st.GrantedMiB != 0 {
+		if code != taskapi.ExitSignalled || st.Result != nil || st.GrantedMiB != 0 {
 			t.Errorf("exit %d, result %+v, granted %d; want 143, no result, all released", code, st.Result, st.GrantedMiB)
 		}
 		groupGone(t, cmd.Process.Pid)
@@ -131,7 +132,7 @@ func TestMemhog(t *testing.T) {
 			f, cmd, done := startTask(t, bin, 30, args)
 			code := exitCode(t, cmd, done)
 			st, _ := f.State("t1")
-			if code != exitFailed || st.Result == nil || st.Result.Reason != "invalid_args" {
+			if code != taskapi.ExitFailed || st.Result == nil || st.Result.Reason != "invalid_args" {
 				t.Errorf("args %v: exit %d, result %+v", args, code, st.Result)
 			}
 		}

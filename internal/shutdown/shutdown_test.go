@@ -1,13 +1,12 @@
-package main
+package shutdown
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/taskselector/taskselector/internal/natstest"
 )
 
 // TestSecondSignalForcesExit: the first signal ends the context (the
@@ -16,7 +15,7 @@ import (
 func TestSecondSignalForcesExit(t *testing.T) {
 	sigs := make(chan os.Signal, 2)
 	forced := make(chan os.Signal, 1)
-	ctx, stop := onSignals(context.Background(), sigs, natstest.Log("SELECTOR_TEST_LOG"), func(s os.Signal) { forced <- s })
+	ctx, stop := OnSignals(context.Background(), sigs, slog.New(slog.DiscardHandler), func(s os.Signal) { forced <- s })
 	defer stop()
 	if ctx.Err() != nil {
 		t.Fatal("context ended before any signal")
@@ -47,7 +46,7 @@ func TestSecondSignalForcesExit(t *testing.T) {
 func TestSignalWatchStops(t *testing.T) {
 	sigs := make(chan os.Signal, 2)
 	forced := make(chan os.Signal, 1)
-	ctx, stop := onSignals(context.Background(), sigs, natstest.Log("SELECTOR_TEST_LOG"), func(s os.Signal) { forced <- s })
+	ctx, stop := OnSignals(context.Background(), sigs, slog.New(slog.DiscardHandler), func(s os.Signal) { forced <- s })
 	stop()
 	stop() // idempotent
 	if ctx.Err() == nil {
