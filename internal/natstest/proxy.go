@@ -1,195 +1,26 @@
 package natstest
 
 import (
-	"errors"
-	"net"
-	"net/url"
-	"sync"
 	"testing"
+
+	"github.com/taskselector/taskselector/internal/netproxy"
 )
 
-// Proxy is a TCP proxy for tests: it listens on a random port of 127.0.0.1
-// and forwards every connection to a server, so that a test can partition the
-// clients that connect through it from that server while others keep their
-// direct connections.
-//
-//   - Stall stops forwarding in both directions without closing anything: the
-//     connections stay open but nothing flows, as in a network partition the
-//     client has not noticed. Connections accepted while stalled hang too.
-//   - Resume lets everything flow again, starting with what was held back.
-//   - Cut closes every connection open now; clients see the disconnect at
-//     once, and their reconnects are forwarded (or hang, while stalled).
-//
-// A Proxy is safe for concurrent use.
-type Proxy struct {
-	tb     testing.TB
-	ln     net.Listener
-	target string
-
-	// flow is held for reading by every write to a peer and for writing
-	// while stalled, so that once Stall returns nothing more is forwarded.
-	flow sync.RWMutex
-
-	mu      sync.Mutex
-	stalled bool
-	closed  bool
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
-}
+// Proxy is a partitioning TCP proxy for tests (see package netproxy): Stall,
+// Resume and Cut the clients that connect through it while others keep
+// their direct connections.
+type Proxy = netproxy.Proxy
 
 // NewProxy starts a proxy to target, a server URL such as s.ClientURL()
-// ("nats://127.0.0.1:4222") or a bare host:port. It is closed when tb's test
-// ends. Clients connect to its URL.
+// ("nats://127.0.0.1:4222") or a bare host:port, logging to the test's
+// log when NATSTEST_LOG is set. It is closed when tb's test ends. Clients
+// connect to its URL.
 func NewProxy(tb testing.TB, target string) *Proxy {
 	tb.Helper()
-	if u, err := url.Parse(target); err == nil && u.Host != "" {
-		target = u.Host
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := netproxy.New(target, netproxy.Options{Log: Log("NATSTEST_LOG")})
 	if err != nil {
-		tb.Fatalf("natstest: proxy listen: %v", err)
+		tb.Fatalf("natstest: %v", err)
 	}
-	p := &Proxy{tb: tb, ln: ln, target: target, conns: make(map[net.Conn]struct{})}
-	p.wg.Add(1)
-	go p.accept()
 	tb.Cleanup(p.Close)
 	return p
-}
-
-// Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
-
-// URL is the proxy's address as a NATS URL.
-func (p *Proxy) URL() string { return "nats://" + p.Addr() }
-
-// Stall stops forwarding in both directions, leaving every connection open.
-// Once it returns, no byte reaches either side until Resume. It does nothing
-// when the proxy is stalled already.
-func (p *Proxy) Stall() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stalled || p.closed {
-		return
-	}
-	p.stalled = true
-	p.flow.Lock() // waits for the writes under way
-}
-
-// Resume lets the connections flow again. It does nothing unless stalled.
-func (p *Proxy) Resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.stalled {
-		return
-	}
-	p.stalled = false
-	p.flow.Unlock()
-}
-
-// Stalled reports whether the proxy is stalled.
-func (p *Proxy) Stalled() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stalled
-}
-
-// Cut closes every connection open now, on both sides. The proxy keeps
-// accepting new ones.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		_ = c.Close()
-	}
-}
-
-// Conns is the number of client connections open through the proxy.
-func (p *Proxy) Conns() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.conns) / 2
-}
-
-// Close stops accepting, closes every connection and waits until the
-// proxy's goroutines have ended. It is idempotent.
-func (p *Proxy) Close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.closed = true
-	_ = p.ln.Close()
-	for c := range p.conns {
-		_ = c.Close()
-	}
-	if p.stalled {
-		p.stalled = false
-		p.flow.Unlock() // held writes now fail on the closed connections
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *Proxy) accept() {
-	defer p.wg.Done()
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				p.tb.Logf("natstest: proxy accept: %v", err)
-			}
-			return
-		}
-		server, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.tb.Logf("natstest: proxy dial %s: %v", p.target, err)
-			_ = client.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			_ = client.Close()
-			_ = server.Close()
-			return
-		}
-		p.conns[client] = struct{}{}
-		p.conns[server] = struct{}{}
-		p.wg.Add(2)
-		p.mu.Unlock()
-		go p.pipe(client, server)
-		go p.pipe(server, client)
-	}
-}
-
-// pipe copies src to dst until either fails, then closes both.
-func (p *Proxy) pipe(src, dst net.Conn) {
-	defer p.wg.Done()
-	defer p.drop(src, dst)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.flow.RLock()
-			_, werr := dst.Write(buf[:n])
-			p.flow.RUnlock()
-			if werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return // EOF, a Cut, or a reset: the connection is over
-		}
-	}
-}
-
-// drop closes both ends of a proxied connection and forgets them.
-func (p *Proxy) drop(a, b net.Conn) {
-	_ = a.Close()
-	_ = b.Close()
-	p.mu.Lock()
-	delete(p.conns, a)
-	delete(p.conns, b)
-	p.mu.Unlock()
 }

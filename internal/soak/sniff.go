@@ -52,7 +52,7 @@ func (r *ring) all() []recorded {
 // flood faults replay, and the launch requests that left (so that a
 // restart's recovery does not count a launch sent before it). It
 // subscribes to what is published (heartbeats, host statuses, events) and
-// is fed the selector's requests from the tap on its proxy (proxy.go).
+// is fed the selector's requests from the tap on its proxy (package netproxy).
 type sniffer struct {
 	subj protocol.Subjects
 	subs []*nats.Subscription

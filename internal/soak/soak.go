@@ -43,6 +43,7 @@ import (
 	"github.com/taskselector/taskselector/internal/audit"
 	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/natsembed"
+	"github.com/taskselector/taskselector/internal/netproxy"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -92,8 +93,8 @@ type world struct {
 
 	aud       *audit.Auditor
 	stopWatch context.CancelFunc
-	selProxy  *proxy     // the selectors' way to the server, tapped
-	opNC      *nats.Conn // the operator's: targets, the auditor, the sniffer, injected messages
+	selProxy  *netproxy.Proxy // the selectors' way to the server, tapped
+	opNC      *nats.Conn      // the operator's: targets, the auditor, the sniffer, injected messages
 	client    *client.Client
 	js        jetstream.JetStream
 	sniff     *sniffer
@@ -218,7 +219,7 @@ func (w *world) start(ctx context.Context) error {
 	if w.sniff, err = startSniffer(w.opNC, w.subj, w.log); err != nil {
 		return err
 	}
-	if w.selProxy, err = newProxy(w.serverAddr(), w.clog, w.onRequest); err != nil {
+	if w.selProxy, err = netproxy.New(w.serverAddr(), netproxy.Options{Log: w.clog, Tap: w.onRequest}); err != nil {
 		return fmt.Errorf("soak: selector proxy: %w", err)
 	}
 	sel, err := w.startSelector(ctx, time.Now())

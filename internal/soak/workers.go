@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/internal/natsconn"
+	"github.com/taskselector/taskselector/internal/netproxy"
 	"github.com/taskselector/taskselector/worker"
 )
 
@@ -33,7 +34,7 @@ const (
 type hostProc struct {
 	name  string
 	ram   int64
-	proxy *proxy
+	proxy *netproxy.Proxy
 	state hostState
 	busy  bool // a host fault holds it
 
@@ -59,7 +60,7 @@ func (w *world) startHost(ctx context.Context, name string, ram int64) (*hostPro
 	gen := w.hostGen
 	w.mu.Unlock()
 	if h.proxy == nil {
-		p, err := newProxy(w.serverAddr(), w.clog, nil)
+		p, err := netproxy.New(w.serverAddr(), netproxy.Options{Log: w.clog})
 		if err != nil {
 			return nil, fmt.Errorf("soak: proxy for %s: %w", name, err)
 		}

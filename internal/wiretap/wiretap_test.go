@@ -1,4 +1,4 @@
-package wiretap
+package wiretap_test
 
 import (
 	"errors"
@@ -10,11 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/internal/wiretap"
 )
 
 func TestParserReportsEveryPublish(t *testing.T) {
 	var got []string
-	p := NewParser(func(subject string, data []byte) { got = append(got, subject+"="+string(data)) })
+	p := wiretap.NewParser(func(subject string, data []byte) { got = append(got, subject+"="+string(data)) })
 	stream := "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\nSUB tasks.> 1\r\nUNSUB 1\r\n" +
 		"PUB tasks.launch.h1 _INBOX.a.1 5\r\nhello\r\n" +
 		"HPUB tasks.kill.h2 _INBOX.a.2 12 15\r\nNATS/1.0\r\n\r\nbye\r\n" +
@@ -32,7 +33,7 @@ func TestParserReportsEveryPublish(t *testing.T) {
 		t.Errorf("one byte at a time: got %q, want %q", got, want)
 	}
 	got = nil
-	p = NewParser(func(subject string, data []byte) { got = append(got, subject+"="+string(data)) })
+	p = wiretap.NewParser(func(subject string, data []byte) { got = append(got, subject+"="+string(data)) })
 	if err := p.Feed([]byte(stream)); err != nil || !slices.Equal(got, want) {
 		t.Errorf("in one piece: got %q (%v), want %q", got, err, want)
 	}
@@ -43,12 +44,12 @@ func TestParserGivesUpOnGarbage(t *testing.T) {
 		"too many fields": "PUB a b c 1\r\nx\r\n",
 		"bad size":        "PUB a -1\r\n\r\n",
 		"headers > total": "HPUB a 5 3\r\nabc\r\n",
-		"endless line":    string(make([]byte, MaxControlLine+1)),
+		"endless line":    string(make([]byte, wiretap.MaxControlLine+1)),
 	} {
 		n := 0
-		p := NewParser(func(string, []byte) { n++ })
-		if err := p.Feed([]byte(bad)); !errors.Is(err, ErrProtocol) {
-			t.Errorf("%s: %v, want ErrProtocol", name, err)
+		p := wiretap.NewParser(func(string, []byte) { n++ })
+		if err := p.Feed([]byte(bad)); !errors.Is(err, wiretap.ErrProtocol) {
+			t.Errorf("%s: %v, want wiretap.ErrProtocol", name, err)
 		}
 		if err := p.Feed([]byte("PUB a 1\r\nx\r\n")); err != nil || n != 0 {
 			t.Errorf("%s: a broken parser went on (%v, %d messages)", name, err, n)
@@ -72,7 +73,7 @@ func TestDialerTapsWithoutInterest(t *testing.T) {
 		defer mu.Unlock()
 		return slices.Clone(tapped)
 	}
-	d := &Dialer{
+	d := &wiretap.Dialer{
 		OnPublish: func(subject string, data []byte) {
 			mu.Lock()
 			defer mu.Unlock()
