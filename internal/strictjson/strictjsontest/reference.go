@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -67,37 +66,10 @@ func indexPath(path string, i int) string {
 	return path + "[" + strconv.Itoa(i) + "]"
 }
 
-// field is a json-tagged field of a struct.
-type field struct {
-	name     string
-	index    int
-	required bool // the tag has no omitempty
-}
-
-var fieldCache sync.Map // reflect.Type -> []field
-
-// structFields lists t's json-tagged fields in declaration order.
-func structFields(t reflect.Type) []field {
-	if fs, ok := fieldCache.Load(t); ok {
-		return fs.([]field)
-	}
-	var fs []field
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, ok := f.Tag.Lookup("json")
-		if !ok || tag == "-" || !f.IsExported() {
-			continue
-		}
-		name, opts, _ := strings.Cut(tag, ",")
-		if name == "" {
-			name = f.Name
-		}
-		omitempty := slices.Contains(strings.Split(opts, ","), "omitempty")
-		fs = append(fs, field{name: name, index: i, required: !omitempty})
-	}
-	fieldCache.Store(t, fs)
-	return fs
-}
+// structFields lists t's json-tagged fields in declaration order: the
+// fields strictjson reads (which fields to read is not what the reference
+// checks).
+func structFields(t reflect.Type) []strictjson.Field { return strictjson.Fields(t) }
 
 var timeType = reflect.TypeFor[time.Time]()
 
@@ -105,22 +77,22 @@ func isNull(raw []byte) bool { return string(raw) == "null" }
 
 func object(m map[string]json.RawMessage, v reflect.Value, path string) error {
 	for _, f := range structFields(v.Type()) {
-		fpath := joinPath(path, f.name)
-		raw, ok := m[f.name]
+		fpath := joinPath(path, f.Name)
+		raw, ok := m[f.Name]
 		if !ok {
-			if f.required {
+			if f.Required {
 				return fail(fpath, strictjson.ProblemMissing)
 			}
 			continue
 		}
-		fv := v.Field(f.index)
+		fv := v.Field(f.Index)
 		if isNull(raw) {
 			switch fv.Kind() {
 			case reflect.Pointer, reflect.Slice, reflect.Map:
 				fv.SetZero()
 				continue
 			}
-			if f.required {
+			if f.Required {
 				return fail(fpath, strictjson.ProblemNull)
 			}
 			fv.SetZero()
