@@ -171,9 +171,10 @@ func (w *world) silentLaunch(stop context.Context, rng *rand.Rand) {
 }
 
 // pickHost chooses an up host that no fault holds, preferring one with
-// running tasks, and marks it busy; nil when fewer than minHealthyHosts
-// would be left untouched.
-func (w *world) pickHost(rng *rand.Rand) *hostProc {
+// running tasks, marks it busy and returns it with the targets of its
+// running tasks; nil when fewer than minHealthyHosts would be left
+// untouched.
+func (w *world) pickHost(rng *rand.Rand) (*hostProc, []string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var free, loaded []*hostProc
@@ -188,14 +189,14 @@ func (w *world) pickHost(rng *rand.Rand) *hostProc {
 		}
 	}
 	if len(free) <= minHealthyHosts {
-		return nil
+		return nil, nil
 	}
 	if len(loaded) > 0 {
 		free = loaded
 	}
 	h := free[rng.IntN(len(free))]
 	h.busy = true
-	return h
+	return h, runningTargets(h)
 }
 
 func (w *world) unbusy(h *hostProc) {
@@ -219,13 +220,10 @@ func runningTargets(h *hostProc) []string {
 // loseHost kills a host for good; a new host with its RAM joins 5-15 s
 // later (at once when the faults stop).
 func (w *world) loseHost(stop context.Context, wg *sync.WaitGroup, rng *rand.Rand) {
-	h := w.pickHost(rng)
+	h, targets := w.pickHost(rng)
 	if h == nil {
 		return
 	}
-	w.mu.Lock()
-	targets := runningTargets(h)
-	w.mu.Unlock()
 	at := time.Now()
 	w.die(h)
 	w.mu.Lock()
@@ -255,14 +253,11 @@ func (w *world) loseHost(stop context.Context, wg *sync.WaitGroup, rng *rand.Ran
 // bounceHost kills a host and brings it back under its name after a pause
 // that ends before or after the selector declares it lost.
 func (w *world) bounceHost(stop context.Context, rng *rand.Rand) {
-	h := w.pickHost(rng)
+	h, targets := w.pickHost(rng)
 	if h == nil {
 		return
 	}
 	defer w.unbusy(h)
-	w.mu.Lock()
-	targets := runningTargets(h)
-	w.mu.Unlock()
 	at := time.Now()
 	w.die(h)
 	w.mu.Lock()
@@ -287,14 +282,11 @@ func (w *world) bounceHost(stop context.Context, rng *rand.Rand) {
 // partition stalls a host's connection past its fence time (and up to a
 // few seconds past the host-stale time), then lets it flow again.
 func (w *world) partition(rng *rand.Rand) {
-	h := w.pickHost(rng)
+	h, targets := w.pickHost(rng)
 	if h == nil {
 		return
 	}
 	defer w.unbusy(h)
-	w.mu.Lock()
-	targets := runningTargets(h)
-	w.mu.Unlock()
 	w.aud.SetUnreachable(h.name, true)
 	at := time.Now()
 	h.proxy.Stall()
