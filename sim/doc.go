@@ -38,6 +38,19 @@
 //     The simulator owns the true state of every target: a hacking task
 //     starts from the target's current metrics, whatever the policy believes,
 //     and leaves its progress in them when it ends in any way.
+//   - Honesty. A hacking task whose type is not its target's true phase
+//     (workload.HackingPhase of the true metrics) exits when its helpers
+//     would start: a failed event with reason exited, counted as a failed
+//     launch with cause wrong_phase (CauseWrongPhase). Harvest income is the
+//     run's planned income times HarvestScale of the target's true metrics
+//     (money share times the security factor, squared). A duplicate (a task
+//     started while another live task of its target exists) earns nothing,
+//     completes nothing (its done event is not a completed phase and does
+//     not advance a declared target) and leaves no progress in a hacking
+//     target; its done event carries the target's true metrics. A wrapper
+//     holds its true size (the estimate's) even when the launch asks for
+//     less. The declared profile has no target state a task could check,
+//     so its phase is not checked at launch.
 //   - Crashes: every running task dies after an exponentially distributed
 //     time with rate Config.CrashRate per task-hour. A crashed task vanishes
 //     like a killed process: no event (unless Config.CrashEventProb), no

@@ -64,7 +64,8 @@ type proc struct {
 	host    *hostState
 	t       *targetState
 	typ     string
-	wrapper int64
+	wrapper int64 // wrapper RAM held: the larger of the asked and true size
+	asked   int64 // wrapper the launch asked for
 	budget  int64 // wrapper + helpers asked
 	helpers int64 // helpers the task may take
 	used    int64 // wrapper + helpers held

@@ -74,6 +74,9 @@ func (s *Sim) workerLaunch(r *request) {
 		s.replyLaunch(r, 0, schemas.CodeInsufficientRAM, "wrapper + helpers do not fit")
 		return
 	}
+	// The wrapper process holds its true size whatever the request books:
+	// a launch cannot make it smaller by asking for less.
+	held := max(wrapper, est.WrapperMiB)
 	ask := helpers
 	if ask == 0 {
 		ask = est.HelpersFullMiB // a task that sizes itself asks for its full size
@@ -85,7 +88,7 @@ func (s *Sim) workerLaunch(r *request) {
 	}
 	h.nextPID++
 	p := &proc{id: req.TaskID, epoch: req.Epoch, pid: h.nextPID, host: h, t: t, typ: req.Type,
-		wrapper: wrapper, budget: wrapper + helpers, helpers: ask, used: wrapper, run: run, alive: true,
+		wrapper: held, asked: wrapper, budget: wrapper + helpers, helpers: ask, used: held, run: run, alive: true,
 		lastAdv: s.now}
 	p.dup = t.live > 0
 	if p.dup {
@@ -94,7 +97,7 @@ func (s *Sim) workerLaunch(r *request) {
 	t.live++
 	t.since = -1
 	h.procs = append(h.procs, p)
-	h.used += wrapper
+	h.used += held
 	h.booked += max(p.budget, p.used)
 	s.res.Started++
 	// The first heartbeat leaves before the reply (as the worker does).
@@ -126,6 +129,13 @@ func (s *Sim) helpers(p *proc) {
 	if !p.alive {
 		return
 	}
+	if p.t.hacking && p.typ != p.t.phase {
+		// A real hacking task reads its target when it starts and exits
+		// when the target is not in its phase: it runs no helpers.
+		s.fail(CauseWrongPhase)
+		s.end1(p, schemas.EventFailed, schemas.ReasonExited, true)
+		return
+	}
 	want := min(p.run.UsedMiB(), p.helpers)
 	if want > p.host.free() {
 		s.fail(schemas.ReasonHelpersUnavailable)
@@ -147,7 +157,13 @@ func (s *Sim) advance(p *proc) {
 	p.lastAdv = s.now
 	p.run.Advance(time.Duration(dt))
 	if e := p.run.Earned(); e != p.earned {
-		s.earned += e - p.earned
+		// A duplicate earns nothing: its target's money is taken by the
+		// task that owns it. Harvest income follows the target's true
+		// money and security (HarvestScale); harvest leaves them as they
+		// are, so the scale holds over the whole step.
+		if !p.dup {
+			s.earned += (e - p.earned) * HarvestScale(*p.t.spec.Metrics)
+		}
 		p.earned = e
 	}
 	if p.t.hacking && !p.dup {
@@ -217,9 +233,13 @@ func (s *Sim) end1(p *proc, kind, reason string, report bool) {
 	}
 	var metrics map[string]any
 	if kind == schemas.EventDone {
-		s.res.PhasesCompleted++
+		// A duplicate completes nothing: its work never reached the
+		// target. Its event reports the target as it truly is.
+		if !p.dup {
+			s.res.PhasesCompleted++
+		}
 		if p.t.hacking {
-			metrics = workload.MetricsMap(p.run.Metrics())
+			metrics = workload.MetricsMap(*p.t.spec.Metrics)
 		} else if !p.dup {
 			s.afterDeclared(p.t, p.typ)
 		}
@@ -287,7 +307,7 @@ func (s *Sim) workerPs(r *request) {
 			continue
 		}
 		rep.Tasks = append(rep.Tasks, schemas.PsTask{TaskID: p.id, Epoch: p.epoch, PID: p.pid, Target: p.t.name,
-			Type: p.typ, RAM: schemas.TaskRAM{WrapperMiB: p.wrapper, HelpersMiB: p.budget - p.wrapper}})
+			Type: p.typ, RAM: schemas.TaskRAM{WrapperMiB: p.asked, HelpersMiB: p.budget - p.asked}})
 	}
 	slices.SortFunc(rep.Tasks, func(a, b schemas.PsTask) int { return int(a.PID - b.PID) })
 	var pids []int64
@@ -295,4 +315,29 @@ func (s *Sim) workerPs(r *request) {
 		pids = r.ps.PIDs
 	}
 	s.toPolicy(&selector.PsReplied{Host: h.name, PIDs: pids, Reply: rep}, r, true)
+}
+
+// CauseWrongPhase is the failure cause (Result.FailureCauses) of a hacking
+// task launched for a phase its target is not in: it exits at its start
+// (a failed event with reason exited) and runs no helpers.
+const CauseWrongPhase = "wrong_phase"
+
+// HarvestScale is the share of a harvest's planned income (planned at max
+// money and minimum security) that a target with metrics m yields: a hack
+// steals a share of the current money, and in the hacking model both the
+// money share per hack thread and the hack chance carry the factor
+// (100 - security) / 100, so each scales by (100 - sec) / (100 - min_sec)
+// from its value at minimum security. The result is in [0, 1]. (When the
+// chance at minimum security is clamped at 1, the true chance at a higher
+// security may be larger than the scaled one; the scale then errs low.)
+func HarvestScale(m schemas.HackingMetrics) float64 {
+	money := 0.0
+	if m.MaxMoney > 0 {
+		money = min(max(m.Money/m.MaxMoney, 0), 1)
+	}
+	sec := 1.0
+	if den := 100 - m.MinSecurity; den > 0 {
+		sec = min(max((100-m.Security)/den, 0), 1)
+	}
+	return money * sec * sec
 }
