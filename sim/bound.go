@@ -12,14 +12,24 @@ import (
 
 // BoundResult is the offline upper bound of one world (see the package doc).
 type BoundResult struct {
-	// IncomePerSecond bounds a hacking world's income.
+	// Duration is the run length the bound is for.
+	Duration time.Duration
+	// IncomePerSecond bounds a hacking world's income over a run of
+	// Duration: the fleet-wide, prep-aware bound.
 	IncomePerSecond float64
+	// IncomeOld is the earlier bound: it ignores prep and the run length
+	// and filters hosts by the smallest harvest, which holds only while a
+	// task's helpers share its wrapper's host.
+	IncomeOld float64
 	// IncomeLoose is the brief's looser form: total RAM × the best income
 	// per MiB-second over the targets.
 	IncomeLoose float64
 	// PhasesPerHour bounds a declared world's completed phases per hour
-	// over a run of the given duration.
+	// over a run of Duration.
 	PhasesPerHour float64
+	// PhasesPerHourOld is the declared bound the earlier reports printed;
+	// the declared bound has not changed, so it equals PhasesPerHour.
+	PhasesPerHourOld float64
 	// Hacking reports which of the two applies.
 	Hacking bool
 }
@@ -36,9 +46,63 @@ func Bound(params workload.Params, world World, d time.Duration) (BoundResult, e
 		}
 	}
 	if hacking {
-		return hackingBound(params, world)
+		b, err := hackingBound(params, world)
+		if err != nil {
+			return BoundResult{}, err
+		}
+		b.IncomePerSecond, err = PrepAwareBound(params, world, d)
+		b.Duration = d
+		return b, err
 	}
-	return declaredBound(params, world, d)
+	b, err := declaredBound(params, world, d)
+	b.Duration = d
+	b.PhasesPerHourOld = b.PhasesPerHour
+	return b, err
+}
+
+// PrepMiBSeconds is P_j of the package doc: a lower bound on the helper
+// MiB-seconds that bringing a hacking target from metrics m to its harvest
+// phase takes. Till: ceil((sec - min - 1) / 0.05) weaken thread-rounds.
+// Sow: ln(0.99 max / money) / (k + 1/money) grow thread-rounds, each with
+// at least 0.004/0.05 of a weaken thread. Every thread-round holds its
+// thread's RAM for a round, max(4T, spacing).
+func PrepMiBSeconds(params workload.Params, m schemas.HackingMetrics) float64 {
+	round := math.Max(4*m.HackTimeMS/1000, params.Spacing.Seconds())
+	var p float64
+	if excess := m.Security - m.MinSecurity - 1; excess > 0 {
+		w := math.Ceil(excess/params.WeakenPerThread - 1e-9)
+		p += w * float64(params.WeakenThreadMiB) * round
+	}
+	goal := 0.99 * m.MaxMoney
+	if k := m.GrowthLogPerThread; m.Money >= 1 && m.Money < goal && k > 0 {
+		g := math.Log(goal/m.Money) / (k + 1/m.Money)
+		// Weaken per grow thread, rounded down a hair for float noise.
+		wPerG := params.GrowSecPerThread / params.WeakenPerThread * (1 - 1e-9)
+		p += g * (float64(params.GrowThreadMiB) + wPerG*float64(params.WeakenThreadMiB)) * round
+	}
+	return p
+}
+
+// PrepAwareBound is the fleet-wide, prep-aware income bound of the package
+// doc for a run of length d: max_j r_j · ((R - w)·H - P_j)⁺ / H.
+func PrepAwareBound(params workload.Params, world World, d time.Duration) (float64, error) {
+	H := d.Seconds()
+	if H <= 0 {
+		return 0, nil
+	}
+	usable := float64(world.AvailableMiB()-params.WrapperMiB) * H
+	best := 0.0
+	for _, t := range world.Targets {
+		m := *t.Spec.Metrics
+		r, err := params.IncomePerMiBSecond(m)
+		if err != nil {
+			return 0, fmt.Errorf("sim: bound: %s: %w", t.Name, err)
+		}
+		if left := usable - PrepMiBSeconds(params, m); r > 0 && left > 0 {
+			best = max(best, r*left/H)
+		}
+	}
+	return best, nil
 }
 
 type knapItem struct {
@@ -97,7 +161,7 @@ func hackingBound(params workload.Params, world World) (BoundResult, error) {
 			break
 		}
 		ram := math.Min(usable, it.cap/it.rate)
-		b.IncomePerSecond += ram * it.rate
+		b.IncomeOld += ram * it.rate
 		usable -= ram
 	}
 	return b, nil

@@ -74,9 +74,46 @@
 //
 // # Bounds
 //
-// Bound computes, offline, a figure no policy can beat on a world.
+// Bound computes, offline, a figure no policy can beat on a world over a
+// run of length H (BoundResult.Duration).
 //
-// hacking: a target's income comes only from harvest batches. One batch slot
+// hacking, the fleet-wide prep-aware bound (BoundResult.IncomePerSecond,
+// PrepAwareBound). Let R be the RAM the hosts offer (capacity minus foreign
+// use), w the hacking wrapper (Params.WrapperMiB), r_j target j's best
+// income per helper MiB-second (workload.Params.IncomePerMiBSecond, at max
+// money and minimum security) and P_j = PrepMiBSeconds of its starting
+// metrics. Claim: income ≤ max_j r_j · ((R - w)·H - P_j)⁺ / H.
+//
+// Proof. (1) Only harvest tasks earn, and a harvest runs only while its
+// target's true phase is harvest (a wrong-phase task exits), so a target j
+// earns only after its security has come down to min + 1 and its money up to
+// 0.99 max. (2) Security above min + 1 falls only by till's weaken threads,
+// 0.05 per thread and round (sow runs only at or below min + 1, harvest
+// leaves metrics alone, duplicates change nothing): that is at least
+// ceil((sec - min - 1)/0.05) weaken thread-rounds. (3) Money rises only by
+// sow rounds: a round of g grow threads turns m into (m + g)·e^(k g), a log
+// gain of ln(1 + g/m) + k g ≤ g (k + 1/m_0), since money never falls before
+// harvest (m ≥ m_0, the starting money). So sow needs at least
+// ln(0.99 max/m_0)/(k + 1/m_0) grow thread-rounds, and each grow thread comes
+// with at least 0.004/0.05 of a weaken thread (the run's 12:1 step, rounded
+// up). (4) Each thread-round holds its thread's RAM for a whole round,
+// max(4T, spacing) ≥ 4T, T fixed by the metrics. Hence target j's prep
+// holds at least P_j helper MiB-seconds. (5) Whenever helpers run, some
+// wrapper runs and holds at least w (a wrapper holds its true size), so
+// helper RAM is at most R - w at every instant and at most (R - w)·H over
+// the run. (6) A harvest with helper RAM h earns at most r_j·h per second:
+// r_j maximises batch income per batch MiB over batch sizes at one batch
+// per cycle, and HarvestScale ≤ 1. Let S be the targets that earn, j* the
+// one with the largest rate in S. Then income·H ≤ Σ_S r_j h_j ≤ r_j* Σ_S h_j
+// ≤ r_j* ((R - w)·H - Σ_S P_j) ≤ r_j* ((R - w)·H - P_j*), which is at most
+// the claim. ∎ The bound holds whether or not a task's helpers may sit on
+// other hosts than its wrapper (it uses no host boundary), so it stays
+// valid once helpers may run anywhere. It does not cap a target at its
+// full-harvest income, so at large R and long H it can exceed the old bound
+// below; both are valid under today's rule (helpers on the wrapper's host),
+// and the reports print both.
+//
+// hacking, the old bound (BoundResult.IncomeOld): a target's income comes only from harvest batches. One batch slot
 // completes at most one batch per cycle (4T + 2 spacing) and no target
 // completes more than one batch per 4 spacing, so per MiB-second of helper
 // RAM a target earns at most r_i = workload.Params.IncomePerMiBSecond, and in
@@ -90,8 +127,9 @@
 // max Σ x_i r_i subject to Σ x_i <= R and x_i r_i <= c_i, which greedy filling
 // in order of r_i solves exactly. It ignores till and sow (they earn nothing
 // and only delay income), host fragmentation beyond one wrapper per host, and
-// launch latency; each only lowers what a policy can reach. BoundLoose is the
-// brief's R_total × max_i r_i, which is larger still.
+// launch latency; each only lowers what a policy can reach. IncomeLoose is
+// the brief's R_total × max_i r_i, which is larger still. Its host filter
+// assumes a task's helpers share its wrapper's host.
 //
 // declared: a task of phase j with h MiB of helpers (min <= h <= full) runs
 // work_s × full / h seconds (workload.Run), so it holds
