@@ -96,6 +96,18 @@ func TestWriteReport(t *testing.T) {
 		if (r["workload"] == sim.WorkloadEarlyGame) != inc || inc == ph {
 			t.Errorf("record %v: want income_per_s for early-game and phases_per_h for fleet", r)
 		}
+		if d, ok := r["duration_s"].(float64); !ok || d <= 0 {
+			t.Errorf("record %v: no duration_s", r)
+		}
+		if r["policy"] == sim.PolicyBound {
+			old := "bound_old_phases_per_h"
+			if inc {
+				old = "bound_old_income_per_s"
+			}
+			if _, ok := r[old]; !ok {
+				t.Errorf("bound record %v lacks %s", r, old)
+			}
+		}
 		if r["policy"] == sim.PolicySelector && r["duplicate_tasks"].(float64) != 0 {
 			t.Errorf("selector duplicates: %v", r)
 		}

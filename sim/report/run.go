@@ -78,6 +78,10 @@ type Record struct {
 	DurationS          float64           `json:"duration_s"`
 	Seed               uint64            `json:"seed"`
 	BoundLoosePerS     *float64          `json:"bound_loose_income_per_s,omitempty"`
+	// The runs of policy bound: the earlier bound beside the prep-aware
+	// one (both for a run of DurationS).
+	BoundOldPerS   *float64 `json:"bound_old_income_per_s,omitempty"`
+	BoundOldPhases *float64 `json:"bound_old_phases_per_h,omitempty"`
 }
 
 // Feasibility says, for one early-game level, which phases fit at all.
@@ -260,12 +264,14 @@ func record(wl string, ram float64, pct *float64, policy string, cfg sim.Config,
 
 func boundRecord(wl string, ram float64, pct *float64, w sim.World, cfg sim.Config, b sim.BoundResult) Record {
 	rec := Record{Workload: wl, RAMGiB: ram, RAMPct: pct, Policy: sim.PolicyBound, Targets: len(w.Targets),
-		Hosts: len(w.Hosts), DurationS: cfg.Duration.Seconds(), Seed: cfg.Seed}
+		Hosts: len(w.Hosts), DurationS: b.Duration.Seconds(), Seed: cfg.Seed}
 	if b.Hacking {
 		rec.IncomePerS = f64(b.IncomePerSecond)
+		rec.BoundOldPerS = f64(b.IncomeOld)
 		rec.BoundLoosePerS = f64(b.IncomeLoose)
 	} else {
 		rec.PhasesPerH = f64(b.PhasesPerHour)
+		rec.BoundOldPhases = f64(b.PhasesPerHourOld)
 	}
 	return rec
 }

@@ -111,6 +111,14 @@ func goodputOf(r *Record) float64 {
 	return val(r.PhasesPerH)
 }
 
+// pctOf is a as a percentage of b, or "–" when b is 0.
+func pctOf(a, b float64) string {
+	if b <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f %%", 100*a/b)
+}
+
 func gibStr(mib int64) string { return fmt.Sprintf("%.1f", float64(mib)/1024) }
 
 // Headline returns the headline tables (Markdown) of res.
@@ -131,9 +139,9 @@ func Headline(res *Results) string {
 		feas[f.RAMGiB] = f
 	}
 	if ls := levels(sim.WorkloadEarlyGame); len(ls) > 0 {
-		b.WriteString("**early-game** (hacking profile, 12 targets, income in $/s averaged over the run; failed launches per hour)\n\n")
-		b.WriteString("| RAM GiB | largest host GiB | selector $/s | naive $/s | bound $/s | selector ÷ naive | failed/h selector | failed/h naive | stranded sel / naive | dup sel | at harvest sel / naive |\n")
-		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(&b, "**early-game** (hacking profile, 12 targets, income in $/s averaged over a run of %v; failed launches per hour; bound: the prep-aware bound for that run length, old bound: the earlier one, which ignores prep and run length)\n\n", res.Plan.EarlyDuration)
+		b.WriteString("| RAM GiB | largest host GiB | selector $/s | naive $/s | bound $/s | selector % of bound | old bound $/s | selector % of old bound | selector ÷ naive | failed/h selector | failed/h naive | stranded sel / naive | dup sel | at harvest sel / naive |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, l := range ls {
 			s := res.Find(sim.WorkloadEarlyGame, l, sim.PolicySelector)
 			n := res.Find(sim.WorkloadEarlyGame, l, sim.PolicyNaive)
@@ -142,15 +150,20 @@ func Headline(res *Results) string {
 				continue
 			}
 			f := feas[int(l)]
-			fmt.Fprintf(&b, "| %g | %s | %s | %s | %s | %s | %s | %s | %d / %d | %d | %d / %d |\n", l, gibStr(f.LargestHostMiB),
-				fmtNum(goodputOf(s)), fmtNum(goodputOf(n)), fmtNum(goodputOf(bd)), ratio(goodputOf(s), goodputOf(n)),
+			old := 0.0
+			if bd != nil {
+				old = val(bd.BoundOldPerS)
+			}
+			fmt.Fprintf(&b, "| %g | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d / %d | %d | %d / %d |\n", l, gibStr(f.LargestHostMiB),
+				fmtNum(goodputOf(s)), fmtNum(goodputOf(n)), fmtNum(goodputOf(bd)), pctOf(goodputOf(s), goodputOf(bd)),
+				fmtNum(old), pctOf(goodputOf(s), old), ratio(goodputOf(s), goodputOf(n)),
 				fmtNum(val(s.FailedLaunchesPerH)), fmtNum(val(n.FailedLaunchesPerH)), ival(s.StrandedTargets), ival(n.StrandedTargets),
 				ival(s.DuplicateTasks), ival(s.TargetsAtLastPhase), ival(n.TargetsAtLastPhase))
 		}
 		b.WriteString("\n")
 	}
 	if ls := levels(sim.WorkloadFleet); len(ls) > 0 {
-		b.WriteString("**fleet** (declared profile, 96 targets of three sizes, random crashes; phases completed per hour)\n\n")
+		fmt.Fprintf(&b, "**fleet** (declared profile, 96 targets of three sizes, random crashes; phases completed per hour over a run of %v; the declared bound is unchanged, so the old bound equals it)\n\n", res.Plan.FleetDuration)
 		b.WriteString("| RAM % of demand | RAM GiB | selector ph/h | naive ph/h | bound ph/h | selector % of bound | selector ÷ naive | failed/h selector | failed/h naive | stranded sel / naive | dup sel |\n")
 		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, l := range ls {
@@ -302,12 +315,16 @@ func Markdown(res *Results) string {
 - **naive** books only the wrapper, sends no helper size (the task asks for its full helpers after
   it starts and fails with helpers_unavailable when the host has no room), launches every idle
   target on every tick without waiting for heartbeats, has no backoff and no stale detection.
-- **bound** is computed offline (package sim's documentation has the derivation). hacking: the
-  usable helper RAM times the best income per MiB-second, each target capped at its full-harvest
-  income, counting only hosts and targets where a harvest fits; it ignores till and sow, so it is
-  far above what any policy earns in a run that must first prepare its targets. declared: the
+- **bound** is computed offline for the run's length (package sim's documentation has the
+  proof). hacking: the fleet-wide prep-aware bound, max over targets of (best income per
+  helper MiB-second) × ((RAM − one wrapper) × run length − the RAM-seconds the target's till and
+  sow need at least) / run length; it holds whether or not helpers may sit on other hosts than
+  their wrapper. **old bound** (bound_old_income_per_s in the JSON): the usable helper RAM times
+  the best income per MiB-second, each target capped at its full-harvest income, counting only
+  hosts and targets where a harvest fits; it ignores till, sow and the run length. declared: the
   RAM-seconds of the run spent on the cheapest phase completions, with one task per target at a
-  time. bound_loose_income_per_s in the JSON is the plain "total RAM × best rate".
+  time (unchanged; bound_old_phases_per_h equals it). bound_loose_income_per_s in the JSON is the
+  plain "total RAM × best rate". Every run in the JSON carries its length, duration_s.
 - **useful RAM** is helper MiB-seconds of work that counted over the MiB-seconds the hosts offer.
   **stranded**: a target with no task while some host had room for its smallest task for over a
   minute. **duplicates**: tasks started while their target had a live task.
