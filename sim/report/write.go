@@ -111,6 +111,14 @@ func goodputOf(r *Record) float64 {
 	return val(r.PhasesPerH)
 }
 
+// bdOld is a bound record's old income bound (nil for none).
+func bdOld(r *Record) *float64 {
+	if r == nil {
+		return nil
+	}
+	return r.BoundOldPerS
+}
+
 // pctOf is a as a percentage of b, or "–" when b is 0.
 func pctOf(a, b float64) string {
 	if b <= 0 {
@@ -216,8 +224,9 @@ func Goals(res *Results) string {
 			f := feas[int(r.RAMGiB)]
 			var why []string
 			if f.MinHarvestMiB > f.LargestHostMiB {
-				why = append(why, fmt.Sprintf("the smallest harvest task (%s GiB: wrapper + one batch of one hack thread) is larger than the largest host (%s GiB), so no policy can earn anything (the bound is %s)",
-					gibStr(f.MinHarvestMiB), gibStr(f.LargestHostMiB), fmtNum(goodputOf(res.Find(r.Workload, r.RAMGiB, sim.PolicyBound)))))
+				why = append(why, fmt.Sprintf("the smallest harvest task (%s GiB: wrapper + one batch of one hack thread) is larger than the largest host (%s GiB), so no policy can earn anything while a task's helpers must sit on its wrapper's host (the old bound is %s; the prep-aware bound, %s, lets helpers sit anywhere)",
+					gibStr(f.MinHarvestMiB), gibStr(f.LargestHostMiB), fmtNum(val(bdOld(res.Find(r.Workload, r.RAMGiB, sim.PolicyBound)))),
+					fmtNum(goodputOf(res.Find(r.Workload, r.RAMGiB, sim.PolicyBound)))))
 			}
 			if f.MinSowMiB > f.LargestHostMiB {
 				why = append(why, fmt.Sprintf("the smallest sow task (%s GiB: wrapper + one 12:1 grow/weaken step, the workload model's sow minimum) is larger than the largest host (%s GiB), so no target can ever be sown and reach harvest; every target starts in till or sow",
