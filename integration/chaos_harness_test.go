@@ -446,9 +446,10 @@ type chaosExec struct {
 type chaosRule struct {
 	// times is how many more launches the rule hits; negative: all.
 	times int
-	// delay holds Start (and with it the agent, which starts tasks under
-	// its lock) for this long before it goes on: longer than the reply
-	// timeout, the launch reply comes too late.
+	// delay holds Start (and with it the launch reply) for this long
+	// before it goes on: longer than the reply timeout, the launch reply
+	// comes too late; longer than the launch timeout, the host still lists
+	// the task as starting when the selector asks.
 	delay time.Duration
 	// fail makes Start fail after the delay: no process starts.
 	fail error

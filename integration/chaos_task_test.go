@@ -57,7 +57,11 @@ func TestChaosAuditorWrapReportsExitsToAgent(t *testing.T) {
 //   - alive: the task does start; the selector asks the host at the launch
 //     timeout, finds it running, kills it and launches the target again;
 //   - never_started: the start fails after all; the host reports the task
-//     gone and the target is launched again.
+//     gone and the target is launched again;
+//   - still_starting: the start takes longer than the launch timeout; the
+//     host lists the task as starting, the selector's kill is answered
+//     "still running" and carried out once the task runs, and the target is
+//     launched again only then.
 //
 // Either way the target runs exactly once at any time, and the targets
 // waiting behind the silent launch are launched once it is resolved.
@@ -68,6 +72,7 @@ func TestChaosSilentLaunch(t *testing.T) {
 	}{
 		{"alive", chaosRule{times: 1, delay: 1200 * time.Millisecond, silent: &chaosLatch{}}},
 		{"never_started", chaosRule{times: 1, delay: 1200 * time.Millisecond, fail: worker.ErrInsufficientRAM}},
+		{"still_starting", chaosRule{times: 1, delay: 3 * time.Second, silent: &chaosLatch{}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newChaosWorld(t, false)
