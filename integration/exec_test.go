@@ -556,15 +556,7 @@ func TestExecHelpersRefused(t *testing.T) {
 	e.startExecWorker("h1", s)
 	e.putTarget("a", execSpec("overbudget"))
 
-	var taskID string
-	waitFor(t, execWait, func() (bool, string) {
-		ls := spy.launches("a")
-		if len(ls) == 0 {
-			return false, "no launch"
-		}
-		taskID = ls[0].launch.TaskID
-		return true, ""
-	})
+	taskID := spy.firstLaunch(t, execWait, "a")
 	ev := events.waitEvent(t, taskID)
 	if ev.Kind != schemas.EventFailed || ev.Reason != schemas.ReasonHelpersUnavailable {
 		t.Fatalf("event %s/%s, want failed/%s", ev.Kind, ev.Reason, schemas.ReasonHelpersUnavailable)
@@ -599,15 +591,7 @@ func TestExecOOM(t *testing.T) {
 		t.Skipf("no writable memory cgroup (%s): no kernel memory limit to test", w.ex.MemoryWhy())
 	}
 	e.putTarget("a", execSpec("hog"))
-	var taskID string
-	waitFor(t, execWait, func() (bool, string) {
-		ls := spy.launches("a")
-		if len(ls) == 0 {
-			return false, "no launch"
-		}
-		taskID = ls[0].launch.TaskID
-		return true, ""
-	})
+	taskID := spy.firstLaunch(t, execWait, "a")
 	ev := events.waitEvent(t, taskID)
 	if ev.Kind != schemas.EventFailed || ev.Reason != schemas.ReasonOOM {
 		t.Fatalf("event %s/%s, want failed/%s", ev.Kind, ev.Reason, schemas.ReasonOOM)

@@ -536,6 +536,22 @@ func (s *spy) onRequest(kind string, m *nats.Msg) {
 }
 
 // launches returns the launch requests seen for target, in arrival order.
+// firstLaunch waits up to timeout for the first launch of target and
+// returns its task ID.
+func (s *spy) firstLaunch(t *testing.T, timeout time.Duration, target string) string {
+	t.Helper()
+	var taskID string
+	waitFor(t, timeout, func() (bool, string) {
+		ls := s.launches(target)
+		if len(ls) == 0 {
+			return false, "no launch of " + target
+		}
+		taskID = ls[0].launch.TaskID
+		return true, ""
+	})
+	return taskID
+}
+
 func (s *spy) launches(target string) []seenRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -281,21 +281,7 @@ func TestFakeV2SignalWithoutCgroupKill(t *testing.T) {
 	if err != nil || m.Mode() != ModeV2 {
 		t.Fatalf("%v %v", m, err)
 	}
-	g, err := m.New("t", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := startChild(t, true)
-	put(t, filepath.Join(g.Dir(), "cgroup.procs"), "")
-	if err := g.Add(c.pid); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if ws := c.wait(t, 5e9); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("child ended with %v, want SIGKILL", ws)
-	}
+	signalReachesChild(t, m, syscall.SIGKILL)
 }
 
 func TestFakeV2WithoutMemoryFallsBackToV1(t *testing.T) {
@@ -437,6 +423,13 @@ func TestFakeV1SignalTerm(t *testing.T) {
 	if err != nil || m.Mode() != ModeV1 {
 		t.Fatalf("%v %v", m, err)
 	}
+	signalReachesChild(t, m, syscall.SIGTERM)
+}
+
+// signalReachesChild makes a group on m, adds a child process to it, sends
+// the group sig and checks that the child ends by it.
+func signalReachesChild(t *testing.T, m *Manager, sig syscall.Signal) {
+	t.Helper()
 	g, err := m.New("t", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -446,11 +439,11 @@ func TestFakeV1SignalTerm(t *testing.T) {
 	if err := g.Add(c.pid); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Signal(syscall.SIGTERM); err != nil {
+	if err := g.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	if ws := c.wait(t, 5e9); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
-		t.Fatalf("child ended with %v, want SIGTERM", ws)
+	if ws := c.wait(t, 5e9); !ws.Signaled() || ws.Signal() != sig {
+		t.Fatalf("child ended with %v, want %v", ws, sig)
 	}
 }
 
