@@ -34,6 +34,11 @@ func DecodeName(token string) (string, error) {
 		return "", fmt.Errorf("%w: empty", ErrBadName)
 	}
 	if rest, ok := strings.CutPrefix(token, "="); ok {
+		// The decoder skips '\r' and '\n'; accepting them would give one
+		// name several encodings.
+		if strings.ContainsAny(rest, "\r\n") {
+			return "", fmt.Errorf("%w: %q", ErrBadName, token)
+		}
 		// Strict: the unused low bits of the last character must be zero,
 		// or "=00" and "=0w" would both decode to "\xd3".
 		b, err := base64.RawURLEncoding.Strict().DecodeString(rest)

@@ -59,8 +59,10 @@ func TestDecodeNameRejects(t *testing.T) {
 		"=SS5JLkkuSQ=", // padding is not part of the encoding
 		"=!!",          // not base64url
 		"=bjAwZGxlcw",  // "n00dles" in encoded form: plain names have one form
-		"a.b",          // a raw dot
-		"a b",          // a raw space
+		"=00\r0",       // the decoder skips CR and LF: "=000" in disguise
+		"=00\n0",
+		"a.b", // a raw dot
+		"a b", // a raw space
 		"*",
 		">",
 		"héllo",

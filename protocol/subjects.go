@@ -53,11 +53,29 @@ func (s Subjects) Host(host string) string { return s.Prefix + ".host." + Encode
 // Hosts matches every host status.
 func (s Subjects) Hosts() string { return s.Prefix + ".host.*" }
 
-// Event is the subject of target's task events, captured by the EventStream.
+// TaskEvent is the subject host's worker publishes target's task events to,
+// captured by the EventStream. The host in the subject lets a per-host NATS
+// user publish its own host's events and no one else's.
+func (s Subjects) TaskEvent(host, target string) string {
+	return s.Prefix + ".event." + EncodeName(host) + "." + EncodeName(target)
+}
+
+// Event is the first version's subject of target's task events, without the
+// host. Workers now publish on TaskEvent; the stream, its consumer and the
+// selector still accept this form, so that events stored or sent by older
+// workers are read.
 func (s Subjects) Event(target string) string { return s.Prefix + ".event." + EncodeName(target) }
 
 // Events matches every task event.
 func (s Subjects) Events() string { return s.Prefix + ".event.>" }
+
+// WorkerInbox is the inbox prefix of host's worker agent: the replies to its
+// requests (the JetStream acks of its task events among them) come to
+// subjects under it, so that a NATS user for that host may subscribe to its
+// own replies and to no one else's. It lies under "_INBOX.", so a user
+// allowed "_INBOX.>" still reads it, and the token "worker" cannot be a
+// random client inbox (those are 22 characters long).
+func WorkerInbox(host string) string { return "_INBOX.worker." + EncodeName(host) }
 
 // Status is the request subject of the selector's status snapshot.
 func (s Subjects) Status() string { return s.Prefix + ".selector.status" }
@@ -79,6 +97,34 @@ func (s Subjects) ParseHeartbeat(subject string) (host, target string, err error
 	}
 	if host, err = DecodeName(h); err != nil {
 		return "", "", err
+	}
+	if target, err = DecodeName(t); err != nil {
+		return "", "", err
+	}
+	return host, target, nil
+}
+
+// ParseEvent returns the host and target an event subject names, in either
+// form: TaskEvent's (host and target) or Event's (target alone; host is then
+// empty).
+func (s Subjects) ParseEvent(subject string) (host, target string, err error) {
+	rest, ok := strings.CutPrefix(subject, s.Prefix)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ".event.")
+	}
+	if !ok {
+		return "", "", fmt.Errorf("protocol: %q is not an event subject", subject)
+	}
+	h, t, two := strings.Cut(rest, ".")
+	if !two {
+		h, t = "", h
+	} else if strings.Contains(t, ".") {
+		return "", "", fmt.Errorf("protocol: %q is not an event subject", subject)
+	}
+	if two {
+		if host, err = DecodeName(h); err != nil {
+			return "", "", err
+		}
 	}
 	if target, err = DecodeName(t); err != nil {
 		return "", "", err
