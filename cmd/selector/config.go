@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/taskselector/taskselector/internal/envcfg"
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/selector"
 	"github.com/taskselector/taskselector/worker"
 )
@@ -16,6 +17,9 @@ import (
 // config is the selector's configuration, read from the environment. The
 // README lists every variable with its default.
 type config struct {
+	// Auth holds the NATS credentials (NATS_CREDS, NATS_USER, ...), used
+	// with NATS_URL; the embedded server asks for none.
+	natsconn.Auth
 	NATSURL        string        `envconfig:"NATS_URL" form:"a NATS URL such as nats://127.0.0.1:4222, or empty for the embedded server"`
 	DataDir        string        `envconfig:"SELECTOR_DATA_DIR" default:"./data" form:"a directory path"`
 	Listen         string        `envconfig:"SELECTOR_LISTEN" default:"127.0.0.1:4222" form:"host:port for the embedded server's clients (port 0 picks a free one)"`
@@ -72,6 +76,7 @@ func (c *config) check() error {
 		envcfg.Check(c, "SimSpeed", c.SimSpeed >= 0 && c.SimSpeed < 1e9),
 		envcfg.Check(c, "DataDir", c.NATSURL != "" || c.DataDir != ""),
 		envcfg.Check(c, "HTTPListen", c.HTTPListen == "" || validHostPort(c.HTTPListen)),
+		c.Auth.Check(),
 	)
 }
 

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/taskselector/taskselector/bus"
 	"github.com/taskselector/taskselector/demo"
 	"github.com/taskselector/taskselector/internal/natsconn"
@@ -107,9 +109,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		url = srv.ClientURL()
 		log.Info("embedded NATS server started", "url", url, "store", cfg.DataDir)
 	}
-	nc, err := natsconn.Connect(ctx, url, "taskselector", log, nil, nil)
+	var authOpts []nats.Option
+	if cfg.NATSURL != "" {
+		// The embedded server asks for no credentials.
+		var err error
+		if authOpts, err = cfg.Auth.Options(); err != nil {
+			return err
+		}
+		log.Info("connecting to NATS", "url", natsconn.RedactURL(url), "auth", cfg.Auth)
+	}
+	nc, err := natsconn.Connect(ctx, url, "taskselector", log, nil, nil, authOpts...)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(url), err)
 	}
 	defer nc.Close()
 	svc := bus.NewSelectorService(nc, bus.ServiceConfig{

@@ -15,6 +15,10 @@
 //	WORKER_FENCE_AFTER         [8s]; 0 turns self-fencing off
 //	WORKER_LOG_LEVEL           [info]
 //
+// and the NATS credentials shared by every binary (see internal/natsconn):
+// NATS_CREDS, NATS_USER and NATS_PASSWORD, NATS_NKEY_SEED, NATS_TLS_CA,
+// NATS_TLS_CERT and NATS_TLS_KEY.
+//
 // plus the sim executor's SIM_* variables (SIM_SPEED [1] and the fault
 // knobs) and, with WORKER_EXECUTOR=exec, the exec executor's settings
 // (WORKER_TASKS_FILE, WORKER_STATE_DIR, WORKER_TASK_API, WORKER_TASK_LOG_MAX,
@@ -46,7 +50,9 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/nats-io/nats.go"
 
+	"github.com/taskselector/taskselector/internal/natsconn"
 	"github.com/taskselector/taskselector/internal/shutdown"
+	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/worker"
 	"github.com/taskselector/taskselector/worker/process"
@@ -54,6 +60,8 @@ import (
 
 // config is the agent's environment.
 type config struct {
+	// Auth holds the NATS credentials (NATS_CREDS, NATS_USER, ...).
+	natsconn.Auth
 	Host              string        `envconfig:"WORKER_HOST" required:"true"`
 	RAMMiB            int64         `envconfig:"WORKER_RAM_MIB" required:"true"`
 	NATSURL           string        `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222"`
@@ -92,8 +100,17 @@ var vars = []worker.EnvVar{
 	{Name: "WORKER_LOG_LEVEL", Form: "one of debug, info, warn, error", Default: "info"},
 }
 
+// authVars lists the credential variables, shared with every binary.
+func authVars() []worker.EnvVar {
+	var out []worker.EnvVar
+	for _, v := range natsconn.AuthVars() {
+		out = append(out, worker.EnvVar{Name: v.Name, Form: v.Form, Default: "(none)"})
+	}
+	return out
+}
+
 func form(name string) string {
-	for _, v := range vars {
+	for _, v := range append(vars, authVars()...) {
 		if v.Name == name {
 			return v.Form
 		}
@@ -131,7 +148,10 @@ func loadConfig() (config, error) {
 	case !validPrefix(c.Prefix):
 		return c, bad("WORKER_SUBJECT_PREFIX", c.Prefix)
 	case strings.TrimSpace(c.NATSURL) == "":
-		return c, bad("NATS_URL", c.NATSURL)
+		return c, bad("NATS_URL", natsconn.RedactURL(c.NATSURL))
+	}
+	if err := c.Auth.Check(); err != nil {
+		return c, err
 	}
 	if _, ok := logLevel(c.LogLevel); !ok {
 		return c, bad("WORKER_LOG_LEVEL", c.LogLevel)
@@ -182,7 +202,7 @@ func logLevel(s string) (slog.Level, bool) {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: worker   (configured by environment variables)")
 	fmt.Fprintln(w)
-	for _, group := range [][]worker.EnvVar{vars, worker.SimEnvVars, process.EnvVars} {
+	for _, group := range [][]worker.EnvVar{vars, authVars(), worker.SimEnvVars, process.EnvVars} {
 		for _, v := range group {
 			fmt.Fprintf(w, "  %-26s %s [%s]\n", v.Name, v.Form, v.Default)
 		}
@@ -223,11 +243,21 @@ func run(ctx context.Context, logOut io.Writer) error {
 		return err
 	}
 
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("taskselector worker "+cfg.Host),
+	authOpts, err := cfg.Auth.Options()
+	if err != nil {
+		_ = exec.Close()
+		return err
+	}
+	log.Info("connecting to NATS", "url", natsconn.RedactURL(cfg.NATSURL), "auth", cfg.Auth)
+	nc, err := nats.Connect(cfg.NATSURL, append([]nats.Option{
+		nats.Name("taskselector worker " + cfg.Host),
+		// Replies to the agent's requests (JetStream acks of its events
+		// among them) come to an inbox of its own host, so that a
+		// per-host NATS user may read them and nothing else's.
+		nats.CustomInboxPrefix(protocol.WorkerInbox(cfg.Host)),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(500*time.Millisecond),
+		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.PingInterval(natsPingInterval),
 		nats.MaxPingsOutstanding(natsMaxPingsOut),
@@ -236,10 +266,10 @@ func run(ctx context.Context, logOut io.Writer) error {
 			log.Warn("NATS disconnected; reconnecting", "err", err)
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info("NATS reconnected", "url", c.ConnectedUrl())
+			log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted())
 		}),
 		nats.ConnectHandler(func(c *nats.Conn) {
-			log.Info("NATS connected", "url", c.ConnectedUrl())
+			log.Info("NATS connected", "url", c.ConnectedUrlRedacted())
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subject := ""
@@ -248,10 +278,10 @@ func run(ctx context.Context, logOut io.Writer) error {
 			}
 			log.Error("NATS async error", "subject", subject, "err", err)
 		}),
-	)
+	}, authOpts...)...)
 	if err != nil {
 		_ = exec.Close()
-		return fmt.Errorf("connecting to NATS at %s: %w", cfg.NATSURL, err)
+		return fmt.Errorf("connecting to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
 	}
 	defer nc.Close()
 

@@ -133,12 +133,12 @@ func Connect(ctx context.Context, url string, name string, log *slog.Logger, onD
 			return nc, nil
 		}
 		wait := ReconnectDelay(attempt)
-		log.Warn("nats connect failed; retrying", "name", name, "url", url, "attempt", attempt, "wait", wait, "err", err)
+		log.Warn("nats connect failed; retrying", "name", name, "url", RedactURL(url), "attempt", attempt, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("natsconn: connect to %s: %w (last error: %w)", url, ctx.Err(), err)
+			return nil, fmt.Errorf("natsconn: connect to %s: %w (last error: %w)", RedactURL(url), ctx.Err(), err)
 		case <-t.C:
 		}
 	}

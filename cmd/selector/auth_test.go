@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestConfigCredentials: the selector refuses bad credential settings at
+// startup, naming the variable, without echoing the password.
+func TestConfigCredentials(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"NATS_USER": "selector"}, "NATS_PASSWORD: want a password"},
+		{map[string]string{"NATS_PASSWORD": "hunter2-secret"}, "NATS_USER: want a user name"},
+		{map[string]string{"NATS_CREDS": "/nonexistent/selector.creds"}, `NATS_CREDS: want the path of a readable NATS creds file (a user JWT and its nkey seed), but "/nonexistent/selector.creds" does not exist`},
+		{map[string]string{"NATS_TLS_CERT": "/nonexistent/c.pem"}, "NATS_TLS_KEY: want"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := loadConfig()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("loadConfig() = %v, want an error containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2-secret") {
+				t.Fatalf("the error shows the password: %v", err)
+			}
+		})
+	}
+	t.Setenv("NATS_USER", "selector")
+	t.Setenv("NATS_PASSWORD", "hunter2-secret")
+	c, err := loadConfig()
+	if err != nil || c.User != "selector" || c.Password != "hunter2-secret" {
+		t.Fatalf("loadConfig() = %+v, %v", c.Auth, err)
+	}
+}
