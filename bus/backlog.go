@@ -108,11 +108,21 @@ func (s *SelectorService) readBacklog(ctx context.Context) ([]*schemas.TaskEvent
 // parseEvent decodes a task event and checks it against its subject.
 func (s *SelectorService) parseEvent(subject string, data []byte) (*schemas.TaskEvent, error) {
 	ev, err := decodeTaskEvent(data)
-	if err == nil {
-		err = checkToken(subject, s.subj.Prefix+".event.", ev.Target)
-	}
 	if err != nil {
 		return nil, err
+	}
+	// Both subject forms: the host's (protocol.Subjects.TaskEvent) and the
+	// first version's, without the host (Event).
+	host, target, err := s.subj.ParseEvent(subject)
+	switch {
+	case err != nil:
+		return nil, err
+	case target != ev.Target:
+		return nil, fmt.Errorf("subject %q does not match the target %q in the body", subject, ev.Target)
+	case host != "":
+		if err := checkHost(host, ev.Host); err != nil {
+			return nil, err
+		}
 	}
 	return ev, nil
 }

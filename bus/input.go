@@ -31,8 +31,12 @@ func (s *SelectorService) onHeartbeat(m *nats.Msg) {
 		s.malformedMsg(SourceHeartbeat, m.Subject, err)
 		return
 	}
-	if host != s.hb.Host || target != s.hb.Target {
-		s.malformedMsg(SourceHeartbeat, m.Subject, fmt.Errorf("body names host %q target %q", s.hb.Host, s.hb.Target))
+	if err := checkHost(host, s.hb.Host); err != nil {
+		s.malformedMsg(SourceHeartbeat, m.Subject, err)
+		return
+	}
+	if target != s.hb.Target {
+		s.malformedMsg(SourceHeartbeat, m.Subject, fmt.Errorf("body names target %q", s.hb.Target))
 		return
 	}
 	s.step(&s.hbEv, nil)
@@ -47,6 +51,13 @@ func (s *SelectorService) onHostStatus(m *nats.Msg) {
 	hs, err := decodeHostStatus(m.Data)
 	if err == nil {
 		err = checkToken(m.Subject, s.subj.Prefix+".host.", hs.Host)
+		if err != nil {
+			if tok, ok := strings.CutPrefix(m.Subject, s.subj.Prefix+".host."); ok {
+				if host, derr := protocol.DecodeName(tok); derr == nil {
+					err = checkHost(host, hs.Host)
+				}
+			}
+		}
 	}
 	if err != nil {
 		s.malformedMsg(SourceHost, m.Subject, err)
@@ -95,15 +106,19 @@ func (s *SelectorService) malformedMsg(source, subject string, err error) {
 func (s *SelectorService) countMalformed(source, where string, err error) *sourceCounter {
 	c := s.malformed[source]
 	c.n.Add(1)
+	if isHostMismatch(err) {
+		c.mismatches.Add(1)
+	}
 	c.limit.Log(s.log, slog.LevelWarn, "malformed message dropped", "source", source, "where", where, "err", err)
 	return c
 }
 
 // sourceCounter counts one source's malformed messages.
 type sourceCounter struct {
-	n     atomic.Uint64
-	limit ratelog.Limiter
-	ev    selector.Malformed
+	n          atomic.Uint64
+	mismatches atomic.Uint64 // of n, the host mismatches (hostMismatchError)
+	limit      ratelog.Limiter
+	ev         selector.Malformed
 }
 
 // subscribeInput subscribes h to subject with the given pending limits.

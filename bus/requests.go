@@ -538,6 +538,9 @@ func (s *SelectorService) decodeReply(c *outCmd, data []byte) selector.Event {
 	default:
 		var r schemas.PsReply
 		if r, err = decodePsReply(data); err == nil {
+			err = checkHost(c.host, r.Host)
+		}
+		if err == nil {
 			if r.Error != nil {
 				s.replyError(c, r.Error)
 				return unanswered(c, false)

@@ -56,6 +56,7 @@ func (s *SelectorService) mergeCounters(st *schemas.SelectorStatus, subs []*nats
 		// found while replaying the buckets before the engine existed.
 		c.MalformedMessages[src] = max(c.MalformedMessages[src], n)
 	}
+	c.HostMismatches = s.HostMismatches()
 }
 
 // The selector serves its status subject as the NATS micro service

@@ -388,6 +388,9 @@ type Counters struct {
 	PhasesCompleted   uint64            `json:"phases_completed"`
 	HostsLost         uint64            `json:"hosts_lost"`
 	MalformedMessages map[string]uint64 `json:"malformed_messages"`
+	// HostMismatches counts, by source, the messages among
+	// MalformedMessages whose body named another host than their subject.
+	HostMismatches    map[string]uint64 `json:"host_mismatches,omitempty"`
 	SlowConsumerDrops uint64            `json:"slow_consumer_drops,omitempty"`
 	StoreErrors       uint64            `json:"store_errors,omitempty"`
 }

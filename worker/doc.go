@@ -38,7 +38,7 @@
 //     when the executor could not stop it.
 //   - Ps (tasks.ps.<host>) lists the running tasks (silent ones included),
 //     only those with the requested PIDs when there are any, ordered by PID.
-//   - Events (tasks.event.<target>) go to the TASK_EVENTS stream through an
+//   - Events (tasks.event.<host>.<target>) go to the TASK_EVENTS stream through an
 //     outbox that publishes them in order with a Nats-Msg-Id of
 //     "<task_id>:<kind>" (so a retry is deduplicated by the stream) and
 //     retries each with backoff until it is acked, also while the stream

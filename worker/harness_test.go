@@ -285,7 +285,7 @@ func (h *harness) nextEvent() schemas.TaskEvent {
 	if err != nil {
 		h.t.Fatalf("event %s: %v", m.Data(), err)
 	}
-	if want := h.subj.Event(ev.Target); m.Subject() != want {
+	if want := h.subj.TaskEvent(ev.Host, ev.Target); m.Subject() != want {
 		h.t.Errorf("event on %s, want %s", m.Subject(), want)
 	}
 	return ev

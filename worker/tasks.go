@@ -153,7 +153,7 @@ func (a *Agent) emit(e *entry, ex Exit) {
 		a.log.Error("encoding task event; dropped", "task_id", ev.TaskID, "kind", ev.Kind, "err", err)
 		return
 	}
-	it := outItem{subject: a.subj.Event(e.spec.Target), msgID: ev.TaskID + ":" + ev.Kind, data: b}
+	it := outItem{subject: a.subj.TaskEvent(a.cfg.Host, e.spec.Target), msgID: ev.TaskID + ":" + ev.Kind, data: b}
 	if !a.out.put(it) {
 		a.log.Error("EVENT OUTBOX FULL: task event dropped; the selector will find the task by staleness",
 			"task_id", ev.TaskID, "target", ev.Target, "kind", ev.Kind, "reason", ev.Reason, "outbox_size", a.cfg.OutboxSize)

@@ -75,6 +75,7 @@ type Collector struct {
 	backoffLevel, pendingLaunches           *prometheus.Desc
 	targets, hosts, hostRAM, restartToReady *prometheus.Desc
 	failures, malformed                     *prometheus.Desc
+	hostMismatches                          *prometheus.Desc
 	counters                                []counterDef
 	natsSlow, natsAsync, natsDisc, natsReco *prometheus.Desc
 	edge                                    []edgeDef
@@ -108,6 +109,7 @@ func NewCollector(src Source, conn *natsconn.Stats) *Collector {
 		restartToReady:  newDesc("restart_to_ready_seconds", "Time the last start took to rebuild state and subscribe (0 before that)."),
 		failures:        newDesc("failures_total", "Failed launches and tasks, by cause.", "cause"),
 		malformed:       newDesc("malformed_messages_total", "Messages dropped as malformed, by source.", "source"),
+		hostMismatches:  newDesc("host_mismatches_total", "Of the messages dropped as malformed, those whose body named another host than their subject, by source.", "source"),
 		natsSlow:        newDesc("nats_slow_consumers_total", "Slow-consumer episodes on the NATS connection."),
 		natsAsync:       newDesc("nats_async_errors_total", "Asynchronous errors on the NATS connection."),
 		natsDisc:        newDesc("nats_disconnects_total", "NATS connection losses."),
@@ -157,7 +159,7 @@ func NewCollector(src Source, conn *natsconn.Stats) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.ready, c.connected, c.degraded, c.disruption, c.recovering, c.backoffLevel, c.pendingLaunches,
-		c.targets, c.hosts, c.hostRAM, c.restartToReady, c.failures, c.malformed,
+		c.targets, c.hosts, c.hostRAM, c.restartToReady, c.failures, c.malformed, c.hostMismatches,
 	} {
 		ch <- d
 	}
@@ -239,6 +241,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for cause, n := range k.Failures {
 		counter(c.failures, n, labelValue(cause))
+	}
+	for src, n := range k.HostMismatches {
+		counter(c.hostMismatches, n, labelValue(src))
 	}
 	for src, n := range k.MalformedMessages {
 		counter(c.malformed, n, labelValue(src))

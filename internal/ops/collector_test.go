@@ -69,6 +69,7 @@ func sampleStatus() schemas.SelectorStatus {
 			HostsLost: 1, SlowConsumerDrops: 11, StoreErrors: 12, Fences: 14, InputGaps: 15,
 			Failures:          map[string]uint64{"insufficient_ram": 2, "helpers_unavailable": 1},
 			MalformedMessages: map[string]uint64{"heartbeat": 13},
+			HostMismatches:    map[string]uint64{"heartbeat": 4},
 		},
 	}
 }
@@ -141,6 +142,9 @@ taskselector_store_errors_total 12
 # TYPE taskselector_failures_total counter
 taskselector_failures_total{cause="helpers_unavailable"} 1
 taskselector_failures_total{cause="insufficient_ram"} 2
+# HELP taskselector_host_mismatches_total Of the messages dropped as malformed, those whose body named another host than their subject, by source.
+# TYPE taskselector_host_mismatches_total counter
+taskselector_host_mismatches_total{source="heartbeat"} 4
 # HELP taskselector_malformed_messages_total Messages dropped as malformed, by source.
 # TYPE taskselector_malformed_messages_total counter
 taskselector_malformed_messages_total{source="heartbeat"} 13
@@ -150,7 +154,7 @@ taskselector_malformed_messages_total{source="heartbeat"} 13
 		"taskselector_pending_launches", "taskselector_restart_to_ready_seconds", "taskselector_targets",
 		"taskselector_hosts", "taskselector_host_ram_mib", "taskselector_launches_total",
 		"taskselector_heartbeats_total", "taskselector_store_errors_total", "taskselector_failures_total",
-		"taskselector_malformed_messages_total",
+		"taskselector_malformed_messages_total", "taskselector_host_mismatches_total",
 	}
 	before := src.statusCalls()
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
