@@ -27,7 +27,7 @@ import (
 var deployConf = filepath.Join("..", "deploy", "nats", "nats.conf")
 
 // Hosts of the committed configuration's worker users.
-var deployHosts = []string{"w-small", "w-medium", "w-large"}
+var deployHosts = []string{"home", "w16", "w32"}
 
 // passwordOf is the password the test gives each user: a function of its
 // variable, so that a user's password is known from its name.
@@ -178,19 +178,19 @@ func TestPermissionsWorker(t *testing.T) {
 	srv := permServer(t)
 	subj := protocol.NewSubjects("")
 	op := dial(t, srv, natsperm.OperatorUser, natsperm.OperatorPasswordVar)
-	w := workerConn(t, srv, "w-small")
-	other := workerConn(t, srv, "w-medium")
+	w := workerConn(t, srv, "w16")
+	other := workerConn(t, srv, "w32")
 	sp := newSubjectSpy(t, op, "tasks.>")
 
 	// Refused publishes: each is followed by an allowed one on the same
 	// connection; once the subjectSpy has that, it would have had the refused one.
-	sentinel := subj.Host("w-small")
+	sentinel := subj.Host("w16")
 	for i, subject := range []string{
-		subj.Launch("w-medium"),
-		subj.Kill("w-medium"),
-		subj.Heartbeat("w-medium", "t"),
-		subj.Host("w-medium"),
-		subj.TaskEvent("w-medium", "t"),
+		subj.Launch("w32"),
+		subj.Kill("w32"),
+		subj.Heartbeat("w32", "t"),
+		subj.Host("w32"),
+		subj.TaskEvent("w32", "t"),
 		subj.Event("t"), // the first version's event subject names no host
 		"$KV." + protocol.TargetsBucket + ".t",
 		"$KV." + protocol.TasksBucket + ".t",
@@ -225,32 +225,32 @@ func TestPermissionsWorker(t *testing.T) {
 
 	// Refused subscriptions: another host's launches, every launch, any
 	// inbox but its own.
-	for _, subject := range []string{subj.Launch("w-medium"), "tasks.launch.>", "tasks.>", "_INBOX.>", protocol.WorkerInbox("w-medium") + ".>"} {
-		if _, err := w.Subscribe(subject, func(*nats.Msg) { t.Errorf("worker w-small received a message on %s", subject) }); err != nil {
+	for _, subject := range []string{subj.Launch("w32"), "tasks.launch.>", "tasks.>", "_INBOX.>", protocol.WorkerInbox("w32") + ".>"} {
+		if _, err := w.Subscribe(subject, func(*nats.Msg) { t.Errorf("worker w16 received a message on %s", subject) }); err != nil {
 			t.Fatal(err)
 		}
 		w.waitDenied(t, "subscription", subject)
 	}
-	// A launch sent to w-medium reaches w-medium alone.
+	// A launch sent to w32 reaches w32 alone.
 	got := make(chan *nats.Msg, 1)
-	if _, err := other.Subscribe(subj.Launch("w-medium"), func(m *nats.Msg) { got <- m }); err != nil {
+	if _, err := other.Subscribe(subj.Launch("w32"), func(m *nats.Msg) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
 	if err := other.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	sel := dial(t, srv, natsperm.SelectorUser, natsperm.SelectorPasswordVar)
-	if err := sel.Publish(subj.Launch("w-medium"), []byte("launch")); err != nil {
+	if err := sel.Publish(subj.Launch("w32"), []byte("launch")); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-got:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the selector's launch did not reach w-medium")
+		t.Fatal("the selector's launch did not reach w32")
 	}
 
 	// Allowed: its own host's heartbeat, event and alloc request subjects.
-	for _, subject := range []string{subj.Heartbeat("w-small", "t"), subj.TaskEvent("w-small", "t"), subj.Prefix + ".alloc"} {
+	for _, subject := range []string{subj.Heartbeat("w16", "t"), subj.TaskEvent("w16", "t"), subj.Prefix + ".alloc"} {
 		before := sp.count(subject)
 		if err := w.Publish(subject, []byte("x")); err != nil {
 			t.Fatal(err)
@@ -260,7 +260,7 @@ func TestPermissionsWorker(t *testing.T) {
 		})
 	}
 	if n := other.denied(); n != 0 {
-		t.Fatalf("worker w-medium was refused %d times doing only its own work", n)
+		t.Fatalf("worker w32 was refused %d times doing only its own work", n)
 	}
 }
 
@@ -270,7 +270,7 @@ func TestPermissionsOperator(t *testing.T) {
 	srv := permServer(t)
 	subj := protocol.NewSubjects("")
 	op := dial(t, srv, natsperm.OperatorUser, natsperm.OperatorPasswordVar)
-	for _, subject := range []string{subj.Launch("w-small"), subj.Kill("w-small"), "$KV." + protocol.TasksBucket + ".t",
+	for _, subject := range []string{subj.Launch("w16"), subj.Kill("w16"), "$KV." + protocol.TasksBucket + ".t",
 		"$JS.API.STREAM.DELETE." + protocol.EventStream, "$JS.API.CONSUMER.DELETE." + protocol.EventStream + ".selector"} {
 		if err := op.Publish(subject, []byte("x")); err != nil {
 			t.Fatal(err)
@@ -289,7 +289,7 @@ func TestPermissionsRealComponents(t *testing.T) {
 	srv := permServer(t)
 	op := dial(t, srv, natsperm.OperatorUser, natsperm.OperatorPasswordVar)
 	sel := dial(t, srv, natsperm.SelectorUser, natsperm.SelectorPasswordVar)
-	wc := workerConn(t, srv, "w-small")
+	wc := workerConn(t, srv, "w16")
 	e := &env{t: t, srv: srv, url: srv.ClientURL(), subj: protocol.NewSubjects(""), nc: op.Conn}
 	var err error
 	if e.client, err = client.New(op.Conn, ""); err != nil {
@@ -301,12 +301,12 @@ func TestPermissionsRealComponents(t *testing.T) {
 	// The selector owns its connection from now on; closing it twice is
 	// harmless.
 	e.runSelector(sel.Conn, serviceConfig(engineConfig()))
-	startWorkerOn(t, wc.Conn, "w-small", 4096)
+	startWorkerOn(t, wc.Conn, "w16", 4096)
 
 	e.putTarget("t", longSpec())
 	line := e.waitActive(20*time.Second, "t")
-	if line.Host != "w-small" {
-		t.Fatalf("t runs on %q, want w-small", line.Host)
+	if line.Host != "w16" {
+		t.Fatalf("t runs on %q, want w16", line.Host)
 	}
 	e.waitStatus(10*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
 		return st.Counters.Heartbeats > 0 && len(st.Hosts) == 1, fmt.Sprintf("heartbeats %d, hosts %v", st.Counters.Heartbeats, st.Hosts)

@@ -5,7 +5,7 @@
 // its environment (TS_SELECTOR_PASSWORD, TS_OPERATOR_PASSWORD and
 // TS_WORKER_PASSWORD_<host token>).
 //
-//	go run ./cmd/natsusers -host w-small -host w-medium -host w-large > deploy/nats/accounts.conf
+//	go run ./cmd/natsusers -host home -host w16 -host w32 > deploy/nats/accounts.conf
 //
 // To add a host, run it again with every host and reload the servers
 // (nats-server --signal reload, or SIGHUP).

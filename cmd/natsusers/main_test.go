@@ -21,11 +21,11 @@ func TestCommittedAccountsUpToDate(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := run([]string{"-host", "w-small", "-host", "w-medium", "-host", "w-large"}, &out); err != nil {
+	if err := run([]string{"-host", "home", "-host", "w16", "-host", "w32"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), committed) {
-		t.Fatalf("%s differs from the generator's output; run: go run ./cmd/natsusers -host w-small -host w-medium -host w-large > deploy/nats/accounts.conf", path)
+		t.Fatalf("%s differs from the generator's output; run: go run ./cmd/natsusers -host home -host w16 -host w32 > deploy/nats/accounts.conf", path)
 	}
 }
 

@@ -33,11 +33,19 @@ import (
 
 func main() {
 	demoMode := flag.Bool("demo", false, "run the demo: embedded NATS, the selector and three simulated workers")
+	probeURL := flag.String("probe", "", "fetch this URL (such as http://127.0.0.1:9464/readyz), exit 0 if it answers 200 and 1 otherwise: a container health check")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: selector [--demo]\n\nConfiguration comes from environment variables; see the README.\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: selector [--demo | --probe URL]\n\nConfiguration comes from environment variables; see the README.\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *probeURL != "" {
+		if err := probe(context.Background(), *probeURL); err != nil {
+			fmt.Fprintf(os.Stderr, "selector: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	cfg, err := loadConfig()
 	if err != nil {
