@@ -1,20 +1,25 @@
 # syntax=docker/dockerfile:1
-# Builds the selector and the worker as static binaries on a minimal image.
-# The same build commands run in .ci/run, outside Docker.
+# Builds taskselector's binaries (deploy/build.sh: the selector, the worker,
+# loadtargets and the NATS server go.mod pins) as static executables on a
+# minimal image. .ci/run runs the same script outside Docker.
+# deploy/compose.yaml runs every service from this one image.
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/selector ./cmd/selector \
- && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/worker ./cmd/worker \
- && mkdir -p /out/data
+RUN sh deploy/build.sh /out \
+ && mkdir -p /out/data /out/natsdata
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/selector /out/worker /usr/local/bin/
-# distroless's nonroot user is 65532; it must own the data directory.
+COPY --from=build /out/selector /out/worker /out/loadtargets /out/nats-server /usr/local/bin/
+# distroless's nonroot user is 65532; it must own the data directories: the
+# selector's embedded server's and, for the NATS server, /data (its
+# JetStream store in deploy/nats/nats.conf), which a named volume mounted
+# there inherits.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/taskselector
+COPY --from=build --chown=65532:65532 /out/natsdata /data
 # The embedded NATS server stores JetStream data here when NATS_URL is empty.
 ENV SELECTOR_DATA_DIR=/var/lib/taskselector \
     SELECTOR_LISTEN=0.0.0.0:4222
