@@ -8,6 +8,7 @@ import (
 // TestConfigCredentials: the selector refuses bad credential settings at
 // startup, naming the variable, without echoing the password.
 func TestConfigCredentials(t *testing.T) {
+	t.Setenv("NATS_URL", "nats://127.0.0.1:4222")
 	for _, tc := range []struct {
 		env  map[string]string
 		want string
@@ -30,8 +31,13 @@ func TestConfigCredentials(t *testing.T) {
 			}
 		})
 	}
+	t.Setenv("NATS_URL", "")
 	t.Setenv("NATS_USER", "selector")
 	t.Setenv("NATS_PASSWORD", "hunter2-secret")
+	if _, err := loadConfig(); err == nil || !strings.Contains(err.Error(), "NATS_URL: want a NATS URL when NATS credentials are set") {
+		t.Fatalf("credentials without NATS_URL: loadConfig() = %v", err)
+	}
+	t.Setenv("NATS_URL", "nats://nats-1:4222")
 	c, err := loadConfig()
 	if err != nil || c.User != "selector" || c.Password != "hunter2-secret" {
 		t.Fatalf("loadConfig() = %+v, %v", c.Auth, err)

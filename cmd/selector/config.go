@@ -77,7 +77,18 @@ func (c *config) check() error {
 		envcfg.Check(c, "DataDir", c.NATSURL != "" || c.DataDir != ""),
 		envcfg.Check(c, "HTTPListen", c.HTTPListen == "" || validHostPort(c.HTTPListen)),
 		c.Auth.Check(),
+		c.checkAuthNeedsURL(),
 	)
+}
+
+// checkAuthNeedsURL refuses credentials without NATS_URL: the embedded
+// server asks for none, and ignoring them would hide a mistake.
+func (c *config) checkAuthNeedsURL() error {
+	if c.NATSURL != "" || c.Auth.IsZero() {
+		return nil
+	}
+	return &natsconn.AuthError{Var: "NATS_URL", Form: "a NATS URL when NATS credentials are set",
+		Problem: "it is empty, so the embedded server would run, and it takes no credentials"}
 }
 
 func validLevel(s string) bool {

@@ -157,6 +157,9 @@ func readFile(v, path string) ([]byte, error) {
 	return b, nil
 }
 
+// IsZero reports whether no setting is made.
+func (a Auth) IsZero() bool { return a == Auth{} }
+
 // Options returns the client options that present a's identity and TLS
 // settings; a must have passed Check.
 func (a Auth) Options() ([]nats.Option, error) {
