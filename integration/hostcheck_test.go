@@ -59,6 +59,15 @@ func TestHostMismatchesDropped(t *testing.T) {
 	if ts, ok := targetLine(&st, "t"); !ok || ts.TaskID != line.TaskID || ts.State != "active" {
 		t.Fatalf("t after the lying messages: %s, want %s still active", describeLine(ts), line.TaskID)
 	}
+	// The snapshot with the new counter passes the strict, schema-checked
+	// decoder.
+	m, err := e.nc.Request(e.subj.Status(), nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strict, err := schemas.DecodeSelectorStatus(m.Data); err != nil || !maps.Equal(strict.Counters.HostMismatches, want) {
+		t.Fatalf("strict decode of the status: %v, host mismatches %v", err, strict.Counters.HostMismatches)
+	}
 	if st.Counters.Events != 0 {
 		t.Fatalf("%d events handled, want none: the lying event was taken", st.Counters.Events)
 	}
