@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -311,6 +312,33 @@ func TestPermissionsRealComponents(t *testing.T) {
 	e.waitStatus(10*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
 		return st.Counters.Heartbeats > 0 && len(st.Hosts) == 1, fmt.Sprintf("heartbeats %d, hosts %v", st.Counters.Heartbeats, st.Hosts)
 	})
+	// Service discovery works across the roles: the operator's $SRV.PING
+	// reaches the selector and the worker, whose answers come back.
+	inbox := op.NewInbox()
+	pings, err := op.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := op.PublishRequest("$SRV.PING", inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		m, err := pings.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("service ping answers: %v (so far %v)", err, seen)
+		}
+		var info struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal(m.Data, &info); err != nil {
+			t.Fatal(err)
+		}
+		seen[info.Name] = true
+	}
+	if !seen[protocol.SelectorService] || !seen[protocol.WorkerService] {
+		t.Fatalf("services answering: %v", seen)
+	}
 	// The operator reads the tasks bucket.
 	if _, err := e.kv(protocol.TasksBucket).Get(e.ctx(10*time.Second), protocol.EncodeName("t")); err != nil {
 		t.Fatalf("operator reads the tasks bucket: %v", err)
