@@ -50,14 +50,7 @@ func (s *SelectorService) onHostStatus(m *nats.Msg) {
 	defer s.hostStatuses.Add(1)
 	hs, err := decodeHostStatus(m.Data)
 	if err == nil {
-		err = checkToken(m.Subject, s.subj.Prefix+".host.", hs.Host)
-		if err != nil {
-			if tok, ok := strings.CutPrefix(m.Subject, s.subj.Prefix+".host."); ok {
-				if host, derr := protocol.DecodeName(tok); derr == nil {
-					err = checkHost(host, hs.Host)
-				}
-			}
-		}
+		err = s.checkHostSubject(m.Subject, hs.Host)
 	}
 	if err != nil {
 		s.malformedMsg(SourceHost, m.Subject, err)
@@ -84,16 +77,19 @@ func (s *SelectorService) onEvent(m jetstream.Msg) {
 	})
 }
 
-// checkToken checks that the last token of subject, after prefix, encodes name.
-func checkToken(subject, prefix, name string) error {
-	tok, ok := strings.CutPrefix(subject, prefix)
+// checkHostSubject checks that a host status subject names host: a subject
+// of another host is a host mismatch (hostMismatchError), one that is not a
+// host status subject an error.
+func (s *SelectorService) checkHostSubject(subject, host string) error {
+	tok, ok := strings.CutPrefix(subject, s.subj.Prefix+".host.")
 	if !ok || strings.Contains(tok, ".") {
 		return fmt.Errorf("unexpected subject %q", subject)
 	}
-	if protocol.EncodeName(name) != tok {
-		return fmt.Errorf("subject %q does not match the name %q in the body", subject, name)
+	name, err := protocol.DecodeName(tok)
+	if err != nil {
+		return err
 	}
-	return nil
+	return checkHost(name, host)
 }
 
 // malformedMsg counts and (rate-limited) logs a dropped message, and tells
