@@ -68,7 +68,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := envcfg.Load(&cfg); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	if err := cfg.Auth.Check(); err != nil {
+	if err := errors.Join(cfg.Auth.Check(), cfg.Auth.CheckURL(cfg.NATSURL)); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	targets := demo.Targets()

@@ -81,10 +81,14 @@ func (c *config) check() error {
 	)
 }
 
-// checkAuthNeedsURL refuses credentials without NATS_URL: the embedded
-// server asks for none, and ignoring them would hide a mistake.
+// checkAuthNeedsURL refuses credentials without NATS_URL (the embedded
+// server asks for none, and ignoring them would hide a mistake), and a
+// NATS_URL whose own credentials would override them.
 func (c *config) checkAuthNeedsURL() error {
-	if c.NATSURL != "" || c.Auth.IsZero() {
+	if c.NATSURL != "" {
+		return c.Auth.CheckURL(c.NATSURL)
+	}
+	if c.Auth.IsZero() {
 		return nil
 	}
 	return &natsconn.AuthError{Var: "NATS_URL", Form: "a NATS URL when NATS credentials are set",

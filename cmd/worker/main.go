@@ -150,7 +150,7 @@ func loadConfig() (config, error) {
 	case strings.TrimSpace(c.NATSURL) == "":
 		return c, bad("NATS_URL", natsconn.RedactURL(c.NATSURL))
 	}
-	if err := c.Auth.Check(); err != nil {
+	if err := errors.Join(c.Auth.Check(), c.Auth.CheckURL(c.NATSURL)); err != nil {
 		return c, err
 	}
 	if _, ok := logLevel(c.LogLevel); !ok {

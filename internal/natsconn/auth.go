@@ -157,6 +157,24 @@ func readFile(v, path string) ([]byte, error) {
 	return b, nil
 }
 
+// CheckURL refuses a NATS URL (or list of them) that carries user
+// information while a also names an identity: the client would use the
+// URL's and silently ignore a's. The error names NATS_URL and shows the URL
+// without its user information.
+func (a Auth) CheckURL(natsURL string) error {
+	if a.Creds == "" && a.User == "" && a.NKeySeed == "" {
+		return nil
+	}
+	for part := range strings.SplitSeq(natsURL, ",") {
+		if u, err := url.Parse(strings.TrimSpace(part)); err == nil && u.User == nil {
+			continue
+		}
+		return &AuthError{Var: "NATS_URL", Form: "a NATS URL without user information when NATS_CREDS, NATS_USER or NATS_NKEY_SEED is set",
+			Problem: fmt.Sprintf("%q carries some (or does not parse), and it would override them", RedactURL(natsURL))}
+	}
+	return nil
+}
+
 // IsZero reports whether no setting is made.
 func (a Auth) IsZero() bool { return a == Auth{} }
 

@@ -240,3 +240,26 @@ func TestConnectWithCredentials(t *testing.T) {
 		t.Fatalf("no retry logged: %q", buf.String())
 	}
 }
+
+func TestAuthCheckURL(t *testing.T) {
+	withUser := Auth{User: "w", Password: secret}
+	for _, tc := range []struct {
+		auth Auth
+		url  string
+		ok   bool
+	}{
+		{withUser, "nats://a:4222,nats://b:4222", true},
+		{Auth{}, "nats://w:" + secret + "@a:4222", true}, // the URL's own credentials
+		{Auth{TLSCA: "/ca.pem"}, "nats://w:" + secret + "@a:4222", true},
+		{withUser, "nats://a:4222,nats://w:" + secret + "@b:4222", false},
+		{Auth{NKeySeed: "/seed"}, "nats://token@a:4222", false},
+	} {
+		err := tc.auth.CheckURL(tc.url)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckURL(%q) with %v = %v, want ok %v", tc.url, tc.auth, err, tc.ok)
+		}
+		if err != nil && (strings.Contains(err.Error(), secret) || !strings.HasPrefix(err.Error(), "NATS_URL: want ")) {
+			t.Errorf("CheckURL error %q shows a secret or names no variable", err)
+		}
+	}
+}
