@@ -265,14 +265,14 @@ func (s *SelectorService) stopStandby() {
 }
 
 // standbyExit maps the error of a start that ended early: a standby
-// stopped by its context, or a leader deposed while it started, is no
-// failure of Run.
-func (s *SelectorService) standbyExit(err error) error {
+// stopped by its context (while it loads or campaigns), or a leader deposed
+// while it started, is no failure of Run.
+func (s *SelectorService) standbyExit(ctx context.Context, err error) error {
 	switch {
 	case s.lead.deposed.Load():
 		s.stopHolding()
 		return ErrDeposed
-	case errors.Is(err, errStandbyStopped):
+	case errors.Is(err, errStandbyStopped), s.leased() && ctx.Err() != nil:
 		return nil
 	}
 	return err

@@ -105,14 +105,15 @@ type Lease struct {
 	log     *slog.Logger
 	subject string
 
-	mu         sync.Mutex
-	rev        uint64    // our last revision of the key; 0 when not held
-	term       uint64    // our term; 0 when not held
-	validUntil time.Time // monotonic; zero when not held
-	seenID     string    // the holder last seen
-	seenTerm   uint64
-	seenRev    uint64    // the key's revision last seen by a standby
-	seenAt     time.Time // when seenRev was first seen (monotonic)
+	mu          sync.Mutex
+	rev         uint64    // our last revision of the key; 0 when not held
+	term        uint64    // our term; 0 when not held
+	validUntil  time.Time // monotonic; zero when not held
+	seenID      string    // the holder last seen
+	seenTerm    uint64
+	seenRev     uint64    // the key's revision last seen by a standby
+	seenAt      time.Time // when seenRev was first seen (monotonic)
+	staleLogged uint64    // the stale revision last logged
 }
 
 // NewLease returns a Lease on kv (the lease bucket) for the selector cfg.ID.
@@ -200,6 +201,10 @@ func (l *Lease) TryAcquire(ctx context.Context) (bool, error) {
 		l.seenRev, l.seenAt = e.Revision(), now
 	}
 	stale := now.Sub(l.seenAt) > l.cfg.TTL+l.cfg.Renew
+	first := stale && l.staleLogged != e.Revision()
+	if first {
+		l.staleLogged = e.Revision()
+	}
 	l.mu.Unlock()
 	if !stale {
 		return false, nil
@@ -207,7 +212,9 @@ func (l *Lease) TryAcquire(ctx context.Context) (bool, error) {
 	// The holder has not renewed for longer than the TTL: it has stopped
 	// acting on its own clock. A revision-checked delete cannot remove a
 	// lease renewed meanwhile.
-	l.log.Warn("leader lease not renewed and not expired; deleting it", "holder", v.ID, "revision", e.Revision())
+	if first {
+		l.log.Warn("leader lease not renewed and not expired; deleting it", "holder", v.ID, "revision", e.Revision())
+	}
 	if err := l.kv.Delete(ctx, LeaseKey, jetstream.LastRevision(e.Revision())); err != nil && !isCASError(err) {
 		return false, fmt.Errorf("bus: delete stale lease: %w", err)
 	}

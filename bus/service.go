@@ -299,7 +299,7 @@ func (s *SelectorService) Run(ctx context.Context) error {
 		s.reqs.wait()
 		stopWriter()
 		<-writerDone
-		return s.standbyExit(err)
+		return s.standbyExit(ctx, err)
 	}
 	s.restartToReady.Store(int64(time.Since(started)))
 	s.tookOver()
