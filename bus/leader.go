@@ -54,6 +54,7 @@ type leadership struct {
 	takenAt    time.Time // when the lease was taken
 	standbyUp  atomic.Bool
 	deposed    atomic.Bool
+	deposedAt  atomic.Int64 // unix ns of the deposition, for tests and logs
 	takeovers  atomic.Uint64
 	takeoverNS atomic.Int64 // lease taken -> ready, of the last takeover
 }
@@ -292,9 +293,11 @@ func (s *SelectorService) tookOver() {
 // service stops acting at once (mayAct is false from now on), tells the
 // engine to stop launching, and ends Run.
 func (s *SelectorService) depose(err error) {
+	now := time.Now()
 	if !s.lead.deposed.CompareAndSwap(false, true) {
 		return
 	}
+	s.lead.deposedAt.Store(now.UnixNano())
 	s.log.Error("leader lease lost: launches, kills and writes stop; standing down", "err", err)
 	s.step(&selector.ShutdownRequested{}, nil)
 	if s.lead.cancelRun != nil {

@@ -105,15 +105,16 @@ type Lease struct {
 	log     *slog.Logger
 	subject string
 
-	mu          sync.Mutex
-	rev         uint64    // our last revision of the key; 0 when not held
-	term        uint64    // our term; 0 when not held
-	validUntil  time.Time // monotonic; zero when not held
-	seenID      string    // the holder last seen
-	seenTerm    uint64
-	seenRev     uint64    // the key's revision last seen by a standby
-	seenAt      time.Time // when seenRev was first seen (monotonic)
-	staleLogged uint64    // the stale revision last logged
+	mu             sync.Mutex
+	rev            uint64    // our last revision of the key; 0 when not held
+	term           uint64    // our term; 0 when not held
+	validUntil     time.Time // monotonic; zero when not held
+	lastValidUntil time.Time // validUntil of the lease last dropped
+	seenID         string    // the holder last seen
+	seenTerm       uint64
+	seenRev        uint64    // the key's revision last seen by a standby
+	seenAt         time.Time // when seenRev was first seen (monotonic)
+	staleLogged    uint64    // the stale revision last logged
 }
 
 // NewLease returns a Lease on kv (the lease bucket) for the selector cfg.ID.
@@ -276,8 +277,19 @@ func (l *Lease) Release(ctx context.Context) error {
 // drop forgets that we hold the lease.
 func (l *Lease) drop() {
 	l.mu.Lock()
+	if l.term != 0 {
+		l.lastValidUntil = l.validUntil
+	}
 	l.rev, l.term, l.validUntil = 0, 0, time.Time{}
 	l.mu.Unlock()
+}
+
+// LastValidUntil is when the lease we last held stopped being ours (its
+// ValidUntil when it was dropped); zero if we never held one.
+func (l *Lease) LastValidUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastValidUntil
 }
 
 // Campaign blocks until the lease is ours or ctx ends. It tries to take it
