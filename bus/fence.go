@@ -141,6 +141,13 @@ func (f *storeFence) lastOf(ctx context.Context, key string) (lastMsg, error) {
 	if err != nil {
 		return lastMsg{}, err
 	}
+	return parseLastMsg(resp.Data)
+}
+
+// parseLastMsg decodes the server's answer to a stream message get: the
+// message's sequence and message id, a zero lastMsg when there is none, or
+// the error it carries.
+func parseLastMsg(data []byte) (lastMsg, error) {
 	var r struct {
 		Message *struct {
 			Seq  uint64 `json:"seq"`
@@ -148,7 +155,7 @@ func (f *storeFence) lastOf(ctx context.Context, key string) (lastMsg, error) {
 		} `json:"message"`
 		Error *jetstream.APIError `json:"error"`
 	}
-	if err := json.Unmarshal(resp.Data, &r); err != nil {
+	if err := json.Unmarshal(data, &r); err != nil {
 		return lastMsg{}, fmt.Errorf("decode stream message: %w", err)
 	}
 	if r.Error != nil {

@@ -71,6 +71,16 @@ type leaseValue struct {
 	Term uint64 `json:"term,omitempty"` // 0 in the Create, set by renewals
 }
 
+// parseLeaseValue decodes the lease key's value; a value that does not
+// decode names no holder.
+func parseLeaseValue(data []byte) leaseValue {
+	var v leaseValue
+	if json.Unmarshal(data, &v) != nil {
+		return leaseValue{}
+	}
+	return v
+}
+
 // LeaseBucketConfig is the lease bucket's configuration.
 func LeaseBucketConfig(replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
@@ -190,8 +200,7 @@ func (l *Lease) TryAcquire(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("bus: read lease: %w", err)
 	}
-	var v leaseValue
-	_ = json.Unmarshal(e.Value(), &v) // a foreign value still names no holder
+	v := parseLeaseValue(e.Value())
 	now := time.Now()
 	l.mu.Lock()
 	l.seenID = v.ID
