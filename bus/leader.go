@@ -269,9 +269,14 @@ func (s *SelectorService) stopStandby() {
 // stopped by its context (while it loads or campaigns), or a leader deposed
 // while it started, is no failure of Run.
 func (s *SelectorService) standbyExit(ctx context.Context, err error) error {
+	if s.leased() {
+		// Whatever the start left running: the targets loop, the warm
+		// watch, the status service, the renewals (the lease is released
+		// unless deposed).
+		s.stopStandby()
+	}
 	switch {
 	case s.lead.deposed.Load():
-		s.stopHolding()
 		return ErrDeposed
 	case errors.Is(err, errStandbyStopped), s.leased() && ctx.Err() != nil:
 		return nil
