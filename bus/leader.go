@@ -51,7 +51,8 @@ type leadership struct {
 	cancelRun  context.CancelFunc // ends Run (set by Run)
 	stopHold   context.CancelFunc
 	holdDone   chan struct{}
-	takenAt    time.Time // when the lease was taken
+	takenAt    time.Time     // when the lease was taken
+	waited     time.Duration // how long the campaign for it took
 	standbyUp  atomic.Bool
 	deposed    atomic.Bool
 	deposedAt  atomic.Int64 // unix ns of the deposition, for tests and logs
@@ -124,12 +125,14 @@ func (s *SelectorService) startLeader(ctx context.Context) (jetstream.ConsumeCon
 	s.lead.standbyUp.Store(true)
 	s.log.Info("selector standing by", "id", s.cfg.Lease.ID, "targets", len(s.warmSpecsCopy()), "tasks", s.lead.warm.size(), "load", time.Since(loadStart))
 
+	campaign := time.Now()
 	if err := s.lead.lease.Campaign(ctx); err != nil {
 		s.stopStandby()
 		return nil, fmt.Errorf("%w: %w", errStandbyStopped, err)
 	}
 	s.lead.standbyUp.Store(false)
 	s.lead.takenAt = time.Now()
+	s.lead.waited = s.lead.takenAt.Sub(campaign)
 	s.lead.takeovers.Add(1)
 	term := s.lead.lease.Term()
 	holdCtx, stopHold := context.WithCancel(context.Background())

@@ -226,7 +226,8 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 func (s *SelectorService) Ready() <-chan struct{} { return s.ready }
 
 // RestartToReady is the time from StartedAt (or the start of Run) until the
-// state was rebuilt and every subscription was up; 0 before that.
+// state was rebuilt and every subscription was up; 0 before that. With a
+// lease, the time spent waiting for it is left out.
 func (s *SelectorService) RestartToReady() time.Duration {
 	return time.Duration(s.restartToReady.Load())
 }
@@ -301,7 +302,8 @@ func (s *SelectorService) Run(ctx context.Context) error {
 		<-writerDone
 		return s.standbyExit(ctx, err)
 	}
-	s.restartToReady.Store(int64(time.Since(started)))
+	// A standby's wait for the lease is no part of its start.
+	s.restartToReady.Store(int64(time.Since(started) - s.lead.waited))
 	s.tookOver()
 	close(s.ready)
 	s.log.Info("selector ready: state rebuilt and listening", "restart_to_ready", s.RestartToReady())
