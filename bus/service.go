@@ -430,14 +430,11 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 // backlog, the subscriptions, the durable consumer and the status service
 // (unless a standby started it already).
 func (s *SelectorService) build(ctx context.Context, specs map[string]schemas.TargetSpec, states []schemas.TaskState, loadStart time.Time) (jetstream.ConsumeContext, error) {
-	loaded := time.Now()
-	eng, err := selector.New(s.cfg.Engine, loaded, selector.Snapshot{Targets: specs, Tasks: states})
-	if err != nil {
-		_ = s.targets.Stop()
-		return nil, fmt.Errorf("bus: build engine: %w", err)
-	}
+	// Read the backlog before the engine exists: its recovery grace, and
+	// the silence it judges, start only once it can hear the workers (a
+	// read held up by a recovering cluster is no silence of theirs).
 	var backlog []*schemas.TaskEvent
-	err = s.retryStart(ctx, "reading the event backlog", func() error {
+	err := s.retryStart(ctx, "reading the event backlog", func() error {
 		var err error
 		backlog, err = s.readBacklog(ctx)
 		return err
@@ -445,6 +442,12 @@ func (s *SelectorService) build(ctx context.Context, specs map[string]schemas.Ta
 	if err != nil {
 		_ = s.targets.Stop()
 		return nil, err
+	}
+	loaded := time.Now()
+	eng, err := selector.New(s.cfg.Engine, loaded, selector.Snapshot{Targets: specs, Tasks: states})
+	if err != nil {
+		_ = s.targets.Stop()
+		return nil, fmt.Errorf("bus: build engine: %w", err)
 	}
 	// The engine is not shared yet: step the backlog without the lock.
 	var startup []batch
