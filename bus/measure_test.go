@@ -43,6 +43,12 @@ type ingestOptions struct {
 	StoreDir string
 	// Log receives the service's logs [discarded].
 	Log *slog.Logger
+	// PubURL and SubURL, when set, are the servers (of a running cluster,
+	// say) the publisher and the subscribers connect to; no server is
+	// started then [an embedded server, for both].
+	PubURL, SubURL string
+	// Replicas of the buckets and the stream [1].
+	Replicas int
 	// BeforePhase, if set, is called before each timed phase ("bare",
 	// "service") and AfterPhase after it; a Go benchmark uses them to
 	// start and stop its timer.
@@ -92,13 +98,20 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 		o.AfterPhase = func(string) {}
 	}
 	res := ingestResult{Messages: o.Messages}
-	srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-ingest-", "ingest")
-	if err != nil {
-		return res, err
+	if o.PubURL == "" {
+		srv, stopServer, err := startMeasureServer(ctx, o.StoreDir, "taskselector-ingest-", "ingest")
+		if err != nil {
+			return res, err
+		}
+		defer stopServer()
+		o.PubURL, o.SubURL = srv.ClientURL(), srv.ClientURL()
 	}
-	defer stopServer()
 	conn := func(name string) (*nats.Conn, error) {
-		return natsconn.Connect(ctx, srv.ClientURL(), name, o.Log, nil, nil)
+		url := o.SubURL
+		if name == "ingest-publisher" {
+			url = o.PubURL
+		}
+		return natsconn.Connect(ctx, url, name, o.Log, nil, nil)
 	}
 	pub, err := conn("ingest-publisher")
 	if err != nil {
@@ -108,7 +121,7 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 
 	subj := protocol.NewSubjects("")
 	const host = "bench-host"
-	hbs, err := seedIngest(ctx, pub, subj, host, o.Tasks)
+	hbs, err := seedIngest(ctx, pub, subj, host, o.Tasks, o.Replicas)
 	if err != nil {
 		return res, err
 	}
@@ -193,7 +206,7 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 		return res, err
 	}
 	defer svcConn.Close()
-	svc, stopSvc, err := runMeasureService(ctx, svcConn, ServiceConfig{}, o.Log, "ingest")
+	svc, stopSvc, err := runMeasureService(ctx, svcConn, ServiceConfig{Store: StoreConfig{Replicas: o.Replicas}}, o.Log, "ingest")
 	if err != nil {
 		return res, err
 	}
@@ -224,12 +237,12 @@ type ingestTask struct {
 
 // seedIngest declares n targets and stores an active task for each, as a
 // previous selector run would have left them, and returns their heartbeats.
-func seedIngest(ctx context.Context, nc *nats.Conn, subj protocol.Subjects, host string, n int) ([]ingestTask, error) {
+func seedIngest(ctx context.Context, nc *nats.Conn, subj protocol.Subjects, host string, n, replicas int) ([]ingestTask, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("bus: ingest: %w", err)
 	}
-	store, err := EnsureStore(ctx, js, subj, StoreConfig{})
+	store, err := EnsureStore(ctx, js, subj, StoreConfig{Replicas: replicas})
 	if err != nil {
 		return nil, err
 	}

@@ -460,6 +460,17 @@ func (s *SelectorService) request(c outCmd) {
 // absence. The reply timeout starts now. A launch is reported as sent
 // (LaunchSent) first, so that its launch timeout starts now too.
 func (s *SelectorService) send(c outCmd) {
+	if (c.kind == selector.CmdLaunch || c.kind == selector.CmdKill) && !s.mayAct() {
+		// Fenced: a selector that does not hold the leader lease neither
+		// launches nor kills.
+		s.logLimit.Log("request-fenced", s.log, slog.LevelWarn, "request not sent: the leader lease is not held", "op", c.kind, "host", c.host, "target", c.target)
+		if c.kind == selector.CmdLaunch {
+			s.step(notSent(&c), nil)
+		} else {
+			s.step(unanswered(&c, false), nil)
+		}
+		return
+	}
 	var subject string
 	switch c.kind {
 	case selector.CmdLaunch:

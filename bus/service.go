@@ -69,6 +69,11 @@ type ServiceConfig struct {
 	StartedAt time.Time
 	// Faults injects faults, for tests only; nil in production.
 	Faults *ServiceFaults
+	// Lease, when its ID is set, makes the service one of several
+	// selectors of which one leads: it stands by, warm, until it holds
+	// the leader lease, and acts only while it does (see leader.go). With
+	// no ID the service acts alone, as the only selector.
+	Lease LeaseConfig
 }
 
 // PendingLimits bound a subscription's buffer of messages not yet handled.
@@ -180,6 +185,8 @@ type SelectorService struct {
 
 	runOnce atomic.Bool
 
+	lead leadership // the leader lease and the standby's warm state (leader.go)
+
 	// wrapTasksKV, if set, wraps the tasks bucket's handle (bus tests).
 	wrapTasksKV func(jetstream.KeyValue) jetstream.KeyValue
 }
@@ -219,7 +226,8 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 func (s *SelectorService) Ready() <-chan struct{} { return s.ready }
 
 // RestartToReady is the time from StartedAt (or the start of Run) until the
-// state was rebuilt and every subscription was up; 0 before that.
+// state was rebuilt and every subscription was up; 0 before that. With a
+// lease, the time spent waiting for it is left out.
 func (s *SelectorService) RestartToReady() time.Duration {
 	return time.Duration(s.restartToReady.Load())
 }
@@ -238,6 +246,9 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	if !s.runOnce.CompareAndSwap(false, true) {
 		return errors.New("bus: SelectorService.Run called twice")
 	}
+	ctx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	s.lead.cancelRun = cancelRun
 	started := s.cfg.StartedAt
 	if started.IsZero() {
 		started = time.Now()
@@ -276,33 +287,34 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	go func() { defer close(writerDone); s.writer.run(writerCtx) }()
 	s.reqs.start(s.cfg.MaxInFlightRequests)
 
-	consume, err := s.start(ctx)
+	var consume jetstream.ConsumeContext
+	var err error
+	if s.leased() {
+		consume, err = s.startLeader(ctx)
+	} else {
+		consume, err = s.start(ctx)
+	}
 	if err != nil {
 		s.reqs.close()
 		s.reqCancel()
 		s.reqs.wait()
 		stopWriter()
 		<-writerDone
-		return err
+		return s.standbyExit(ctx, err)
 	}
-	s.restartToReady.Store(int64(time.Since(started)))
+	// A standby's wait for the lease is no part of its start.
+	s.restartToReady.Store(int64(time.Since(started) - s.lead.waited))
+	s.tookOver()
 	close(s.ready)
 	s.log.Info("selector ready: state rebuilt and listening", "restart_to_ready", s.RestartToReady())
 
 	tickCtx, stopTick := context.WithCancel(ctx)
 	tickDone := make(chan struct{})
 	go func() { defer close(tickDone); s.tickLoop(tickCtx) }()
-	targetsCtx, stopTargets := context.WithCancel(context.Background())
-	targetsDone := make(chan struct{})
-	go func() {
-		defer close(targetsDone)
-		s.targets.Run(targetsCtx, func(ev selector.Event) {
-			if _, ok := ev.(*selector.Malformed); ok {
-				s.malformed[SourceTargets].n.Add(1)
-			}
-			s.step(ev, nil)
-		})
-	}()
+	stopTargets, targetsDone := s.lead.stopTargets, s.lead.targetsDone
+	if stopTargets == nil {
+		stopTargets, targetsDone = s.runTargets(s.step)
+	}
 
 	<-ctx.Done()
 	s.log.Info("selector shutting down")
@@ -349,6 +361,7 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	cancelFlush()
 	stopWriter()
 	<-writerDone
+	s.stopHolding()
 
 	s.stopStatusService()
 	if s.nc.IsConnected() {
@@ -360,7 +373,28 @@ func (s *SelectorService) Run(ctx context.Context) error {
 		s.waitSubsClosed(s.cfg.ShutdownTimeout, s.hbSub, s.hostSub)
 	}
 	s.log.Info("selector stopped")
+	if s.lead.deposed.Load() {
+		return ErrDeposed
+	}
 	return nil
+}
+
+// runTargets runs the targets watcher's loop, handing each change to emit,
+// until the returned stop function is called; done is closed once it has
+// returned.
+func (s *SelectorService) runTargets(emit func(selector.Event, func())) (stop context.CancelFunc, done chan struct{}) {
+	targetsCtx, stopTargets := context.WithCancel(context.Background())
+	targetsDone := make(chan struct{})
+	go func() {
+		defer close(targetsDone)
+		s.targets.Run(targetsCtx, func(ev selector.Event) {
+			if _, ok := ev.(*selector.Malformed); ok {
+				s.malformed[SourceTargets].n.Add(1)
+			}
+			emit(ev, nil)
+		})
+	}()
+	return stopTargets, targetsDone
 }
 
 // start brings the service up in the order that makes any status answer mean
@@ -388,15 +422,19 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	}
 	s.malformed[SourceTargets].n.Add(s.targets.Malformed())
 	s.malformed[SourceTasks].n.Add(s.tasks.Malformed())
+	return s.build(ctx, specs, states, loadStart)
+}
 
-	loaded := time.Now()
-	eng, err := selector.New(s.cfg.Engine, loaded, selector.Snapshot{Targets: specs, Tasks: states})
-	if err != nil {
-		_ = s.targets.Stop()
-		return nil, fmt.Errorf("bus: build engine: %w", err)
-	}
+// build builds the engine on the state loaded (specs and states, loaded
+// since loadStart), then brings the rest of the service up: the event
+// backlog, the subscriptions, the durable consumer and the status service
+// (unless a standby started it already).
+func (s *SelectorService) build(ctx context.Context, specs map[string]schemas.TargetSpec, states []schemas.TaskState, loadStart time.Time) (jetstream.ConsumeContext, error) {
+	// Read the backlog before the engine exists: its recovery grace, and
+	// the silence it judges, start only once it can hear the workers (a
+	// read held up by a recovering cluster is no silence of theirs).
 	var backlog []*schemas.TaskEvent
-	err = s.retryStart(ctx, "reading the event backlog", func() error {
+	err := s.retryStart(ctx, "reading the event backlog", func() error {
 		var err error
 		backlog, err = s.readBacklog(ctx)
 		return err
@@ -404,6 +442,12 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	if err != nil {
 		_ = s.targets.Stop()
 		return nil, err
+	}
+	loaded := time.Now()
+	eng, err := selector.New(s.cfg.Engine, loaded, selector.Snapshot{Targets: specs, Tasks: states})
+	if err != nil {
+		_ = s.targets.Stop()
+		return nil, fmt.Errorf("bus: build engine: %w", err)
 	}
 	// The engine is not shared yet: step the backlog without the lock.
 	var startup []batch
@@ -413,6 +457,11 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	s.backlogEvents.Store(uint64(len(backlog)))
 	s.mu.Lock()
 	s.eng = eng
+	// Target changes held while the engine was built (leader.go).
+	for _, ev := range s.lead.held {
+		startup = append(startup, s.collect(eng.Step(time.Now(), ev)))
+	}
+	s.lead.held, s.lead.building = nil, false
 	if !s.nc.IsConnected() {
 		startup = append(startup, s.collect(eng.Step(time.Now(), &selector.Disconnected{})))
 	}
@@ -468,6 +517,13 @@ func (s *SelectorService) start(ctx context.Context) (jetstream.ConsumeContext, 
 	// Dispatch what the rebuilt state calls for right away (a ps of the
 	// known hosts, for instance) rather than at the first tick.
 	s.step(&s.tickEv, nil)
+	s.mu.Lock()
+	running := s.statusSvc != nil
+	s.mu.Unlock()
+	if running {
+		// A standby answers already.
+		return consume, nil
+	}
 	statusSvc, err := s.startStatusService()
 	if err != nil {
 		consume.Stop()

@@ -26,6 +26,7 @@ func (s *SelectorService) Status() schemas.SelectorStatus {
 		st = schemas.SelectorStatus{V: schemas.Version, Recovering: true, Connected: s.nc.IsConnected(), At: time.Now().UTC()}
 	}
 	subs := [...]*nats.Subscription{s.hbSub, s.hostSub}
+	s.leaderStatus(&st, s.eng != nil)
 	s.mu.Unlock()
 	s.mergeCounters(&st, subs[:])
 	return st

@@ -31,6 +31,7 @@ type TaskStore struct {
 	kv       jetstream.KeyValue
 	log      *slog.Logger
 	recreate func(context.Context) error // nil: a lost bucket is not recreated
+	fence    *storeFence                 // nil: per-key compare-and-swap only (see Fence)
 
 	mu   sync.Mutex
 	revs map[string]uint64 // KV key -> last revision seen
@@ -112,6 +113,9 @@ func (s *TaskStore) Replay(ctx context.Context) ([]schemas.TaskState, error) {
 	for i := range entries {
 		r := &entries[i]
 		key := r.e.Key()
+		if isTermMarker(key) {
+			continue
+		}
 		if r.v.target == "" {
 			s.malformed.Add(1)
 			s.log.Warn("tasks bucket: key is not an encoded target name; ignored", "key", key, "err", r.err)
@@ -148,6 +152,12 @@ func (s *TaskStore) Replay(ctx context.Context) ([]schemas.TaskState, error) {
 // data must not be modified afterwards: the store keeps it.
 func (s *TaskStore) Put(ctx context.Context, target string, data []byte) error {
 	key := protocol.EncodeName(target)
+	if s.fence != nil {
+		if err := s.writeFenced(ctx, key, data); err != nil {
+			return fmt.Errorf("bus: persist %q: %w", target, err)
+		}
+		return nil
+	}
 	for retried := false; ; retried = true {
 		if err := s.storeLost(ctx, key); err != nil {
 			return fmt.Errorf("bus: persist %q: %w", target, err)
@@ -200,6 +210,12 @@ func (s *TaskStore) Delete(ctx context.Context, target string) error {
 			return nil
 		}
 		s.mu.Unlock()
+		if s.fence != nil {
+			if err := s.writeFenced(ctx, key, nil); err != nil {
+				return fmt.Errorf("bus: delete %q: %w", target, err)
+			}
+			return nil
+		}
 		err := s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
 		if err == nil {
 			s.mu.Lock()
@@ -325,6 +341,11 @@ var ErrUnsettled = errors.New("bus: earlier write not settled yet")
 //
 // A failed read returns its error; that too is no evidence of a conflict.
 func (s *TaskStore) Reconcile(ctx context.Context, target string, data []byte) (bool, error) {
+	if s.fence != nil {
+		// A fenced write settles its own earlier attempts before it
+		// reports a conflict: the conflict is real.
+		return false, nil
+	}
 	key := protocol.EncodeName(target)
 	s.mu.Lock()
 	seen, known := s.revs[key]

@@ -140,6 +140,12 @@ func (w *storeWriter) write(ctx context.Context, c outCmd) error {
 	s := w.s
 	ambiguous := false
 	for attempt := 1; ; attempt++ {
+		if !s.mayAct() {
+			// Fenced: the lease is not ours (any more). Nothing is
+			// written, and no ack leaves.
+			s.logLimit.Log("store-fenced", s.log, slog.LevelWarn, "store write not sent: the leader lease is not held", "target", c.target, "op", c.kind)
+			return ErrNotLeader
+		}
 		err := s.cfg.Faults.beforeWrite(ctx, c.target)
 		wrote := false
 		if err == nil {
@@ -185,6 +191,10 @@ func (w *storeWriter) write(ctx context.Context, c outCmd) error {
 		}
 	}
 }
+
+// ErrNotLeader is returned for a store write that was not sent because the
+// service does not hold the leader lease.
+var ErrNotLeader = errors.New("bus: not the leader")
 
 // writeRetry spaces the store writer's retries: 20ms doubling to 2s, without
 // jitter (one writer, nothing to spread out).

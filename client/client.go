@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,16 +88,59 @@ func (c *Client) DeleteTarget(ctx context.Context, name string) error {
 	return nil
 }
 
-// Status asks the selector for its status snapshot. It fails with an error
-// wrapping nats.ErrNoResponders while no selector is listening.
+// LeaderWait is how long Status waits for the leader's answer once a
+// standby has answered first.
+const LeaderWait = 250 * time.Millisecond
+
+// Status asks the selectors for their status snapshot and returns the
+// leader's. Every selector answers (a leader and its standbys); a selector
+// without a lease (no role) counts as a leader. When only standbys answer
+// within LeaderWait of the first answer (a failover is under way), it
+// returns a standby's answer, whose Role says so and whose Leader names the
+// holder it last saw. It fails with an error wrapping nats.ErrNoResponders
+// while no selector is listening.
 func (c *Client) Status(ctx context.Context) (schemas.SelectorStatus, error) {
 	var st schemas.SelectorStatus
-	msg, err := c.nc.RequestWithContext(ctx, c.subj.Status(), nil)
+	inbox := c.nc.NewRespInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
 		return st, fmt.Errorf("client: status request: %w", err)
 	}
-	if err := json.Unmarshal(msg.Data, &st); err != nil {
-		return st, fmt.Errorf("client: decode status: %w", err)
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.PublishRequest(c.subj.Status(), inbox, nil); err != nil {
+		return st, fmt.Errorf("client: status request: %w", err)
 	}
-	return st, nil
+	var standby *schemas.SelectorStatus
+	waitCtx := ctx
+	for {
+		msg, err := sub.NextMsgWithContext(waitCtx)
+		if err != nil {
+			if standby != nil && ctx.Err() == nil {
+				return *standby, nil // the wait for a leader is over
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", nats.ErrTimeout, err)
+			}
+			return st, fmt.Errorf("client: status request: %w", err)
+		}
+		if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
+			if standby != nil {
+				continue
+			}
+			return st, fmt.Errorf("client: status request: %w", nats.ErrNoResponders)
+		}
+		var got schemas.SelectorStatus
+		if err := json.Unmarshal(msg.Data, &got); err != nil {
+			return st, fmt.Errorf("client: decode status: %w", err)
+		}
+		if got.Role != schemas.RoleStandby {
+			return got, nil
+		}
+		if standby == nil {
+			standby = &got
+			var cancel context.CancelFunc
+			waitCtx, cancel = context.WithTimeout(ctx, LeaderWait)
+			defer cancel()
+		}
+	}
 }

@@ -177,3 +177,47 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("Status of a garbled reply: err = %v", err)
 	}
 }
+
+// TestStatusPrefersTheLeader: with a standby that answers at once and a
+// leader that answers later, Status returns the leader's answer; with only
+// a standby, it returns the standby's once LeaderWait has passed.
+func TestStatusPrefersTheLeader(t *testing.T) {
+	s := natstest.Server(t)
+	nc := natstest.Conn(t, s.ClientURL())
+	c, err := client.New(nc, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := protocol.NewSubjects("").Status()
+	answer := func(role string, delay time.Duration) *nats.Subscription {
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+			time.Sleep(delay)
+			data, _ := json.Marshal(schemas.SelectorStatus{V: schemas.Version, Role: role, Leader: "lead", Term: 3})
+			_ = m.Respond(data)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	standby := answer(schemas.RoleStandby, 0)
+	leader := answer(schemas.RoleLeader, 50*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil || st.Role != schemas.RoleLeader {
+		t.Fatalf("Status with a leader and a standby: %+v, %v; want the leader's", st.Role, err)
+	}
+	if err := leader.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	st, err = c.Status(ctx)
+	if err != nil || st.Role != schemas.RoleStandby || st.Leader != "lead" {
+		t.Fatalf("Status with a standby only: %+v, %v", st, err)
+	}
+	if d := time.Since(start); d < client.LeaderWait {
+		t.Fatalf("standby's answer returned after %v, before LeaderWait", d)
+	}
+	_ = standby.Unsubscribe()
+}

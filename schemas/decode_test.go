@@ -449,6 +449,13 @@ func TestSelectorStatusStrictness(t *testing.T) {
 		{"fences absent", with(t, base, "counters.fences", del), "", ""},
 		{"input_gaps negative", with(t, base, "counters.input_gaps", -1), "counters.input_gaps", "negative"},
 		{"reserved over MaxMiB", with(t, base, "hosts[0].reserved_mib", raw("9223372036854775806")), "hosts[0].reserved_mib", "greater than"},
+		{"role leader", with(t, base, "role", "leader"), "", ""},
+		{"role standby", with(t, base, "role", "standby"), "", ""},
+		{"role absent", with(t, base, "role", del), "", ""},
+		{"role unknown", with(t, base, "role", "follower"), "role", `unknown value "follower"`},
+		{"term negative", with(t, base, "term", -1), "term", "negative"},
+		{"leader not a string", with(t, base, "leader", 3), "leader", "not a string"},
+		{"leader invalid UTF-8", []byte(strings.Replace(string(with(t, base, "leader", "ab")), `"ab"`, "\"a\xffb\"", 1)), "leader", "invalid UTF-8"},
 	})
 }
 

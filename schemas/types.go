@@ -415,4 +415,19 @@ type SelectorStatus struct {
 	Hosts           []HostStatusLine `json:"hosts"`
 	Counters        Counters         `json:"counters"`
 	At              time.Time        `json:"at"`
+	// Role is RoleLeader or RoleStandby with a leader lease, and empty
+	// without one (a lone selector).
+	Role string `json:"role,omitempty"`
+	// Term is the lease's term (the lease key's revision when it was
+	// taken) this selector last saw held; 0 when none.
+	Term uint64 `json:"term,omitempty"`
+	// Leader is the id of the lease holder this selector last saw; empty
+	// when none.
+	Leader string `json:"leader,omitempty"`
 }
+
+// Roles shown in SelectorStatus.Role.
+const (
+	RoleLeader  = "leader"
+	RoleStandby = "standby"
+)

@@ -33,6 +33,7 @@ var (
 	eventKinds   = []string{EventDone, EventFailed}
 	profiles     = []string{ProfileDeclared, ProfileHacking}
 	taskStates   = []string{TaskLaunching, TaskActive, TaskSuspect}
+	roles        = []string{RoleLeader, RoleStandby}
 	targetStates = []string{TargetPending, TargetLaunching, TargetActive, TargetSuspect, TargetBlocked, TargetComplete}
 )
 
@@ -533,6 +534,10 @@ func (m SelectorStatus) Validate() error {
 		c.enum("disruption", m.Disruption, disruptions)
 	}
 	c.text("launches_stopped", m.LaunchesStopped)
+	if m.Role != "" {
+		c.enum("role", m.Role, roles)
+	}
+	c.text("leader", m.Leader)
 	c.nonNeg("backoff.level", int64(m.Backoff.Level))
 	c.time("backoff.next_launch_at", m.Backoff.NextLaunchAt)
 	c.nonNeg("pending_launches", int64(m.PendingLaunches))

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/taskselector/taskselector/internal/envcfg"
 	"github.com/taskselector/taskselector/internal/natsconn"
@@ -42,6 +47,10 @@ type config struct {
 	HostPending    int           `envconfig:"SELECTOR_HOST_STATUS_PENDING_MSGS" default:"0" form:"a whole number of messages, 0 or more (0: the NATS default, 524288)"`
 	LogLevel       string        `envconfig:"SELECTOR_LOG_LEVEL" default:"info" form:"one of debug, info, warn, error"`
 	SimSpeed       float64       `envconfig:"SIM_SPEED" default:"0" form:"a number of game seconds per real second, above 0 (0: the demo's default)"`
+	ID             string        `envconfig:"SELECTOR_ID" form:"1 to 128 printable characters naming this selector (empty: the host name, a dash and 8 random hex digits)"`
+	LeaseTTL       time.Duration `envconfig:"SELECTOR_LEASE_TTL" default:"5s" form:"a duration of at least 1s, above SELECTOR_LEASE_RENEW"`
+	LeaseRenew     time.Duration `envconfig:"SELECTOR_LEASE_RENEW" default:"1s" form:"a positive duration below SELECTOR_LEASE_TTL, such as 1s"`
+	Replicas       int           `envconfig:"SELECTOR_REPLICAS" default:"1" form:"a whole number from 1 to 5 (3 on a 3-node cluster)"`
 }
 
 // loadConfig reads and checks the configuration.
@@ -76,9 +85,46 @@ func (c *config) check() error {
 		envcfg.Check(c, "SimSpeed", c.SimSpeed >= 0 && c.SimSpeed < 1e9),
 		envcfg.Check(c, "DataDir", c.NATSURL != "" || c.DataDir != ""),
 		envcfg.Check(c, "HTTPListen", c.HTTPListen == "" || validHostPort(c.HTTPListen)),
+		envcfg.Check(c, "ID", validID(c.ID)),
+		envcfg.Check(c, "LeaseTTL", c.LeaseTTL >= time.Second && c.LeaseTTL > c.LeaseRenew),
+		envcfg.Check(c, "LeaseRenew", c.LeaseRenew > 0 && c.LeaseRenew < c.LeaseTTL),
+		envcfg.Check(c, "Replicas", c.Replicas >= 1 && c.Replicas <= 5),
 		c.Auth.Check(),
 		c.checkAuthNeedsURL(),
 	)
+}
+
+// validID reports whether id is empty (a generated one) or 1 to 128
+// printable UTF-8 characters.
+func validID(id string) bool {
+	if id == "" {
+		return true
+	}
+	if !utf8.ValidString(id) || utf8.RuneCountInString(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// selectorID is SELECTOR_ID, or the host name, a dash and 8 random hex
+// digits: unique per process start, so that a restarted selector never
+// mistakes the lease of its previous run for its own.
+func (c *config) selectorID() string {
+	if c.ID != "" {
+		return c.ID
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "selector"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
 }
 
 // checkAuthNeedsURL refuses credentials without NATS_URL (the embedded

@@ -38,6 +38,13 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 		{"SELECTOR_HTTP_LISTEN", "127.0.0.1:http", "SELECTOR_HTTP_LISTEN: want host:port"},
 		{"SELECTOR_HTTP_LISTEN", "127.0.0.1:70000", "SELECTOR_HTTP_LISTEN: want host:port"},
 		{"SELECTOR_UNHEALTHY_HOST_FRACTION", "1", "SELECTOR_UNHEALTHY_HOST_FRACTION: want a fraction above 0 and below 1"},
+		{"SELECTOR_LEASE_TTL", "500ms", "SELECTOR_LEASE_TTL: want a duration of at least 1s, above SELECTOR_LEASE_RENEW"},
+		{"SELECTOR_LEASE_TTL", "1s", "SELECTOR_LEASE_TTL: want a duration of at least 1s, above SELECTOR_LEASE_RENEW"},
+		{"SELECTOR_LEASE_RENEW", "5s", "SELECTOR_LEASE_RENEW: want a positive duration below SELECTOR_LEASE_TTL"},
+		{"SELECTOR_LEASE_RENEW", "0s", "SELECTOR_LEASE_RENEW: want a positive duration below SELECTOR_LEASE_TTL"},
+		{"SELECTOR_REPLICAS", "0", "SELECTOR_REPLICAS: want a whole number from 1 to 5"},
+		{"SELECTOR_REPLICAS", "three", "SELECTOR_REPLICAS: want a whole number from 1 to 5"},
+		{"SELECTOR_ID", "a\tb", "SELECTOR_ID: want 1 to 128 printable characters"},
 		{"SELECTOR_UNHEALTHY_HOST_FRACTION", "most", "SELECTOR_UNHEALTHY_HOST_FRACTION: want a fraction"},
 		{"SELECTOR_HEARTBEAT_PENDING_MSGS", "-1", "SELECTOR_HEARTBEAT_PENDING_MSGS: want a whole number of messages, 0 or more"},
 		{"SELECTOR_HOST_STATUS_PENDING_MSGS", "many", "SELECTOR_HOST_STATUS_PENDING_MSGS: want a whole number of messages"},
@@ -74,5 +81,23 @@ func TestSplitListen(t *testing.T) {
 	}
 	if _, _, err := splitListen("nohostport"); err == nil || !strings.Contains(err.Error(), "SELECTOR_LISTEN") {
 		t.Fatalf("splitListen(bad) = %v", err)
+	}
+}
+
+func TestSelectorIDDefault(t *testing.T) {
+	c, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := c.selectorID(), c.selectorID()
+	if a == b || !strings.Contains(a, "-") || !validID(a) {
+		t.Fatalf("generated ids %q and %q: want distinct, valid, host-suffix", a, b)
+	}
+	t.Setenv("SELECTOR_ID", "sel-1")
+	if c, err = loadConfig(); err != nil || c.selectorID() != "sel-1" {
+		t.Fatalf("SELECTOR_ID not used: %v %q", err, c.selectorID())
+	}
+	if c.LeaseTTL != 5*time.Second || c.LeaseRenew != time.Second || c.Replicas != 1 {
+		t.Fatalf("lease defaults: %+v", c)
 	}
 }

@@ -2,7 +2,9 @@
 // and where, on a fleet of RAM-scarce worker hosts, over NATS.
 //
 // With no NATS_URL it starts an embedded NATS server with JetStream, storing
-// in SELECTOR_DATA_DIR. With SELECTOR_HTTP_LISTEN set, it serves /metrics,
+// in SELECTOR_DATA_DIR. Any number of selectors may share one NATS system:
+// one leads (it holds the leader lease) and the others stand by, warm (see
+// package bus). With SELECTOR_HTTP_LISTEN set, it serves /metrics,
 // /healthz and /readyz there. With --demo it runs the whole system on one machine:
 // the embedded server, the selector and three simulated workers, with a
 // status view redrawn every second.
@@ -131,16 +133,22 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(url), err)
 	}
 	defer nc.Close()
-	svc := bus.NewSelectorService(nc, bus.ServiceConfig{
+	id := cfg.selectorID()
+	log = log.With("selector_id", id)
+	scfg := bus.ServiceConfig{
 		Prefix:            cfg.SubjectPrefix,
 		Engine:            cfg.engine(),
 		Tick:              cfg.Tick,
 		StartedAt:         started,
 		HeartbeatPending:  bus.PendingLimits{Msgs: cfg.HBPending},
 		HostStatusPending: bus.PendingLimits{Msgs: cfg.HostPending},
-	}, log)
+		Store:             bus.StoreConfig{Replicas: cfg.Replicas},
+		Lease:             bus.LeaseConfig{ID: id, TTL: cfg.LeaseTTL, Renew: cfg.LeaseRenew},
+	}
+	var cur current
+	cur.set(bus.NewSelectorService(nc, scfg, log))
 	if opsLn != nil {
-		h := ops.Handler(svc, ops.NewRegistry(svc, natsconn.StatsOf(nc)))
+		h := ops.Handler(&cur, ops.NewRegistry(&cur, natsconn.StatsOf(nc)))
 		opsCtx, stopOps := context.WithCancel(ctx)
 		served := make(chan struct{})
 		go func() {
@@ -152,7 +160,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}()
 		defer func() { stopOps(); <-served }()
 	}
-	return svc.Run(ctx)
+	for {
+		err := cur.svc.Load().Run(ctx)
+		if !errors.Is(err, bus.ErrDeposed) || ctx.Err() != nil {
+			return err
+		}
+		// Deposed: it stopped acting at once. Stand by again, warm.
+		log.Warn("deposed as leader; standing by again")
+		scfg.StartedAt = time.Now()
+		cur.set(bus.NewSelectorService(nc, scfg, log))
+	}
 }
 
 // splitListen parses SELECTOR_LISTEN.

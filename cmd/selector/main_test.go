@@ -122,3 +122,81 @@ func TestRunHTTPListenInUse(t *testing.T) {
 		t.Fatal("run waited for NATS before failing")
 	}
 }
+
+// TestRunTwoSelectors: two selectors on one NATS server, as run starts them:
+// the first leads (/readyz 200), the second stands by (/readyz 503,
+// /readyz?role=any 200, taskselector_leader 0). A graceful stop of the
+// leader releases the lease and the standby leads at once.
+func TestRunTwoSelectors(t *testing.T) {
+	s := natstest.Server(t)
+	type proc struct {
+		base   string
+		cancel context.CancelFunc
+		done   chan error
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	fetch := func(url string) (int, string) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitCode := func(url string, want int) string {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			code, body := fetch(url)
+			if code == want {
+				return body
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s = %d %q, want %d", url, code, body, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	start := func(id string) *proc {
+		cfg := testConfig(t, s.ClientURL())
+		cfg.HTTPListen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
+		cfg.ID = id
+		cfg.LeaseTTL, cfg.LeaseRenew = 2*time.Second, 200*time.Millisecond
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &proc{base: "http://" + cfg.HTTPListen, cancel: cancel, done: make(chan error, 1)}
+		go func() { p.done <- run(ctx, cfg, natstest.Log("SELECTOR_TEST_LOG")) }()
+		t.Cleanup(func() {
+			cancel()
+			select {
+			case <-p.done:
+			case <-time.After(20 * time.Second):
+				t.Errorf("%s: run did not return after cancel", id)
+			}
+		})
+		return p
+	}
+	a := start("sel-a")
+	waitCode(a.base+"/readyz", http.StatusOK)
+	b := start("sel-b")
+	waitCode(b.base+"/readyz?role=any", http.StatusOK)
+	if code, body := fetch(b.base + "/readyz"); code != http.StatusServiceUnavailable || body != "not ready: standby\n" {
+		t.Fatalf("standby /readyz = %d %q", code, body)
+	}
+	if _, body := fetch(b.base + "/metrics"); !strings.Contains(body, "\ntaskselector_leader 0\n") {
+		t.Fatalf("standby metrics lack taskselector_leader 0:\n%s", body)
+	}
+	if _, body := fetch(a.base + "/metrics"); !strings.Contains(body, "\ntaskselector_leader 1\n") ||
+		!strings.Contains(body, "\ntaskselector_leader_takeovers_total 1\n") {
+		t.Fatalf("leader metrics lack taskselector_leader 1 and one takeover")
+	}
+
+	stopped := time.Now()
+	a.cancel()
+	if err := <-a.done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("sel-a run: %v", err)
+	}
+	a.done <- nil
+	waitCode(b.base+"/readyz", http.StatusOK)
+	t.Logf("standby ready %v after the leader's graceful stop", time.Since(stopped).Round(time.Millisecond))
+}

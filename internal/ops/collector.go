@@ -42,6 +42,15 @@ type EdgeSource interface {
 
 var _ EdgeSource = (*bus.SelectorService)(nil)
 
+// LeaderSource is a Source that runs with a leader lease and counts its
+// takeovers; the collector then exports taskselector_leader_takeovers_total.
+type LeaderSource interface {
+	Source
+	Takeovers() uint64 // times this process took the leader lease
+}
+
+var _ LeaderSource = (*bus.SelectorService)(nil)
+
 // Metric name prefix.
 const namespace = "taskselector"
 
@@ -79,6 +88,7 @@ type Collector struct {
 	counters                                []counterDef
 	natsSlow, natsAsync, natsDisc, natsReco *prometheus.Desc
 	edge                                    []edgeDef
+	leader, term, takeovers                 *prometheus.Desc
 }
 
 // edgeDef is one counter of an EdgeSource.
@@ -114,6 +124,9 @@ func NewCollector(src Source, conn *natsconn.Stats) *Collector {
 		natsAsync:       newDesc("nats_async_errors_total", "Asynchronous errors on the NATS connection."),
 		natsDisc:        newDesc("nats_disconnects_total", "NATS connection losses."),
 		natsReco:        newDesc("nats_reconnects_total", "NATS connection recoveries."),
+		leader:          newDesc("leader", "With a leader lease: 1 while this selector leads, 0 while it stands by (absent without a lease)."),
+		term:            newDesc("leader_term", "With a leader lease: the term of the lease as this selector last saw it held (0: none)."),
+		takeovers:       newDesc("leader_takeovers_total", "Times this process took the leader lease (a failover, or its first start)."),
 	}
 	for _, d := range []struct {
 		name, help string
@@ -168,6 +181,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, d := range c.edge {
 		ch <- d.desc
+	}
+	ch <- c.leader
+	ch <- c.term
+	if _, ok := c.src.(LeaderSource); ok {
+		ch <- c.takeovers
 	}
 	if c.conn != nil {
 		ch <- c.natsSlow
@@ -253,6 +271,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, d := range c.edge {
 			counter(d.desc, d.get(es))
 		}
+	}
+	if st.Role != "" {
+		gauge(c.leader, boolValue(st.Role == schemas.RoleLeader))
+		gauge(c.term, float64(st.Term))
+	}
+	if ls, ok := c.src.(LeaderSource); ok && st.Role != "" {
+		counter(c.takeovers, ls.Takeovers())
 	}
 	if c.conn != nil {
 		counter(c.natsSlow, c.conn.SlowConsumers.Load())

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/taskselector/taskselector/schemas"
 )
 
 // Timeouts of the HTTP server.
@@ -31,16 +33,23 @@ const (
 //   - /healthz: 200 "ok" while the process runs;
 //   - /readyz: 200 "ready" when src's status says ready, else 503 with the
 //     reason launches are stopped (or the degraded reason, or "starting").
+//     A standby (role standby) is never ready there: only the leader is.
+//     /readyz?role=any is also 200 ("standby") for a standby that watches
+//     the buckets and can take over, for health checks of every selector.
 func Handler(src Source, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		st := src.Status()
 		if st.Ready {
 			writeText(w, http.StatusOK, "ready")
+			return
+		}
+		if r.URL.Query().Get("role") == "any" && st.Role == schemas.RoleStandby && !st.Recovering {
+			writeText(w, http.StatusOK, "standby")
 			return
 		}
 		reason := st.LaunchesStopped

@@ -224,3 +224,52 @@ taskselector_restart_to_ready_seconds %g
 		t.Fatal(err)
 	}
 }
+
+// TestReadyzRoles: only the leader is ready on /readyz; a warm standby is
+// ready on /readyz?role=any, a standby still loading is not, and the leader
+// and role gauges follow the status.
+func TestReadyzRoles(t *testing.T) {
+	src := &fakeSource{st: schemas.SelectorStatus{V: schemas.Version, Connected: true, Role: schemas.RoleStandby, Recovering: true, LaunchesStopped: "standby", Leader: "sel-a", Term: 7}}
+	srv := httptest.NewServer(Handler(src, NewRegistry(src, nil)))
+	t.Cleanup(srv.Close)
+
+	if code, _ := get(t, srv.URL+"/readyz?role=any"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz?role=any of a loading standby = %d, want 503", code)
+	}
+	st := src.Status()
+	st.Recovering = false
+	src.set(st)
+	if code, body := get(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || body != "not ready: standby\n" {
+		t.Fatalf("/readyz of a standby = %d %q", code, body)
+	}
+	if code, body := get(t, srv.URL+"/readyz?role=any"); code != http.StatusOK || body != "standby\n" {
+		t.Fatalf("/readyz?role=any of a warm standby = %d %q", code, body)
+	}
+	const standby = `
+# HELP taskselector_leader With a leader lease: 1 while this selector leads, 0 while it stands by (absent without a lease).
+# TYPE taskselector_leader gauge
+taskselector_leader 0
+# HELP taskselector_leader_term With a leader lease: the term of the lease as this selector last saw it held (0: none).
+# TYPE taskselector_leader_term gauge
+taskselector_leader_term 7
+`
+	if err := testutil.ScrapeAndCompare(srv.URL+"/metrics", strings.NewReader(standby), "taskselector_leader", "taskselector_leader_term"); err != nil {
+		t.Fatal(err)
+	}
+
+	lead := sampleStatus()
+	lead.Role, lead.Leader, lead.Term = schemas.RoleLeader, "sel-b", 9
+	src.set(lead)
+	for _, u := range []string{"/readyz", "/readyz?role=any"} {
+		if code, body := get(t, srv.URL+u); code != http.StatusOK || body != "ready\n" {
+			t.Fatalf("%s of the leader = %d %q", u, code, body)
+		}
+	}
+	if err := testutil.ScrapeAndCompare(srv.URL+"/metrics", strings.NewReader(`
+# HELP taskselector_leader With a leader lease: 1 while this selector leads, 0 while it stands by (absent without a lease).
+# TYPE taskselector_leader gauge
+taskselector_leader 1
+`), "taskselector_leader"); err != nil {
+		t.Fatal(err)
+	}
+}
