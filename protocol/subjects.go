@@ -59,6 +59,13 @@ func (s Subjects) Event(target string) string { return s.Prefix + ".event." + En
 // Events matches every task event.
 func (s Subjects) Events() string { return s.Prefix + ".event.>" }
 
+// Alloc is the request subject of tasks' helper RAM requests to the
+// selector, the fleet's memory manager.
+func (s Subjects) Alloc() string { return s.Prefix + ".alloc" }
+
+// Helper is the request subject of host's fleet helper starts and stops.
+func (s Subjects) Helper(host string) string { return s.Prefix + ".helper." + EncodeName(host) }
+
 // Status is the request subject of the selector's status snapshot.
 func (s Subjects) Status() string { return s.Prefix + ".selector.status" }
 
