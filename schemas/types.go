@@ -463,10 +463,15 @@ type HelperGrant struct {
 // between the request's MinMiB and MiB), or an error: insufficient_ram (the
 // fleet has no room for the helpers: the task could not allocate RAM for
 // them), unknown_task, or over_budget.
+//
+// Held lists every grant the task holds after the call, new ones included,
+// so that a request for 0 MiB tells a task which of its helpers still stand
+// (a helper on a host that was lost is gone from it).
 type AllocReply struct {
 	V      int           `json:"v"`
 	TaskID string        `json:"task_id"`
 	Grants []HelperGrant `json:"grants,omitempty"`
+	Held   []HelperGrant `json:"held,omitempty"`
 	Error  *ReplyError   `json:"error,omitempty"`
 }
 
