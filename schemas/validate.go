@@ -250,6 +250,7 @@ func (m *Heartbeat) validate() error {
 	c.positiveU("seq", m.Seq)
 	c.mib("ram.budget_mib", m.RAM.BudgetMiB)
 	c.mib("ram.used_mib", m.RAM.UsedMiB)
+	c.mib("ram.fleet_helpers_mib", m.RAM.FleetHelpersMiB)
 	if m.Progress != nil {
 		c.finite("progress", *m.Progress)
 		c.atMost("progress", *m.Progress, 1)
@@ -428,6 +429,7 @@ func (m HostStatus) Validate() error {
 		c.fail("memory", "longer than 64 bytes")
 	}
 	c.text("memory", m.Memory)
+	c.helperStatuses(m.Helpers)
 	c.time("sent_at", m.SentAt)
 	return c.result()
 }
