@@ -1,0 +1,143 @@
+package bus
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/taskselector/taskselector/client"
+	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
+	"github.com/taskselector/taskselector/schemas"
+)
+
+// allocRequest sends data on tasks.alloc and returns the decoded reply and
+// its Nats-Service-Error-Code header.
+func allocRequest(t *testing.T, nc *nats.Conn, data []byte, timeout time.Duration) (schemas.AllocReply, string) {
+	t.Helper()
+	msg, err := nc.Request(protocol.NewSubjects("").Alloc(), data, timeout)
+	if err != nil {
+		t.Fatalf("alloc request: %v", err)
+	}
+	rep, err := schemas.DecodeAllocReply(msg.Data)
+	if err != nil {
+		t.Fatalf("alloc reply %s: %v", msg.Data, err)
+	}
+	return rep, msg.Header.Get(micro.ErrorCodeHeader)
+}
+
+// TestServiceAllocMalformed: malformed alloc requests are answered with
+// invalid (header 400), counted by source in status, and the service goes
+// on answering.
+func TestServiceAllocMalformed(t *testing.T) {
+	s := natstest.Server(t)
+	nc := connect(t, s.ClientURL())
+	c, err := client.New(nc, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	startService(t, connect(t, s.ClientURL()), ServiceConfig{})
+	bad := [][]byte{nil, []byte("{"), []byte(`{"v":2}`), []byte("\xff"),
+		[]byte(`{"v":1,"task_id":"t-1","epoch":1,"target":"t","host":"h","mib":1,"min_mib":2}`), make([]byte, 70<<10)}
+	for _, b := range bad {
+		rep, code := allocRequest(t, nc, b, 5*time.Second)
+		if rep.Error == nil || rep.Error.Code != schemas.CodeInvalid || code != "400" || len(rep.Grants) > 0 {
+			t.Errorf("%.40q: reply %+v, header code %q", b, rep, code)
+		}
+	}
+	rep, _ := allocRequest(t, nc, bad[4], 5*time.Second)
+	if rep.TaskID != "t-1" {
+		t.Errorf("the error reply names task %q, want t-1 (from the request)", rep.TaskID)
+	}
+	want := uint64(len(bad) + 1)
+	waitFor(t, 5*time.Second, "malformed alloc requests counted", func() bool {
+		return statusOf(t, c).Counters.MalformedMessages[SourceAllocRequest] == want
+	})
+}
+
+// fakeRequest is a micro.Request that records its answer.
+type fakeRequest struct {
+	mu   sync.Mutex
+	data []byte
+	code string
+	n    int
+}
+
+func (f *fakeRequest) Respond(b []byte, _ ...micro.RespondOpt) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.data, f.n = b, f.n+1
+	return nil
+}
+func (f *fakeRequest) RespondJSON(any, ...micro.RespondOpt) error { panic("not used") }
+func (f *fakeRequest) Error(code, _ string, b []byte, _ ...micro.RespondOpt) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.data, f.code, f.n = b, code, f.n+1
+	return nil
+}
+func (f *fakeRequest) Data() []byte           { return nil }
+func (f *fakeRequest) Headers() micro.Headers { return nil }
+func (f *fakeRequest) Subject() string        { return "tasks.alloc" }
+func (f *fakeRequest) Reply() string          { return "_INBOX.x" }
+
+func (f *fakeRequest) answer() (schemas.AllocReply, string, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		return schemas.AllocReply{}, "", 0
+	}
+	rep, err := schemas.DecodeAllocReply(f.data)
+	if err != nil {
+		panic(err)
+	}
+	return rep, f.code, f.n
+}
+
+// TestAllocTableDeadline: a request the engine does not answer is answered
+// unavailable at its deadline, exactly once; the engine's late answer is
+// dropped; shutdown answers what still waits.
+func TestAllocTableDeadline(t *testing.T) {
+	s := NewSelectorService(nil, ServiceConfig{AllocTimeout: 20 * time.Millisecond}, testLog())
+	late := &fakeRequest{}
+	id, ok := s.allocs.add(late, "t-1", s.cfg.AllocTimeout, s.expireAlloc)
+	if !ok {
+		t.Fatal("add refused")
+	}
+	waitFor(t, 5*time.Second, "the deadline's answer", func() bool { _, _, n := late.answer(); return n > 0 })
+	s.answerAlloc(outCmd{allocID: id, data: mustMarshal(t, &schemas.AllocReply{TaskID: "t-1"})})
+	rep, code, n := late.answer()
+	if n != 1 || code != "503" || rep.Error == nil || rep.Error.Code != schemas.CodeUnavailable || !strings.Contains(rep.Error.Message, "20ms") {
+		t.Errorf("answers %d, code %q, reply %+v", n, code, rep)
+	}
+	if s.AllocsTimedOut() != 1 {
+		t.Errorf("timeouts %d", s.AllocsTimedOut())
+	}
+
+	// An answer in time is sent as the engine wrote it, once.
+	onTime := &fakeRequest{}
+	id, _ = s.allocs.add(onTime, "t-2", time.Hour, s.expireAlloc)
+	g := []schemas.HelperGrant{{HelperID: "t-2.h1", Host: "h", MiB: 5}}
+	s.answerAlloc(outCmd{allocID: id, data: mustMarshal(t, &schemas.AllocReply{TaskID: "t-2", Grants: g, Held: g})})
+	if rep, code, n := onTime.answer(); n != 1 || code != "" || len(rep.Grants) != 1 || rep.Grants[0] != g[0] {
+		t.Errorf("answers %d, code %q, reply %+v", n, code, rep)
+	}
+
+	// Shutdown answers what waits, and refuses what comes.
+	waiting := &fakeRequest{}
+	s.allocs.add(waiting, "t-3", time.Hour, s.expireAlloc)
+	s.closeAllocs()
+	if rep, code, n := waiting.answer(); n != 1 || code != "503" || rep.Error.Code != schemas.CodeUnavailable {
+		t.Errorf("at shutdown: answers %d, code %q, reply %+v", n, code, rep)
+	}
+	if _, ok := s.allocs.add(&fakeRequest{}, "t-4", time.Hour, s.expireAlloc); ok {
+		t.Error("add accepted after close")
+	}
+	if s.AllocsWaiting() != 0 {
+		t.Errorf("%d waiting", s.AllocsWaiting())
+	}
+}
