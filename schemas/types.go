@@ -360,6 +360,9 @@ type TargetStatus struct {
 	FullMiB        int64  `json:"full_mib,omitempty"`
 	HeartbeatAgeMS int64  `json:"heartbeat_age_ms"`
 	Reason         string `json:"reason,omitempty"`
+	// Helpers are the fleet helpers its task holds (the memory-manager
+	// protocol), starting or running, on any host.
+	Helpers []HelperGrant `json:"helpers,omitempty"`
 }
 
 // HostStatusLine is one host's line in SelectorStatus.
@@ -374,6 +377,11 @@ type HostStatusLine struct {
 	Lost        bool   `json:"lost,omitempty"`
 	Draining    bool   `json:"draining,omitempty"`
 	Avoided     bool   `json:"avoided,omitempty"`
+	// HelpersMiB is the RAM of the fleet helpers booked on the host (part
+	// of ReservedMiB); NoHelpers says its worker does not run fleet
+	// helpers (a helper request found no responders).
+	HelpersMiB int64 `json:"helpers_mib,omitempty"`
+	NoHelpers  bool  `json:"no_helpers,omitempty"`
 }
 
 // Counters are the selector's cumulative counts since it started.

@@ -493,6 +493,7 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 		e.counters.Failures[fail]++
 	}
 	e.transition(k, onClose)
+	e.closeHelpers(now, k)
 	e.detach(k)
 	if cause != closeDone && !t.deleted {
 		e.counters.Requeues++
