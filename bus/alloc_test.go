@@ -59,6 +59,23 @@ func TestServiceAllocMalformed(t *testing.T) {
 	})
 }
 
+// TestServiceAllocUnknownTask: a request about a task the selector does not
+// know goes through the engine and is answered unknown_task (header 404),
+// and nothing is left waiting.
+func TestServiceAllocUnknownTask(t *testing.T) {
+	s := natstest.Server(t)
+	nc := connect(t, s.ClientURL())
+	r := startService(t, connect(t, s.ClientURL()), ServiceConfig{})
+	req := schemas.AllocRequest{TaskID: "ghost-1", Epoch: 1, Target: "ghost", Host: "h1", MiB: 100, MinMiB: 10}
+	rep, code := allocRequest(t, nc, mustMarshal(t, &req), 5*time.Second)
+	if rep.Error == nil || rep.Error.Code != schemas.CodeUnknownTask || code != "404" || len(rep.Grants) > 0 || rep.TaskID != "ghost-1" {
+		t.Fatalf("reply %+v (error %+v), header code %q", rep, rep.Error, code)
+	}
+	if n := r.svc.AllocsWaiting(); n != 0 || r.svc.AllocsTimedOut() != 0 {
+		t.Errorf("%d requests still waiting, %d timed out", n, r.svc.AllocsTimedOut())
+	}
+}
+
 // fakeRequest is a micro.Request that records its answer.
 type fakeRequest struct {
 	mu   sync.Mutex

@@ -551,6 +551,7 @@ func (m SelectorStatus) Validate() error {
 		s.mib("full_mib", t.FullMiB)
 		s.nonNeg("heartbeat_age_ms", t.HeartbeatAgeMS)
 		s.text("reason", t.Reason)
+		s.grants("helpers", t.Helpers)
 		c.merge(s)
 		if c.err != nil {
 			break
@@ -565,6 +566,7 @@ func (m SelectorStatus) Validate() error {
 		s.mib("reserved_mib", h.ReservedMiB)
 		s.mib("free_mib", h.FreeMiB)
 		s.nonNeg("tasks", int64(h.Tasks))
+		s.mib("helpers_mib", h.HelpersMiB)
 		c.merge(s)
 		if c.err != nil {
 			break
