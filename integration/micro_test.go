@@ -79,9 +79,9 @@ func (e *env) workerStats(id string) map[string]*micro.EndpointStats {
 
 // TestMicroServiceDiscovery: the selector and two workers show up through
 // the NATS micro protocol ($SRV.PING, $SRV.INFO, $SRV.STATS): one selector
-// instance of service taskselector with the status endpoint, and one
+// instance of service taskselector with the status and alloc endpoints, and one
 // instance of taskselector-worker per host with its host in the metadata
-// and its launch, kill and ps endpoints on the protocol's subjects. A
+// and its launch, kill, ps and helper endpoints on the protocol's subjects. A
 // malformed launch is answered with the error headers, and counted in that
 // worker's launch endpoint's num_errors alone. A worker that stops leaves
 // the service.
@@ -141,6 +141,7 @@ func TestMicroServiceDiscovery(t *testing.T) {
 			protocol.EndpointLaunch: e.subj.Launch(host),
 			protocol.EndpointKill:   e.subj.Kill(host),
 			protocol.EndpointPs:     e.subj.Ps(host),
+			protocol.EndpointHelper: e.subj.Helper(host),
 		}
 		got := map[string]string{}
 		for _, ep := range info.Endpoints {

@@ -105,8 +105,9 @@ func (c *checker) grants(field string, gs []HelperGrant) {
 	}
 }
 
-// Validate implements Message. The type may be empty (a stop need not name
-// it).
+// Validate implements Message. A start names its task's type and host; a
+// stop may leave them empty (the selector may stop a helper whose task it
+// does not know, an orphan).
 func (m HelperRequest) Validate() error {
 	c := checker{msg: nameHelperRequest}
 	c.version(m.V)
@@ -115,8 +116,13 @@ func (m HelperRequest) Validate() error {
 	c.name("task_id", m.TaskID)
 	c.positiveU("epoch", m.Epoch)
 	c.name("target", m.Target)
-	c.optName("type", m.Type)
-	c.name("task_host", m.TaskHost)
+	if m.Op == HelperStart {
+		c.name("type", m.Type)
+		c.name("task_host", m.TaskHost)
+	} else {
+		c.optName("type", m.Type)
+		c.optName("task_host", m.TaskHost)
+	}
 	c.mib("mib", m.MiB)
 	return c.result()
 }

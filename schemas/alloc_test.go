@@ -78,10 +78,14 @@ func TestAllocMessageRules(t *testing.T) {
 	rep.Error.Code = CodeDraining
 	wantField(t, rep.Validate(), "error.code")
 
-	hr := HelperRequest{V: 1, Op: HelperStop, HelperID: "h1", TaskID: "t-1", Epoch: 1, Target: "t", TaskHost: "h"}
+	hr := HelperRequest{V: 1, Op: HelperStop, HelperID: "h1", TaskID: "t-1", Epoch: 1, Target: "t"}
 	if err := hr.Validate(); err != nil {
-		t.Errorf("a stop without a type: %v", err)
+		t.Errorf("a stop without a type and task host: %v", err)
 	}
+	hr.Op = HelperStart
+	wantField(t, hr.Validate(), "type")
+	hr.Type = "w"
+	wantField(t, hr.Validate(), "task_host")
 	hr.Op = "pause"
 	wantField(t, hr.Validate(), "op")
 
