@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/taskselector/taskselector/protocol"
@@ -41,7 +42,10 @@ import (
 //     as no reply.
 //
 // Replies with an error carry micro's error headers, with the HTTP-like
-// codes of AllocErrorCode.
+// codes of AllocErrorCode. Only the replies sent from within the handler (a
+// malformed request, a selector not ready) count in micro's num_errors: the
+// engine's answers, which come later, are published on the reply subject
+// directly.
 
 // Sources of malformed memory-manager messages, as counted in status.
 const (
@@ -76,15 +80,20 @@ type allocTable struct {
 	closed  bool
 }
 
+// responder sends a request's reply: its body, and its error (nil: none)
+// for the error headers.
+type responder func(data []byte, re *schemas.ReplyError)
+
 // allocWait is one request awaiting its answer.
 type allocWait struct {
-	req    micro.Request
-	taskID string
-	timer  *time.Timer
+	respond responder
+	taskID  string
+	timer   *time.Timer
 }
 
-// add registers r and returns its ID, or false once the table is closed.
-func (t *allocTable) add(r micro.Request, taskID string, timeout time.Duration, expire func(uint64)) (uint64, bool) {
+// add registers a request, answered through respond, and returns its ID,
+// or false once the table is closed.
+func (t *allocTable) add(respond responder, taskID string, timeout time.Duration, expire func(uint64)) (uint64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -95,7 +104,7 @@ func (t *allocTable) add(r micro.Request, taskID string, timeout time.Duration, 
 	}
 	t.next++
 	id := t.next
-	w := &allocWait{req: r, taskID: taskID}
+	w := &allocWait{respond: respond, taskID: taskID}
 	w.timer = time.AfterFunc(timeout, func() { expire(id) })
 	t.pending[id] = w
 	return id, true
@@ -177,7 +186,11 @@ func (s *SelectorService) handleAlloc(r micro.Request) {
 		s.respondAlloc(r, unavailable(req.TaskID, "the selector is not ready"))
 		return
 	}
-	id, ok := s.allocs.add(r, req.TaskID, s.cfg.AllocTimeout, s.expireAlloc)
+	// The answer comes after the handler returned: it is published on the
+	// reply subject directly, since micro's Request must not be used then
+	// (micro reads its error state when the handler returns). Such answers
+	// carry the same error headers, but micro's stats do not count them.
+	id, ok := s.allocs.add(s.publisher(r.Reply()), req.TaskID, s.cfg.AllocTimeout, s.expireAlloc)
 	if !ok {
 		s.respondAlloc(r, unavailable(req.TaskID, "the selector is shutting down"))
 		return
@@ -194,7 +207,7 @@ func (s *SelectorService) expireAlloc(id uint64) {
 	s.allocTimeouts.Add(1)
 	s.logLimit.Log("alloc-timeout", s.log, slog.LevelWarn, "alloc request not answered in time", "task_id", w.taskID,
 		"timeout", s.cfg.AllocTimeout)
-	s.respondAlloc(w.req, unavailable(w.taskID, "no answer within "+s.cfg.AllocTimeout.String()))
+	sendAlloc(w.respond, unavailable(w.taskID, "no answer within "+s.cfg.AllocTimeout.String()), s.log)
 }
 
 // answerAlloc sends the engine's answer to the request it names.
@@ -204,14 +217,14 @@ func (s *SelectorService) answerAlloc(c outCmd) {
 		s.log.Debug("late alloc answer dropped", "alloc_id", c.allocID)
 		return
 	}
-	s.respondAllocData(w.req, c.data, c.allocErr)
+	w.respond(c.data, c.allocErr)
 }
 
 // closeAllocs answers every request still waiting with unavailable and
 // refuses new ones.
 func (s *SelectorService) closeAllocs() {
 	for _, w := range s.allocs.close() {
-		s.respondAlloc(w.req, unavailable(w.taskID, "the selector is shutting down"))
+		sendAlloc(w.respond, unavailable(w.taskID, "the selector is shutting down"), s.log)
 	}
 }
 
@@ -219,29 +232,54 @@ func unavailable(taskID, msg string) *schemas.AllocReply {
 	return &schemas.AllocReply{TaskID: taskID, Error: &schemas.ReplyError{Code: schemas.CodeUnavailable, Message: msg}}
 }
 
+// respondAlloc answers r from within its handler.
 func (s *SelectorService) respondAlloc(r micro.Request, rep *schemas.AllocReply) {
-	data, err := schemas.Marshal(rep)
-	if err != nil {
-		s.log.Error("cannot encode alloc reply", "err", err)
-		return
-	}
-	s.respondAllocData(r, data, rep.Error)
+	sendAlloc(func(data []byte, re *schemas.ReplyError) {
+		var err error
+		if re != nil {
+			err = r.Error(AllocErrorCode(re.Code), errorDescription(re), data)
+		} else {
+			err = r.Respond(data)
+		}
+		if err != nil {
+			s.logLimit.Log("alloc-respond", s.log, slog.LevelWarn, "cannot answer alloc request", "err", err)
+		}
+	}, rep, s.log)
 }
 
-func (s *SelectorService) respondAllocData(r micro.Request, data []byte, re *schemas.ReplyError) {
-	var err error
-	if re != nil {
-		desc := re.Code
-		if re.Message != "" {
-			desc += ": " + oneLine(re.Message)
+// publisher answers a request after its handler returned, on its reply
+// subject, with micro's error headers when the reply carries an error.
+func (s *SelectorService) publisher(reply string) responder {
+	return func(data []byte, re *schemas.ReplyError) {
+		msg := &nats.Msg{Subject: reply, Data: data}
+		if re != nil {
+			msg.Header = nats.Header{}
+			msg.Header.Set(micro.ErrorHeader, errorDescription(re))
+			msg.Header.Set(micro.ErrorCodeHeader, AllocErrorCode(re.Code))
 		}
-		err = r.Error(AllocErrorCode(re.Code), desc, data)
-	} else {
-		err = r.Respond(data)
+		if err := s.nc.PublishMsg(msg); err != nil {
+			s.logLimit.Log("alloc-respond", s.log, slog.LevelWarn, "cannot answer alloc request", "err", err)
+		}
 	}
+}
+
+// sendAlloc encodes rep and sends it through respond.
+func sendAlloc(respond responder, rep *schemas.AllocReply, log *slog.Logger) {
+	data, err := schemas.Marshal(rep)
 	if err != nil {
-		s.logLimit.Log("alloc-respond", s.log, slog.LevelWarn, "cannot answer alloc request", "err", err)
+		log.Error("cannot encode alloc reply", "err", err)
+		return
 	}
+	respond(data, rep.Error)
+}
+
+// errorDescription is the Nats-Service-Error header of a reply error.
+func errorDescription(re *schemas.ReplyError) string {
+	desc := re.Code
+	if re.Message != "" {
+		desc += ": " + oneLine(re.Message)
+	}
+	return desc
 }
 
 // oneLine replaces line breaks, which a header value cannot hold.

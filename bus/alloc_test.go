@@ -102,6 +102,15 @@ func (f *fakeRequest) Headers() micro.Headers { return nil }
 func (f *fakeRequest) Subject() string        { return "tasks.alloc" }
 func (f *fakeRequest) Reply() string          { return "_INBOX.x" }
 
+// respond is the fake's responder, as the service's publisher would send.
+func (f *fakeRequest) respond(data []byte, re *schemas.ReplyError) {
+	if re != nil {
+		_ = f.Error(AllocErrorCode(re.Code), errorDescription(re), data)
+		return
+	}
+	_ = f.Respond(data)
+}
+
 func (f *fakeRequest) answer() (schemas.AllocReply, string, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -121,7 +130,7 @@ func (f *fakeRequest) answer() (schemas.AllocReply, string, int) {
 func TestAllocTableDeadline(t *testing.T) {
 	s := NewSelectorService(nil, ServiceConfig{AllocTimeout: 20 * time.Millisecond}, testLog())
 	late := &fakeRequest{}
-	id, ok := s.allocs.add(late, "t-1", s.cfg.AllocTimeout, s.expireAlloc)
+	id, ok := s.allocs.add(late.respond, "t-1", s.cfg.AllocTimeout, s.expireAlloc)
 	if !ok {
 		t.Fatal("add refused")
 	}
@@ -137,7 +146,7 @@ func TestAllocTableDeadline(t *testing.T) {
 
 	// An answer in time is sent as the engine wrote it, once.
 	onTime := &fakeRequest{}
-	id, _ = s.allocs.add(onTime, "t-2", time.Hour, s.expireAlloc)
+	id, _ = s.allocs.add(onTime.respond, "t-2", time.Hour, s.expireAlloc)
 	g := []schemas.HelperGrant{{HelperID: "t-2.h1", Host: "h", MiB: 5}}
 	s.answerAlloc(outCmd{allocID: id, data: mustMarshal(t, &schemas.AllocReply{TaskID: "t-2", Grants: g, Held: g})})
 	if rep, code, n := onTime.answer(); n != 1 || code != "" || len(rep.Grants) != 1 || rep.Grants[0] != g[0] {
@@ -146,12 +155,12 @@ func TestAllocTableDeadline(t *testing.T) {
 
 	// Shutdown answers what waits, and refuses what comes.
 	waiting := &fakeRequest{}
-	s.allocs.add(waiting, "t-3", time.Hour, s.expireAlloc)
+	s.allocs.add(waiting.respond, "t-3", time.Hour, s.expireAlloc)
 	s.closeAllocs()
 	if rep, code, n := waiting.answer(); n != 1 || code != "503" || rep.Error.Code != schemas.CodeUnavailable {
 		t.Errorf("at shutdown: answers %d, code %q, reply %+v", n, code, rep)
 	}
-	if _, ok := s.allocs.add(&fakeRequest{}, "t-4", time.Hour, s.expireAlloc); ok {
+	if _, ok := s.allocs.add((&fakeRequest{}).respond, "t-4", time.Hour, s.expireAlloc); ok {
 		t.Error("add accepted after close")
 	}
 	if s.AllocsWaiting() != 0 {
