@@ -253,6 +253,9 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		helperEpoch: make(map[string]uint64),
 	}
 	a.fleetCtx, a.stopFleet = context.WithCancel(context.Background())
+	if u, ok := exec.(AllocatorUser); ok && !cfg.NoHelpers {
+		u.SetAllocator(a.allocFor)
+	}
 	for i := range a.malformedLog {
 		a.malformedLog[i].Every, a.malformedLog[i].Now = malformedLogEvery, cfg.Now
 	}

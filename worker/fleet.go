@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/taskselector/taskselector/schemas"
@@ -46,7 +47,21 @@ type FleetHelperTask interface {
 	SetFleetHeld(mib int64)
 }
 
+// Allocator asks the selector for fleet helper RAM for task taskID of this
+// host (mib beyond what it holds, at least minMiB of it; mib 0 reads what it
+// holds) and returns the selector's reply. The agent records what the task
+// holds for its heartbeats.
+type Allocator func(ctx context.Context, taskID string, mib, minMiB int64) (schemas.AllocReply, error)
+
+// AllocatorUser is implemented by executors whose tasks ask for fleet helper
+// RAM themselves (the exec executor, through the task API): New gives them
+// the agent's Allocator, unless Config.NoHelpers.
+type AllocatorUser interface {
+	SetAllocator(Allocator)
+}
+
 // fleetState is one task's fleet helper RAM, guarded by the agent's lock.
+// task is nil for a task that asks through an Allocator.
 type fleetState struct {
 	task    FleetHelperTask
 	held    int64
@@ -62,13 +77,13 @@ type allocAsk struct {
 	mib, minMiB int64
 }
 
-// newFleetState returns the fleet state of a task, or nil when it asks for
-// no fleet helpers.
+// newFleetState returns the fleet state of a task, or nil when the agent
+// asks for no fleet helpers.
 func (a *Agent) newFleetState(t Task) *fleetState {
-	ft, ok := t.(FleetHelperTask)
-	if !ok || a.cfg.NoHelpers {
+	if a.cfg.NoHelpers {
 		return nil
 	}
+	ft, _ := t.(FleetHelperTask)
 	return &fleetState{task: ft}
 }
 
@@ -82,7 +97,7 @@ func (a *Agent) fleetTick() {
 	var fleet []*entry
 	if !a.draining && !a.fence.fenced.Load() {
 		for _, e := range a.tasks {
-			if f := e.fleet; f != nil && !f.asking && !now.Before(f.next) {
+			if f := e.fleet; f != nil && f.task != nil && !f.asking && !now.Before(f.next) {
 				fleet = append(fleet, e)
 			}
 		}
@@ -110,52 +125,28 @@ func (a *Agent) fleetTick() {
 	}
 }
 
-// ask sends one alloc request and records its answer.
+// ask sends one alloc request for a task that implements FleetHelperTask,
+// and records its answer.
 func (a *Agent) ask(k allocAsk) {
 	defer a.fleetWG.Done()
 	e := k.e
-	req := schemas.AllocRequest{V: schemas.Version, TaskID: e.spec.TaskID, Epoch: e.spec.Epoch, Target: e.spec.Target,
-		Host: a.cfg.Host, MiB: k.mib, MinMiB: k.minMiB}
-	var rep schemas.AllocReply
-	data, err := schemas.Marshal(&req)
-	if err == nil {
-		a.allocs.Add(1)
-		ctx, cancel := context.WithTimeout(a.fleetCtx, a.cfg.AllocTimeout)
-		msg, rerr := a.nc.RequestWithContext(ctx, a.subj.Alloc(), data)
-		cancel()
-		if err = rerr; err == nil {
-			rep, err = schemas.DecodeAllocReply(msg.Data)
-		}
+	rep, err := a.sendAlloc(a.fleetCtx, e, k.mib, k.minMiB)
+	if err != nil {
+		a.log.Debug("alloc request failed", "task_id", e.spec.TaskID, "mib", k.mib, "err", err)
 	}
-	now := a.cfg.Now()
-	known, refused := false, true
-	var held int64
-	switch {
-	case err != nil:
-		a.log.Debug("alloc request failed", "task_id", req.TaskID, "mib", req.MiB, "err", err)
-	case rep.Error == nil:
-		known, refused = true, false
-	case rep.Error.Code == schemas.CodeUnknownTask:
-		known = true // the selector knows no such task: it holds nothing
-	case rep.Error.Code == schemas.CodeInsufficientRAM || rep.Error.Code == schemas.CodeOverBudget:
-		known = true
-	}
-	if known {
-		for _, g := range rep.Held {
-			held += g.MiB
-		}
-	}
+	refused := err != nil || rep.Error != nil
 	if refused {
 		a.allocRefusals.Add(1)
 		if rep.Error != nil {
-			a.log.Info("fleet helper RAM refused", "task_id", req.TaskID, "target", req.Target, "mib", req.MiB,
-				"min_mib", req.MinMiB, "code", rep.Error.Code, "reason", rep.Error.Message)
+			a.log.Info("fleet helper RAM refused", "task_id", e.spec.TaskID, "target", e.spec.Target, "mib", k.mib,
+				"min_mib", k.minMiB, "code", rep.Error.Code, "reason", rep.Error.Message)
 		}
 	}
+	held, known := heldBy(rep, err)
+	now := a.cfg.Now()
 	a.mu.Lock()
 	f := e.fleet
 	f.asking = false
-	f.checked = now
 	if refused {
 		f.wait = min(max(2*f.wait, a.cfg.AllocRetry), 16*a.cfg.AllocRetry)
 		f.next = now.Add(f.wait)
@@ -163,12 +154,86 @@ func (a *Agent) ask(k allocAsk) {
 		f.wait = 0
 		f.next = now.Add(a.cfg.AllocRetry)
 	}
-	if known {
-		f.held = held
-	}
-	current := a.tasks[e.spec.TaskID] == e
+	current := a.recordHeldLocked(e, held, known, now)
 	a.mu.Unlock()
 	if known && current {
 		f.task.SetFleetHeld(held)
 	}
+}
+
+// allocFor is the agent's Allocator (see AllocatorUser).
+func (a *Agent) allocFor(ctx context.Context, taskID string, mib, minMiB int64) (schemas.AllocReply, error) {
+	a.mu.Lock()
+	e := a.tasks[taskID]
+	a.mu.Unlock()
+	if e == nil {
+		return schemas.AllocReply{}, fmt.Errorf("worker: alloc: no task %s runs on this host", taskID)
+	}
+	rep, err := a.sendAlloc(ctx, e, mib, minMiB)
+	if err != nil || rep.Error != nil {
+		a.allocRefusals.Add(1)
+	}
+	held, known := heldBy(rep, err)
+	a.mu.Lock()
+	a.recordHeldLocked(e, held, known, a.cfg.Now())
+	a.mu.Unlock()
+	return rep, err
+}
+
+// sendAlloc sends one AllocRequest for e, bounded by Config.AllocTimeout,
+// and decodes the reply.
+func (a *Agent) sendAlloc(ctx context.Context, e *entry, mib, minMiB int64) (schemas.AllocReply, error) {
+	req := schemas.AllocRequest{V: schemas.Version, TaskID: e.spec.TaskID, Epoch: e.spec.Epoch, Target: e.spec.Target,
+		Host: a.cfg.Host, MiB: mib, MinMiB: minMiB}
+	data, err := schemas.Marshal(&req)
+	if err != nil {
+		return schemas.AllocReply{}, fmt.Errorf("worker: alloc: %w", err)
+	}
+	a.allocs.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.AllocTimeout)
+	defer cancel()
+	msg, err := a.nc.RequestWithContext(ctx, a.subj.Alloc(), data)
+	if err != nil {
+		return schemas.AllocReply{}, fmt.Errorf("worker: alloc request for %s: %w", req.TaskID, err)
+	}
+	rep, err := schemas.DecodeAllocReply(msg.Data)
+	if err != nil {
+		return schemas.AllocReply{}, fmt.Errorf("worker: alloc reply for %s: %w", req.TaskID, err)
+	}
+	return rep, nil
+}
+
+// heldBy is what a reply says the task holds, and whether it says: a grant,
+// or a refusal by a selector that knows the task (insufficient_ram,
+// over_budget), or unknown_task (it holds nothing).
+func heldBy(rep schemas.AllocReply, err error) (int64, bool) {
+	if err != nil {
+		return 0, false
+	}
+	if rep.Error != nil {
+		switch rep.Error.Code {
+		case schemas.CodeUnknownTask:
+			return 0, true
+		case schemas.CodeInsufficientRAM, schemas.CodeOverBudget:
+		default:
+			return 0, false
+		}
+	}
+	var held int64
+	for _, g := range rep.Held {
+		held += g.MiB
+	}
+	return held, true
+}
+
+// recordHeldLocked records what e holds, when known, and reports whether e
+// still runs.
+func (a *Agent) recordHeldLocked(e *entry, held int64, known bool, now time.Time) bool {
+	if f := e.fleet; f != nil {
+		f.checked = now
+		if known {
+			f.held = held
+		}
+	}
+	return a.tasks[e.spec.TaskID] == e
 }

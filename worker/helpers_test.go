@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -279,5 +280,84 @@ func TestFleetHelperProgressWithoutGrant(t *testing.T) {
 			t.Fatalf("heartbeat %+v, progress %v: want 0.2 and no fleet helpers", hb, *hb.Progress)
 		}
 		break
+	}
+}
+
+// allocUser wraps the sim executor as an executor whose tasks ask for fleet
+// helper RAM themselves (as the exec executor's do, through the task API):
+// its tasks do not implement FleetHelperTask.
+type allocUser struct {
+	*Sim
+	mu    sync.Mutex
+	alloc Allocator
+}
+
+type plainTask struct{ Task }
+
+func (u *allocUser) Start(spec *LaunchSpec, hooks Hooks) (Task, error) {
+	var pt *plainTask
+	exited := hooks.Exited
+	hooks.Exited = func(_ Task, ex Exit) {
+		if exited != nil {
+			exited(pt, ex)
+		}
+	}
+	t, err := u.Sim.Start(spec, hooks)
+	if err != nil {
+		return nil, err
+	}
+	pt = &plainTask{t}
+	return pt, nil
+}
+
+func (u *allocUser) SetAllocator(f Allocator) {
+	u.mu.Lock()
+	u.alloc = f
+	u.mu.Unlock()
+}
+
+// TestAllocatorForExecutorTasks: an executor that implements AllocatorUser
+// gets the agent's Allocator; a request through it reaches tasks.alloc for
+// the task, and the task's heartbeats then report what it holds.
+func TestAllocatorForExecutorTasks(t *testing.T) {
+	var u *allocUser
+	h := newHarness(t, harnessOpts{cfg: Config{RAMMiB: 4000, HeartbeatInterval: 10 * time.Millisecond},
+		exec: func(s *Sim) Executor { u = &allocUser{Sim: s}; return u }})
+	fa := &fakeAllocator{}
+	fa.serve(t, h.cli, h.subj.Alloc())
+	if err := h.cli.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	req := declared("t", "work", 10, 200, 100)
+	h.mustLaunch(req)
+	u.mu.Lock()
+	alloc := u.alloc
+	u.mu.Unlock()
+	if alloc == nil {
+		t.Fatal("the agent gave the executor no Allocator")
+	}
+	rep, err := alloc(context.Background(), req.TaskID, 300, 100)
+	if err != nil || rep.Error != nil || len(rep.Grants) != 1 || rep.Grants[0].MiB != 300 {
+		t.Fatalf("alloc: %+v, %v", rep, err)
+	}
+	if r := fa.requests(); len(r) != 1 || r[0].TaskID != req.TaskID || r[0].Host != h.cfg.Host || r[0].MiB != 300 || r[0].MinMiB != 100 {
+		t.Fatalf("requests %+v", r)
+	}
+	deadline := time.Now().Add(waitFor)
+	for {
+		hb, _ := h.nextHeartbeat()
+		if hb.RAM.FleetHelpersMiB == 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no heartbeat with fleet_helpers_mib 300; last %+v", hb.RAM)
+		}
+	}
+	if _, err := alloc(context.Background(), "nobody", 1, 1); err == nil {
+		t.Fatal("alloc for a task that does not run: no error")
+	}
+	// The agent itself never asks for such a task.
+	if n := len(fa.requests()); n != 1 {
+		t.Fatalf("%d requests, want only the executor's", n)
 	}
 }
