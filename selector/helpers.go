@@ -115,6 +115,10 @@ func (e *Engine) allocRequested(now time.Time, ev *AllocRequested) {
 		return
 	}
 	want = min(want, left)
+	if want == 0 {
+		e.replyAlloc(ev.ID, &schemas.AllocReply{V: schemas.Version, TaskID: k.id, Held: holdings(k)})
+		return
+	}
 	plan := e.planGrants(now, want)
 	var sum int64
 	for _, g := range plan {

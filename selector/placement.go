@@ -102,7 +102,11 @@ func (e *Engine) launchOne(now time.Time) bool {
 	launched := false
 	for e.pending.len() > 0 && len(e.skipped) <= e.cfg.MaxSkips {
 		t := e.pending.pop()
-		h, budget, ok := place(cands, most, t.est.MinMiB(), t.est.FullMiB())
+		full := t.est.FullMiB()
+		if e.cfg.LaunchAtMinimum {
+			full = t.est.MinMiB()
+		}
+		h, budget, ok := place(cands, most, t.est.MinMiB(), full)
 		if !ok {
 			e.skipped = append(e.skipped, t)
 			continue
