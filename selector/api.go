@@ -288,6 +288,10 @@ type Config struct {
 	// memory manager. Off, a task gets its full size on one host when
 	// one holds it [false].
 	LaunchAtMinimum bool
+	// HelperGrainMiB is the unit of fleet helper grants: each grant is a
+	// whole number of grains, so that helpers made of fixed-size threads
+	// (1792 MiB in the hacking model) waste none of it [0: 1 MiB].
+	HelperGrainMiB int64
 	// MaxStepGap is the longest the edge lets pass between two steps: its
 	// ticker steps the engine every tick. A longer gap means the selector
 	// itself was not running (a long GC pause, a stopped VM or process):
