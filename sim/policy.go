@@ -33,6 +33,14 @@ func NewPolicy(name string, cfg Config, world World) (Policy, error) {
 		sc := selector.DefaultConfig()
 		sc.Seed = cfg.Seed
 		sc.Workload = cfg.Params
+		for _, t := range world.Targets {
+			if t.Spec.Profile == schemas.ProfileHacking {
+				// Hacking helpers are threads of a fixed size:
+				// grants in whole threads waste none.
+				sc.HelperGrainMiB = max(cfg.Params.GrowThreadMiB, cfg.Params.WeakenThreadMiB, cfg.Params.HackThreadMiB)
+				break
+			}
+		}
 		return NewSelector(sc, world)
 	case PolicyNaive:
 		return NewNaive(cfg.Params, world.Targets), nil
