@@ -85,8 +85,8 @@ type proc struct {
 	// RAM the task uses on other hosts' helpers, known the ones its last
 	// alloc reply listed, and askAt when its last request left (-1:
 	// none out).
-	fleet int64
-	known []string
+	fleet   int64
+	known   []string
 	askAt   int64
 	askedAt int64 // when it last asked (-1: never)
 }
