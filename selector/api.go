@@ -292,6 +292,12 @@ type Config struct {
 	// whole number of grains, so that helpers made of fixed-size threads
 	// (1792 MiB in the hacking model) waste none of it [0: 1 MiB].
 	HelperGrainMiB int64
+	// Horizon is how far ahead, from the engine's start, the hacking
+	// targets are planned: the engine focuses the fleet's RAM on the
+	// target that brings the most income by then, its preparation
+	// included (see focus.go). 0 plans nothing: every target ranks by its
+	// estimate's priority [0].
+	Horizon time.Duration
 	// MaxStepGap is the longest the edge lets pass between two steps: its
 	// ticker steps the engine every tick. A longer gap means the selector
 	// itself was not running (a long GC pause, a stopped VM or process):

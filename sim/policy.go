@@ -38,6 +38,8 @@ func NewPolicy(name string, cfg Config, world World) (Policy, error) {
 				// Hacking helpers are threads of a fixed size:
 				// grants in whole threads waste none.
 				sc.HelperGrainMiB = max(cfg.Params.GrowThreadMiB, cfg.Params.WeakenThreadMiB, cfg.Params.HackThreadMiB)
+				// Plan the hacking targets for the run's length.
+				sc.Horizon = cfg.Duration
 				break
 			}
 		}
