@@ -282,6 +282,22 @@ type Config struct {
 	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
 	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
 	LaunchSentReported bool          // the edge feeds LaunchSent; launch timeouts count from it
+	// LaunchAtMinimum places every task with its minimum budget (wrapper
+	// plus helpers_min_mib) on its host, the best fit for that size; the
+	// task gets the rest of its full size as fleet helpers from the
+	// memory manager. Off, a task gets its full size on one host when
+	// one holds it [false].
+	LaunchAtMinimum bool
+	// HelperGrainMiB is the unit of fleet helper grants: each grant is a
+	// whole number of grains, so that helpers made of fixed-size threads
+	// (1792 MiB in the hacking model) waste none of it [0: 1 MiB].
+	HelperGrainMiB int64
+	// Horizon is how far ahead, from the engine's start, the hacking
+	// targets are planned: the engine focuses the fleet's RAM on the
+	// target that brings the most income by then, its preparation
+	// included (see focus.go). 0 plans nothing: every target ranks by its
+	// estimate's priority [0].
+	Horizon time.Duration
 	// MaxStepGap is the longest the edge lets pass between two steps: its
 	// ticker steps the engine every tick. A longer gap means the selector
 	// itself was not running (a long GC pause, a stopped VM or process):

@@ -69,7 +69,11 @@ type Engine struct {
 	transitions [numTaskStates][numTaskTriggers]uint64
 	// helpers are the fleet helpers in the ledger, by id; helperMoves
 	// counts their transitions as transitions counts the tasks'.
-	helpers     map[string]*helper
+	helpers map[string]*helper
+	// focus is the hacking target the fleet's RAM goes to (Config.Horizon),
+	// chosen again no sooner than focusAt.
+	focus       *target
+	focusAt     time.Time
 	helperMoves [numHelperStates][numHelperTriggers]uint64
 	out         []Command
 	skipped     []*target

@@ -115,6 +115,19 @@ func (e *Engine) allocRequested(now time.Time, ev *AllocRequested) {
 		return
 	}
 	want = min(want, left)
+	grain := max(e.cfg.HelperGrainMiB, 1)
+	want -= want % grain
+	if lo > want {
+		r := allocError(k.id, codeOverBudget, "the least asked is above the whole grains ("+
+			strconv.FormatInt(grain, 10)+" MiB) the task's budget leaves")
+		r.Held = holdings(k)
+		e.replyAlloc(ev.ID, r)
+		return
+	}
+	if want == 0 {
+		e.replyAlloc(ev.ID, &schemas.AllocReply{V: schemas.Version, TaskID: k.id, Held: holdings(k)})
+		return
+	}
 	plan := e.planGrants(now, want)
 	var sum int64
 	for _, g := range plan {
@@ -145,15 +158,19 @@ func (e *Engine) refuseAlloc(now time.Time, id uint64, k *task, msg string) {
 	e.replyAlloc(id, r)
 }
 
-// planGrants picks where want MiB of helpers go: on one host when one holds
+// planGrants picks where want MiB of helpers (a whole number of grains, see
+// Config.HelperGrainMiB) go, each piece a whole number of grains: on one
+// host when one holds
 // it all (the one with the least RAM free that does), or else on the hosts
 // with the most RAM free, the roomiest first, in as few pieces as may be.
 // Hosts that may take no new task, or run no fleet helpers, get none. The
 // slice holds the pieces (hostFree.free is the piece's size) and is scratch.
 func (e *Engine) planGrants(now time.Time, want int64) []hostFree {
 	cands, _ := e.feasible(now)
+	grain := max(e.cfg.HelperGrainMiB, 1)
 	n := 0
 	for _, c := range cands {
+		c.free -= c.free % grain
 		if c.free > 0 && !c.h.noHelpers {
 			cands[n] = c
 			n++

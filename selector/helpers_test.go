@@ -368,3 +368,26 @@ func TestGrantedHelpersHoldBackPlacement(t *testing.T) {
 	// b needs 50 at least: h2 has 40 left, h3 100.
 	h.expect(only(h.declare("b", simple(10, 40, 90)), CmdLaunch), "launch h3 b#1 type=a ram=10+90")
 }
+
+// TestAllocGrantsWholeGrains: with a grain, every piece is a whole number
+// of grains, and a host with less than one grain free gets none.
+func TestAllocGrantsWholeGrains(t *testing.T) {
+	cfg := testConfig()
+	cfg.HelperGrainMiB = 15
+	h := newHarness(t, cfg)
+	h.declare("a", simple(10, 10, 190))
+	h.hostRAM["h2"] = [2]int64{100, 30} // 70 free: 4 grains
+	h.hostRAM["h3"] = [2]int64{100, 90} // 10 free: none
+	h.hostRAM["h4"] = [2]int64{100, 80} // 20 free: 1 grain
+	h.warm("h1=100")
+	h.reply("a#1", 0)
+	h.heartbeat("a#1")
+	h.expect(h.alloc(1, "a#1", 100, 10),
+		"helper start h2 a#1/h1 task=a#1 epoch=1 mib=60",
+		"helper start h4 a#1/h2 task=a#1 epoch=1 mib=15")
+	// Less than a grain asked: over budget (the starts still out are held).
+	if cmds := h.alloc(2, "a#1", 14, 14); len(cmds) != 1 || cmds[0].Alloc.Error == nil || cmds[0].Alloc.Error.Code != codeOverBudget ||
+		len(cmds[0].Alloc.Held) != 2 {
+		t.Fatalf("below a grain: %q", h.format(cmds))
+	}
+}

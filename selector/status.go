@@ -202,6 +202,8 @@ func suspectReason(k *task) string {
 		r = "target deleted"
 	case suspectSuperseded:
 		r = "its phase was done by an earlier task"
+	case suspectPreempted:
+		r = "preempted: its RAM goes to the focus target"
 	}
 	if k.state == taskKilling {
 		return r + "; killing"

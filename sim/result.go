@@ -108,6 +108,9 @@ func (s *Sim) sample() {
 	sm := Sample{At: time.Duration(s.now), Running: map[string]int{}}
 	for _, h := range s.hosts {
 		sm.FreeMiB += max(h.free(), 0)
+		for _, x := range h.helpers {
+			sm.HelpersMiB += x.mib // fleet helpers hold helper RAM too
+		}
 		for _, p := range h.procs {
 			s.advance(p)
 			sm.WrapperMiB += p.wrapper
