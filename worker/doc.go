@@ -127,8 +127,7 @@
 // The sim executor runs fleet helpers: a helper holds its RAM in the host's
 // pool until stopped. Its tasks ask for fleet helper RAM when their local
 // helper budget is below their phase's full need (FleetWant: the
-// difference), and their work goes faster with what they hold: a step of
-// dt counts as dt × (local + fleet) / local helper RAM, the sum capped at
-// the full need (exact for declared phases, the thread-count approximation
-// for hacking ones).
+// difference), and their model works with what they hold: local budget
+// plus fleet helpers (workload.Run.SetHelpers), the local pool holding only
+// the local part.
 package worker

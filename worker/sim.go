@@ -552,7 +552,7 @@ func (s *Sim) stepLocked(t *simTask, dt time.Duration) (Exit, bool) {
 	if t.hung || t.age == 0 {
 		return Exit{}, false
 	}
-	t.run.Advance(t.fleetScaledLocked(dt))
+	t.run.Advance(dt)
 	if !t.run.Done() {
 		// Rounds may need fewer (or again more) helper threads: give back
 		// what is no longer used, take more only when it is free.

@@ -3,7 +3,6 @@ package worker
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/taskselector/taskselector/schemas"
 )
@@ -81,23 +80,12 @@ func (t *simTask) FleetWant() (mib, minMiB int64) {
 	return want, min(want, max(want/8, 1))
 }
 
-// SetFleetHeld implements FleetHelperTask.
+// SetFleetHeld implements FleetHelperTask: the task's model works from now
+// on with its local helper budget plus what it holds in the fleet
+// (workload.Run.SetHelpers).
 func (t *simTask) SetFleetHeld(mib int64) {
 	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
 	t.fleetHeld = max(mib, 0)
-	t.s.mu.Unlock()
-}
-
-// fleetScaledLocked is the game time a step of dt is worth to the task's
-// work, given the fleet helper RAM it holds: progress is proportional to
-// helper RAM (see workload.Run), so dt is scaled by (local + fleet) / local
-// helper RAM, the sum capped at the phase's full need. For declared phases
-// this is exact; for the hacking phases, whose rounds run whole threads, it
-// is the thread-count approximation of the same rule.
-func (t *simTask) fleetScaledLocked(dt time.Duration) time.Duration {
-	if t.fleetHeld <= 0 || t.helpersHeld <= 0 {
-		return dt
-	}
-	eff := min(t.helpersHeld+t.fleetHeld, max(t.fullMiB, t.helpersHeld))
-	return time.Duration(float64(dt) * float64(eff) / float64(t.helpersHeld))
+	t.run.SetHelpers(t.spec.RAM.HelpersMiB + t.fleetHeld)
 }
