@@ -56,7 +56,8 @@ const MaxMessageBytes = 64 << 10
 const MaxNameBytes = 256
 
 // Reply error codes. A LaunchReply carries insufficient_ram, unknown_type,
-// invalid or draining; a KillReply or PsReply carries invalid or failed.
+// invalid or draining; a KillReply or PsReply carries invalid or failed. The
+// memory-manager replies' codes are in alloc.go.
 const (
 	CodeInsufficientRAM = "insufficient_ram"
 	CodeUnknownType     = "unknown_type"
