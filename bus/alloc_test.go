@@ -167,3 +167,32 @@ func TestAllocTableDeadline(t *testing.T) {
 		t.Errorf("%d waiting", s.AllocsWaiting())
 	}
 }
+
+// BenchmarkAllocRead measures the alloc endpoint's round trip through a
+// real NATS server and the engine, for a running task that reads what it
+// holds (mib 0): strict decoding, one engine step and the reply.
+func BenchmarkAllocRead(b *testing.B) {
+	s := natstest.Server(b)
+	nc := connect(b, s.ClientURL())
+	c, err := client.New(nc, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	startService(b, connect(b, s.ClientURL()), ServiceConfig{})
+	startFakeWorker(b, connect(b, s.ClientURL()), "", "h1", 4096)
+	if err := c.PutTarget(testCtx(b, 10*time.Second), "t", declaredSpec()); err != nil {
+		b.Fatal(err)
+	}
+	line := waitTargetState(b, c, "t", "active")
+	req := mustMarshal(b, &schemas.AllocRequest{TaskID: line.TaskID, Epoch: line.Epoch, Target: "t", Host: line.Host})
+	b.ResetTimer()
+	for range b.N {
+		msg, err := nc.Request(protocol.NewSubjects("").Alloc(), req, 5*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rep, err := schemas.DecodeAllocReply(msg.Data); err != nil || rep.Error != nil {
+			b.Fatalf("reply %s: %v", msg.Data, err)
+		}
+	}
+}
