@@ -275,3 +275,40 @@ func TestGrantNotOnV1Worker(t *testing.T) {
 		t.Errorf("old runs %d helpers", n)
 	}
 }
+
+// TestGrantHelpersSurviveSelectorRestart: a restarted selector learns the
+// standing helpers from the hosts' statuses and books them to their task
+// again: the helper keeps running, nothing is granted twice, and status
+// lists it under the target.
+func TestGrantHelpersSurviveSelectorRestart(t *testing.T) {
+	e := newEnv(t, false)
+	sp := e.startSpy()
+	home := e.startGrantWorker("home", grantSmallRAM, grantWorkerOpts{})
+	sel := e.startSelector(serviceConfig(engineConfig()))
+	e.putTarget("t", grantSpec())
+	ts := e.waitActive(20*time.Second, "t")
+	big := e.startGrantWorker("big", 4096, grantWorkerOpts{})
+	want := ts.FullMiB - ts.BudgetMiB
+	e.waitGranted(sp, ts.TaskID, "big", big, want)
+	before := big.agent.Helpers()
+	starts := big.agent.Stats().HelperStarts
+
+	sel.stop(t)
+	e.startSelector(serviceConfig(engineConfig()))
+	e.waitStatus(20*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
+		line, _ := targetLine(st, "t")
+		hl, _ := hostLine(st, "big")
+		return line.TaskID == ts.TaskID && line.State == selector.StateActive && helpersOf(line)["big"] == want && hl.HelpersMiB == want,
+			fmt.Sprintf("t %s helpers %v; big %+v", describeLine(line), line.Helpers, hl)
+	})
+	// A few of home's alloc refreshes later, still the one helper.
+	refreshes := home.agent.Stats().Allocs
+	waitFor(t, 10*time.Second, func() (bool, string) {
+		n := home.agent.Stats().Allocs
+		return n >= refreshes+2, fmt.Sprintf("%d alloc requests since the restart", n-refreshes)
+	})
+	after := big.agent.Helpers()
+	if len(after) != 1 || after[0] != before[0] || big.agent.Stats().HelperStarts != starts || big.agent.Stats().HelperStops != 0 {
+		t.Fatalf("big's helpers before %+v, after %+v; stats %+v", before, after, big.agent.Stats())
+	}
+}
