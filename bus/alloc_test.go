@@ -13,6 +13,7 @@ import (
 	"github.com/taskselector/taskselector/internal/natstest"
 	"github.com/taskselector/taskselector/protocol"
 	"github.com/taskselector/taskselector/schemas"
+	"github.com/taskselector/taskselector/selector"
 )
 
 // allocRequest sends data on tasks.alloc and returns the decoded reply and
@@ -194,5 +195,33 @@ func BenchmarkAllocRead(b *testing.B) {
 		if rep, err := schemas.DecodeAllocReply(msg.Data); err != nil || rep.Error != nil {
 			b.Fatalf("reply %s: %v", msg.Data, err)
 		}
+	}
+}
+
+// TestDecodeHelperReply: a helper reply becomes HelperReplied (an error
+// reply included: the engine refunds a refused start); a malformed one, or
+// one naming another helper, is counted and taken as no reply.
+func TestDecodeHelperReply(t *testing.T) {
+	s := NewSelectorService(nil, ServiceConfig{}, testLog())
+	req := &schemas.HelperRequest{V: 1, Op: schemas.HelperStart, HelperID: "t#1/h1", TaskID: "t#1", Epoch: 1, Target: "t",
+		Type: "w", TaskHost: "home", MiB: 10}
+	c := outCmd{kind: selector.CmdHelper, host: "big", helper: req}
+	ok := mustMarshal(t, &schemas.HelperReply{HelperID: "t#1/h1", Running: true})
+	if ev, isReply := s.decodeHelperReply(&c, ok).(*selector.HelperReplied); !isReply || ev.Host != "big" || ev.Req != req || !ev.Reply.Running {
+		t.Fatalf("good reply: %#v", ev)
+	}
+	refused := mustMarshal(t, &schemas.HelperReply{HelperID: "t#1/h1", Error: &schemas.ReplyError{Code: schemas.CodeInsufficientRAM}})
+	if ev, isReply := s.decodeHelperReply(&c, refused).(*selector.HelperReplied); !isReply || ev.Reply.Error == nil {
+		t.Fatalf("refusal: %#v", ev)
+	}
+	other := mustMarshal(t, &schemas.HelperReply{HelperID: "t#1/h2", Running: true})
+	for _, b := range [][]byte{[]byte("{"), other} {
+		ev, isNone := s.decodeHelperReply(&c, b).(*selector.HelperUnanswered)
+		if !isNone || ev.NoResponders || ev.Req != req || ev.Host != "big" {
+			t.Fatalf("%s: %#v", b, ev)
+		}
+	}
+	if n := s.malformed[SourceHelperReply].n.Load(); n != 2 {
+		t.Fatalf("%d malformed helper replies counted, want 2", n)
 	}
 }

@@ -418,12 +418,20 @@ func (s *SelectorService) collect(cmds []selector.Command) batch {
 		case selector.CmdDelete:
 			b.store = true
 		case selector.CmdAllocReply:
+			if c.Alloc == nil {
+				s.log.Error("engine returned an alloc reply without a message; dropped", "alloc_id", c.AllocID)
+				continue
+			}
 			v, o.allocID, o.taskID = c.Alloc, c.AllocID, c.Alloc.TaskID
 			if c.Alloc.Error != nil {
 				e := *c.Alloc.Error
 				o.allocErr = &e
 			}
 		case selector.CmdHelper:
+			if c.Helper == nil {
+				s.log.Error("engine returned a helper command without a request; dropped", "host", c.Host)
+				continue
+			}
 			h := *c.Helper
 			v, o.helper, o.taskID, o.target = &h, &h, h.TaskID, h.Target
 		default:
