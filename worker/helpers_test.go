@@ -361,3 +361,28 @@ func TestAllocatorForExecutorTasks(t *testing.T) {
 		t.Fatalf("%d requests, want only the executor's", n)
 	}
 }
+
+// TestHelpersStoppedByTheFence: an agent cut off from NATS for its fence
+// time stops its fleet helpers with its tasks (their RAM is free), and
+// takes helpers again once the fence lifts.
+func TestHelpersStoppedByTheFence(t *testing.T) {
+	h := fencedHarness(t, 300*time.Millisecond)
+	if rep := h.helper(helperStart("x.a", "x", 1, 300)); !rep.Running {
+		t.Fatalf("start: %+v", rep)
+	}
+	h.proxy.Stall()
+	h.proxy.Cut()
+	waitFenced(t, h.agent, true)
+	eventually(t, "the helper stopped", func() bool { return h.agent.Stats().Helpers == 0 })
+	if used := h.sim.UsedMiB(); used != 0 {
+		t.Fatalf("sim holds %d MiB after the fence", used)
+	}
+	h.proxy.Resume()
+	waitFenced(t, h.agent, false)
+	if rep := h.helper(helperStart("x.b", "x", 1, 300)); !rep.Running {
+		t.Fatalf("start after the fence lifted: %+v", rep)
+	}
+	if st := h.agent.Stats(); st.HelperStops != 1 || st.HelperStarts != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
