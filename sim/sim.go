@@ -89,6 +89,9 @@ type proc struct {
 	known   []string
 	askAt   int64
 	askedAt int64 // when it last asked (-1: never)
+	// waiting: its helpers wait for the answer to its first request
+	// before they begin (the first round is planned with what it gets).
+	waiting bool
 }
 
 // Sim is one simulation run. Build it with New and run it with Run.
