@@ -126,9 +126,11 @@ type Sim struct {
 	res      Result
 	earned   float64
 	halfMark float64 // income earned by half time
-	halfSeen bool
-	lastFail uint64
-	lastInc  float64
+	// halfPhases is the phases completed by half time.
+	halfPhases uint64
+	halfSeen   bool
+	lastFail   uint64
+	lastInc    float64
 
 	// Hook, when set, is called with every event the policy gets and the
 	// commands it returned (tests).
