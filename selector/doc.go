@@ -31,6 +31,8 @@
 //   - status.go: the status shown to operators.
 //   - helpers.go, helperstate.go: the memory manager: helper RAM granted
 //     to tasks anywhere in the fleet, and the helpers' states.
+//   - focus.go: with a planning horizon, the hacking target the fleet's
+//     RAM goes to, and the preemption of the others for it.
 //
 // # Task states
 //
@@ -82,8 +84,8 @@
 //     leaving.
 //   - stale: no heartbeat within HeartbeatStale.
 //   - kill: a kill is sent (the target was deleted, the phase was done by an
-//     earlier task, or a ps found a suspect task running), or sent again
-//     after ReplyTimeout.
+//     earlier task, a ps found a suspect task running, or the task is
+//     preempted for the focus target), or sent again after ReplyTimeout.
 //   - close: the task ends: its done or failed event came, its kill was
 //     confirmed, a ps found it gone, its launch was refused or never sent,
 //     or its host was lost. Its RAM is freed, its epoch closed and its target

@@ -10,12 +10,14 @@ import (
 // Fleet helpers: the memory-manager protocol, as the simulated tasks and
 // workers play it.
 //
-//   - A task whose helpers have started asks the policy (AllocRequested) for
+//   - A task whose helpers start asks the policy (AllocRequested) for
 //     the helper RAM its phase needs beyond its own budget: the threads the
 //     phase needs for the target as it truly is (the phase's full helpers
 //     now), less what it holds, in whole threads. It asks again at most
 //     every askEvery while it holds less than that, one request at a time,
-//     and gives a request up after askTimeout without a reply.
+//     and gives a request up after askTimeout without a reply. Its first
+//     request is answered before its helpers begin (they begin anyway after
+//     askTimeout), so that its first round runs with what it gets.
 //   - A worker runs a helper when the host has room for it, as it admits a
 //     launch (capacity minus foreign use minus what its tasks and helpers
 //     book), and stops it on request. Helper RAM is real RAM on its host.
@@ -101,6 +103,7 @@ func (s *Sim) allocReplied(c *selector.Command) {
 		p.known = append(p.known, g.HelperID)
 	}
 	s.regrow(p)
+	p.waiting = false // its helpers begin now
 }
 
 // regrow sets the helper RAM p works with: its own, and its known fleet

@@ -157,3 +157,16 @@ func TestFleetHelperRAMIsReal(t *testing.T) {
 		t.Fatalf("after the stop, big reports %+v", st)
 	}
 }
+
+// TestPhasesLateHalf: a target that repeats a phase at a steady rate
+// completes as many in each half of the run.
+func TestPhasesLateHalf(t *testing.T) {
+	w := World{Name: "steady", Hosts: []Host{{Name: "h", CapacityMiB: 1024}}, Targets: []Target{{Name: "a",
+		Spec: schemas.TargetSpec{V: schemas.Version, Profile: schemas.ProfileDeclared, Phases: []schemas.Phase{
+			{Type: "serve", WrapperMiB: 10, HelpersMinMiB: 10, HelpersFullMiB: 100, WorkS: 10, Repeat: true}}}}}}
+	r := run(t, PolicySelector, shortCfg(20*time.Minute), w)
+	early := r.PhasesCompleted - r.PhasesLateHalf
+	if r.PhasesCompleted < 50 || r.PhasesLateHalf+2 < early || early+2 < r.PhasesLateHalf {
+		t.Fatalf("%d phases, %d in the second half", r.PhasesCompleted, r.PhasesLateHalf)
+	}
+}

@@ -89,6 +89,9 @@ type proc struct {
 	known   []string
 	askAt   int64
 	askedAt int64 // when it last asked (-1: never)
+	// waiting: its helpers wait for the answer to its first request
+	// before they begin (the first round is planned with what it gets).
+	waiting bool
 }
 
 // Sim is one simulation run. Build it with New and run it with Run.
@@ -123,9 +126,11 @@ type Sim struct {
 	res      Result
 	earned   float64
 	halfMark float64 // income earned by half time
-	halfSeen bool
-	lastFail uint64
-	lastInc  float64
+	// halfPhases is the phases completed by half time.
+	halfPhases uint64
+	halfSeen   bool
+	lastFail   uint64
+	lastInc    float64
 
 	// Hook, when set, is called with every event the policy gets and the
 	// commands it returned (tests).

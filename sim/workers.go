@@ -152,12 +152,20 @@ func (s *Sim) helpers(p *proc) {
 	p.lastAdv = s.now
 	s.setUsed(p, p.wrapper+want)
 	s.askFleet(p)
+	p.waiting = p.askAt == s.now
 }
 
 // advance lets p's run catch up with now and books what it did.
 func (s *Sim) advance(p *proc) {
 	if !p.started || s.now <= p.lastAdv {
 		return
+	}
+	if p.waiting {
+		if s.now-p.askAt < askTimeout {
+			p.lastAdv = s.now // no work before its helpers begin
+			return
+		}
+		p.waiting = false // no answer: it begins with what it has
 	}
 	dt := s.now - p.lastAdv
 	p.helperMs += float64(p.used-p.wrapper+p.fleet) * float64(dt) / 1e9

@@ -18,7 +18,8 @@ func (r *Run) harvestFor(s float64) {
 //     proportional to helper RAM, up to helpers_full_mib).
 //   - till and sow: threads of the round under way that no longer fit are
 //     lost; more RAM adds threads from the next round on, as a task that
-//     launches helpers at each round does.
+//     launches helpers at each round does (or to a round that has not
+//     begun: no time passed in it).
 //   - harvest: fewer batch slots at once; more slots add income only once
 //     their first batches have run a whole cycle (4T + 2 spacing).
 func (r *Run) SetHelpers(helpersMiB int64) {
@@ -44,6 +45,9 @@ func (r *Run) SetHelpers(helpersMiB int64) {
 	case kindTill:
 		r.afford = min(helpersMiB/p.WeakenThreadMiB, p.MaxThreads)
 		r.curW = min(r.curW, r.afford)
+		if r.roundPos == 0 {
+			r.startRound() // the round has not begun: its threads are planned anew
+		}
 	case kindSow:
 		r.afford = 0
 		if p.growWeakenMiB(1, 1) <= helpersMiB {
@@ -55,6 +59,9 @@ func (r *Run) SetHelpers(helpersMiB int64) {
 			if r.curG > 0 {
 				r.curW = max(p.weakenFor(float64(r.curG)*p.GrowSecPerThread), 1)
 			}
+		}
+		if r.roundPos == 0 {
+			r.startRound() // the round has not begun: its threads are planned anew
 		}
 	case kindHarvest:
 		rate, per, slots, b := 0.0, 0.0, int64(0), Batch{}

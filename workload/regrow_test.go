@@ -41,7 +41,14 @@ func TestSetHelpersTill(t *testing.T) {
 	p := DefaultParams()
 	spec := server(t, "joesguns").Spec(DemoLevel) // security 15, min 5: 200 threads to the minimum
 	round := time.Duration(4*spec.Metrics.HackTimeMS*float64(time.Millisecond)) + time.Millisecond
+	// A round that has not begun is planned anew.
+	f := newRun(t, p, &spec, PhaseTill, 20*p.WeakenThreadMiB)
+	f.SetHelpers(200 * p.WeakenThreadMiB)
+	if f.Threads() != 200 {
+		t.Fatalf("a round not begun runs %d threads after growing, want 200", f.Threads())
+	}
 	r := newRun(t, p, &spec, PhaseTill, 20*p.WeakenThreadMiB) // 1 per round
+	r.Advance(time.Millisecond)
 	r.SetHelpers(200 * p.WeakenThreadMiB)
 	if r.Threads() != 20 {
 		t.Fatalf("the round under way runs %d threads, want its 20", r.Threads())
