@@ -112,11 +112,14 @@ func (q *requestQueue) runSender() {
 }
 
 // mergeKey identifies requests that one send answers for: kills of one task
-// (and PID), and ps of one PID list. Launches are never merged.
+// (and PID), ps of one PID list, and helper starts or stops of one helper.
+// Launches are never merged.
 func mergeKey(c *outCmd) string {
 	switch c.kind {
 	case selector.CmdKill:
 		return "k\x00" + c.taskID + "\x00" + strconv.FormatInt(c.pid, 10)
+	case selector.CmdHelper:
+		return "h\x00" + c.helper.Op + "\x00" + c.helper.HelperID
 	case selector.CmdPs:
 		var b strings.Builder
 		b.WriteString("p")
@@ -373,6 +376,10 @@ type outCmd struct {
 	pids   []int64 // ps: the PIDs it asks about (nil: every task)
 	fence  bool    // kill of a task that is not its target's
 	data   []byte
+	// CmdAllocReply: the request it answers, and the reply's error.
+	allocID  uint64
+	allocErr *schemas.ReplyError
+	helper   *schemas.HelperRequest // CmdHelper: a copy of the request
 }
 
 // batch holds one Step's commands in order.
@@ -410,6 +417,23 @@ func (s *SelectorService) collect(cmds []selector.Command) batch {
 			}
 		case selector.CmdDelete:
 			b.store = true
+		case selector.CmdAllocReply:
+			if c.Alloc == nil {
+				s.log.Error("engine returned an alloc reply without a message; dropped", "alloc_id", c.AllocID)
+				continue
+			}
+			v, o.allocID, o.taskID = c.Alloc, c.AllocID, c.Alloc.TaskID
+			if c.Alloc.Error != nil {
+				e := *c.Alloc.Error
+				o.allocErr = &e
+			}
+		case selector.CmdHelper:
+			if c.Helper == nil {
+				s.log.Error("engine returned a helper command without a request; dropped", "host", c.Host)
+				continue
+			}
+			h := *c.Helper
+			v, o.helper, o.taskID, o.target = &h, &h, h.TaskID, h.Target
 		default:
 			s.log.Error("engine returned an unknown command; ignored", "kind", c.Kind)
 			continue
@@ -451,8 +475,10 @@ func (s *SelectorService) dispatch(b batch, ack func()) {
 // absence, back to the engine.
 func (s *SelectorService) request(c outCmd) {
 	switch c.kind {
-	case selector.CmdLaunch, selector.CmdKill, selector.CmdPs:
+	case selector.CmdLaunch, selector.CmdKill, selector.CmdPs, selector.CmdHelper:
 		s.reqs.enqueue(c)
+	case selector.CmdAllocReply:
+		s.answerAlloc(c)
 	}
 }
 
@@ -480,6 +506,8 @@ func (s *SelectorService) send(c outCmd) {
 		subject = s.subj.Kill(c.host)
 	case selector.CmdPs:
 		subject = s.subj.Ps(c.host)
+	case selector.CmdHelper:
+		subject = s.subj.Helper(c.host)
 	default:
 		return
 	}
@@ -516,6 +544,8 @@ func unanswered(c *outCmd, noResponders bool) selector.Event {
 		return &selector.LaunchUnanswered{Host: c.host, Target: c.target, TaskID: c.taskID, NoResponders: noResponders}
 	case selector.CmdKill:
 		return &selector.KillUnanswered{Host: c.host, TaskID: c.taskID, NoResponders: noResponders}
+	case selector.CmdHelper:
+		return &selector.HelperUnanswered{Host: c.host, Req: c.helper, NoResponders: noResponders}
 	default:
 		return &selector.PsUnanswered{Host: c.host, NoResponders: noResponders}
 	}
@@ -546,6 +576,8 @@ func (s *SelectorService) decodeReply(c *outCmd, data []byte) selector.Event {
 			return &selector.KillReplied{Host: c.host, Reply: r}
 		}
 		source = SourceKillReply
+	case selector.CmdHelper:
+		return s.decodeHelperReply(c, data)
 	default:
 		var r schemas.PsReply
 		if r, err = decodePsReply(data); err == nil {

@@ -32,9 +32,13 @@ type ServiceConfig struct {
 	Store StoreConfig
 	// Tick is how often time is let pass in the engine [50ms].
 	Tick time.Duration
-	// RequestTimeout bounds each launch, kill and ps request, from the
-	// moment it is sent [Engine.ReplyTimeout].
+	// RequestTimeout bounds each launch, kill, ps and helper request, from
+	// the moment it is sent [Engine.ReplyTimeout].
 	RequestTimeout time.Duration
+	// AllocTimeout bounds how long an alloc request (tasks.alloc) waits for
+	// the engine's answer, which may wait for helper starts; it is then
+	// answered with the error unavailable [4 × RequestTimeout].
+	AllocTimeout time.Duration
 	// MaxInFlightRequests bounds the requests awaiting a reply over all
 	// hosts; it is also the number of goroutines that send them [64].
 	MaxInFlightRequests int
@@ -100,6 +104,9 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = c.Engine.ReplyTimeout
 	}
+	if c.AllocTimeout <= 0 {
+		c.AllocTimeout = 4 * c.RequestTimeout
+	}
 	if c.MaxInFlightRequests <= 0 {
 		c.MaxInFlightRequests = 64
 	}
@@ -155,6 +162,7 @@ type SelectorService struct {
 	reqCtx    context.Context
 	reqCancel context.CancelFunc
 	reqs      *requestQueue
+	allocs    allocTable // alloc requests awaiting the engine (alloc.go)
 
 	ready     chan struct{}
 	statusSvc micro.Service // answers status requests (status.go)
@@ -175,6 +183,7 @@ type SelectorService struct {
 	hostStatuses   atomic.Uint64 // host status messages handled
 	storeErrors    atomic.Uint64
 	replyErrors    atomic.Uint64
+	allocTimeouts  atomic.Uint64
 	backlogEvents  atomic.Uint64
 	restartToReady atomic.Int64
 	malformed      map[string]*sourceCounter // fixed keys; values are safe for concurrent use
@@ -208,6 +217,7 @@ func NewSelectorService(nc *nats.Conn, cfg ServiceConfig, log *slog.Logger) *Sel
 		malformed: map[string]*sourceCounter{
 			SourceHeartbeat: {}, SourceHost: {}, SourceEvent: {}, SourceTargets: {}, SourceTasks: {},
 			SourceLaunchReply: {}, SourcePsReply: {}, SourceKillReply: {},
+			SourceAllocRequest: {}, SourceHelperReply: {},
 		},
 	}
 	for src, c := range s.malformed {
@@ -319,8 +329,10 @@ func (s *SelectorService) Run(ctx context.Context) error {
 	<-ctx.Done()
 	s.log.Info("selector shutting down")
 
-	// Stop launching; stop taking new input.
+	// Stop launching; stop taking new input. Alloc requests still waiting
+	// are answered unavailable.
 	s.step(&selector.ShutdownRequested{}, nil)
+	s.closeAllocs()
 	stopTick()
 	<-tickDone
 	stopTargets()

@@ -76,7 +76,7 @@ func (s *SelectorService) startStatusService() (micro.Service, error) {
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:               protocol.SelectorService,
 		Version:            protocol.ServiceVersion,
-		Description:        "taskselector selector: decides which tasks run where; answers status snapshots",
+		Description:        "taskselector selector: decides which tasks run where; answers status snapshots and helper RAM requests",
 		Metadata:           map[string]string{protocol.ServiceMetaPrefix: s.subj.Prefix},
 		QueueGroupDisabled: true,
 	})
@@ -84,8 +84,13 @@ func (s *SelectorService) startStatusService() (micro.Service, error) {
 		return nil, fmt.Errorf("bus: add micro service %s: %w", protocol.SelectorService, err)
 	}
 	subject := s.subj.Status()
-	if err := svc.AddEndpoint(protocol.EndpointStatus, micro.HandlerFunc(s.handleStatus), micro.WithEndpointSubject(subject)); err != nil {
+	err = svc.AddEndpoint(protocol.EndpointStatus, micro.HandlerFunc(s.handleStatus), micro.WithEndpointSubject(subject))
+	if err != nil {
 		err = fmt.Errorf("bus: add endpoint %s on %s: %w", protocol.EndpointStatus, subject, err)
+	} else {
+		err = s.addAllocEndpoint(svc)
+	}
+	if err != nil {
 		if serr := svc.Stop(); serr != nil {
 			err = errors.Join(err, fmt.Errorf("bus: stop micro service: %w", serr))
 		}

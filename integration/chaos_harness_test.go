@@ -348,6 +348,8 @@ type chaosWorkerOpts struct {
 	// firstPID is the sim's first PID (so that a host's PIDs differ from
 	// those of its earlier incarnations).
 	firstPID int64
+	// allocRetry is the agent's AllocRetry (0: its default).
+	allocRetry time.Duration
 }
 
 // startAuditedWorker runs a worker agent for host with the sim executor,
@@ -382,7 +384,7 @@ func (w *chaosWorld) startAuditedWorker(host string, ramMiB int64, opts chaosWor
 		Host: host, RAMMiB: ramMiB, HeartbeatInterval: hbInterval, Executor: worker.SimExecutor,
 		FlushTimeout: time.Second, PublishTimeout: 500 * time.Millisecond,
 		RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-		FenceAfter: opts.fenceAfter, Now: opts.now,
+		FenceAfter: opts.fenceAfter, Now: opts.now, AllocRetry: opts.allocRetry,
 	}, ex, log)
 	if err != nil {
 		w.t.Fatalf("worker %s: %v", host, err)

@@ -79,9 +79,9 @@ func (e *env) workerStats(id string) map[string]*micro.EndpointStats {
 
 // TestMicroServiceDiscovery: the selector and two workers show up through
 // the NATS micro protocol ($SRV.PING, $SRV.INFO, $SRV.STATS): one selector
-// instance of service taskselector with the status endpoint, and one
+// instance of service taskselector with the status and alloc endpoints, and one
 // instance of taskselector-worker per host with its host in the metadata
-// and its launch, kill and ps endpoints on the protocol's subjects. A
+// and its launch, kill, ps and helper endpoints on the protocol's subjects. A
 // malformed launch is answered with the error headers, and counted in that
 // worker's launch endpoint's num_errors alone. A worker that stops leaves
 // the service.
@@ -122,9 +122,13 @@ func TestMicroServiceDiscovery(t *testing.T) {
 
 	// INFO: the endpoints and their subjects, without a queue group.
 	selInfo := decodeAll[micro.Info](t, e.collectReplies("$SRV.INFO."+protocol.SelectorService, 1))[0]
+	// The alloc endpoint alone is in a queue group: with a hot standby, one
+	// selector books each helper RAM request.
 	if selInfo.Type != micro.InfoResponseType || selInfo.ID != selPing.ID || selInfo.Metadata[protocol.ServiceMetaPrefix] != e.subj.Prefix ||
-		len(selInfo.Endpoints) != 1 || selInfo.Endpoints[0].Name != protocol.EndpointStatus ||
-		selInfo.Endpoints[0].Subject != e.subj.Status() || selInfo.Endpoints[0].QueueGroup != "" {
+		len(selInfo.Endpoints) != 2 || selInfo.Endpoints[0].Name != protocol.EndpointStatus ||
+		selInfo.Endpoints[0].Subject != e.subj.Status() || selInfo.Endpoints[0].QueueGroup != "" ||
+		selInfo.Endpoints[1].Name != protocol.EndpointAlloc || selInfo.Endpoints[1].Subject != e.subj.Alloc() ||
+		selInfo.Endpoints[1].QueueGroup != protocol.SelectorService {
 		t.Fatalf("selector info %+v", selInfo)
 	}
 	infos := decodeAll[micro.Info](t, e.collectReplies("$SRV.INFO."+protocol.WorkerService, 2))
@@ -137,6 +141,7 @@ func TestMicroServiceDiscovery(t *testing.T) {
 			protocol.EndpointLaunch: e.subj.Launch(host),
 			protocol.EndpointKill:   e.subj.Kill(host),
 			protocol.EndpointPs:     e.subj.Ps(host),
+			protocol.EndpointHelper: e.subj.Helper(host),
 		}
 		got := map[string]string{}
 		for _, ep := range info.Endpoints {
@@ -158,7 +163,7 @@ func TestMicroServiceDiscovery(t *testing.T) {
 	e.mustStatus()
 	waitFor(t, 10*time.Second, func() (bool, string) {
 		st := decodeAll[micro.Stats](t, e.collectReplies("$SRV.STATS."+protocol.SelectorService, 1))[0]
-		if len(st.Endpoints) != 1 {
+		if len(st.Endpoints) != 2 {
 			return false, fmt.Sprintf("selector stats %+v", st)
 		}
 		ep := st.Endpoints[0]

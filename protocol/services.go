@@ -6,12 +6,13 @@ package protocol
 // services' names, version, endpoint names and metadata keys are part of
 // what the components agree on; the subjects are the ones above.
 const (
-	// SelectorService is the selector's service: one endpoint, status, on
-	// Subjects.Status.
+	// SelectorService is the selector's service: the endpoints status, on
+	// Subjects.Status, and alloc, on Subjects.Alloc.
 	SelectorService = "taskselector"
 	// WorkerService is the worker agents' service, one instance per host:
-	// the endpoints launch, kill and ps on Subjects.Launch, Kill and Ps of
-	// the instance's host, named in its metadata under ServiceMetaHost.
+	// the endpoints launch, kill, ps and helper on Subjects.Launch, Kill, Ps
+	// and Helper of the instance's host, named in its metadata under
+	// ServiceMetaHost.
 	WorkerService = "taskselector-worker"
 	// ServiceVersion is both services' version. Its major number is the
 	// wire format's version (the "v" of every message).
@@ -24,6 +25,11 @@ const (
 	EndpointKill   = "kill"
 	EndpointPs     = "ps"
 	EndpointStatus = "status"
+	// EndpointAlloc is the selector's endpoint on Subjects.Alloc (the
+	// memory-manager protocol), served in the queue group SelectorService.
+	EndpointAlloc = "alloc"
+	// EndpointHelper is a worker's endpoint on Subjects.Helper of its host.
+	EndpointHelper = "helper"
 )
 
 // Metadata keys of the services' instances.

@@ -77,6 +77,13 @@ func (s Subjects) Events() string { return s.Prefix + ".event.>" }
 // random client inbox (those are 22 characters long).
 func WorkerInbox(host string) string { return "_INBOX.worker." + EncodeName(host) }
 
+// Alloc is the request subject of tasks' helper RAM requests to the
+// selector, the fleet's memory manager.
+func (s Subjects) Alloc() string { return s.Prefix + ".alloc" }
+
+// Helper is the request subject of host's fleet helper starts and stops.
+func (s Subjects) Helper(host string) string { return s.Prefix + ".helper." + EncodeName(host) }
+
 // Status is the request subject of the selector's status snapshot.
 func (s Subjects) Status() string { return s.Prefix + ".selector.status" }
 

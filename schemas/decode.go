@@ -14,8 +14,9 @@ const MaxStatusBytes = 1 << 20
 
 // Message is implemented by every top-level wire type (as a value and as a
 // pointer): LaunchRequest, LaunchReply, Heartbeat, TaskEvent, KillRequest,
-// KillReply, PsRequest, PsReply, HostStatus, TargetSpec, TaskState and
-// SelectorStatus.
+// KillReply, PsRequest, PsReply, HostStatus, TargetSpec, TaskState,
+// SelectorStatus, and the memory-manager messages AllocRequest, AllocReply,
+// HelperRequest and HelperReply (alloc.go).
 type Message interface {
 	// Validate checks the message's semantic rules (version, names, ranges,
 	// enums) and returns a *FieldError naming the first field that breaks one.

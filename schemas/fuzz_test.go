@@ -67,6 +67,10 @@ func FuzzDecodeHostStatus(f *testing.F)     { fuzzMessage(f, DecodeHostStatus) }
 func FuzzDecodeTargetSpec(f *testing.F)     { fuzzMessage(f, DecodeTargetSpec) }
 func FuzzDecodeTaskState(f *testing.F)      { fuzzMessage(f, DecodeTaskState) }
 func FuzzDecodeSelectorStatus(f *testing.F) { fuzzMessage(f, DecodeSelectorStatus) }
+func FuzzDecodeAllocRequest(f *testing.F)   { fuzzMessage(f, DecodeAllocRequest) }
+func FuzzDecodeAllocReply(f *testing.F)     { fuzzMessage(f, DecodeAllocReply) }
+func FuzzDecodeHelperRequest(f *testing.F)  { fuzzMessage(f, DecodeHelperRequest) }
+func FuzzDecodeHelperReply(f *testing.F)    { fuzzMessage(f, DecodeHelperReply) }
 
 // FuzzDecodeHeartbeat checks the strict decoder against the reference, and
 // the fast decoder against the strict one: both accept with equal results, or both reject (with

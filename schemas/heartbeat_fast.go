@@ -23,6 +23,7 @@ const (
 	hbRAM
 	hbRAMBudget
 	hbRAMUsed
+	hbRAMFleet
 	hbProgress
 	hbSentAt
 	hbCount
@@ -30,10 +31,10 @@ const (
 
 var hbPaths = [hbCount]string{
 	"v", "task_id", "epoch", "pid", "host", "target", "type", "seq",
-	"ram", "ram.budget_mib", "ram.used_mib", "progress", "sent_at",
+	"ram", "ram.budget_mib", "ram.used_mib", "ram.fleet_helpers_mib", "progress", "sent_at",
 }
 
-const hbRequired = (1<<hbCount - 1) &^ (1 << hbProgress)
+const hbRequired = (1<<hbCount - 1) &^ (1<<hbProgress | 1<<hbRAMFleet)
 
 // hbDecoder holds the state of one DecodeHeartbeatInto call.
 type hbDecoder struct {
@@ -334,8 +335,8 @@ func (d *hbDecoder) str(f int, raw []byte, fl strictjson.Flags, old string) stri
 func (d *hbDecoder) ram() error {
 	d.n.RAM = HeartbeatRAM{}
 	d.see(hbRAM)
-	d.present &^= 1<<hbRAMBudget | 1<<hbRAMUsed
-	d.bad &^= 1<<hbRAMBudget | 1<<hbRAMUsed
+	d.present &^= 1<<hbRAMBudget | 1<<hbRAMUsed | 1<<hbRAMFleet
+	d.bad &^= 1<<hbRAMBudget | 1<<hbRAMUsed | 1<<hbRAMFleet
 	if d.Peek() != '{' {
 		// Not an object, or no input at all (Raw reports the end of it).
 		raw, _, err := d.Raw(1)
@@ -358,6 +359,8 @@ func (d *hbDecoder) ram() error {
 			f = hbRAMBudget
 		case d.hasLit(`"used_mib":`):
 			f = hbRAMUsed
+		case d.hasLit(`"fleet_helpers_mib":`):
+			f = hbRAMFleet
 		default:
 			var key []byte
 			if key, err = d.unescapedKey(); err != nil {
@@ -368,6 +371,8 @@ func (d *hbDecoder) ram() error {
 				f = hbRAMBudget
 			case "used_mib":
 				f = hbRAMUsed
+			case "fleet_helpers_mib":
+				f = hbRAMFleet
 			}
 		}
 		var raw []byte
@@ -376,15 +381,22 @@ func (d *hbDecoder) ram() error {
 		}
 		if f >= 0 {
 			d.see(f)
-			if string(raw) == "null" {
+			switch {
+			case string(raw) == "null" && f == hbRAMFleet:
+				// An optional field: null is the same as absent.
+				d.n.RAM.FleetHelpersMiB = 0
+			case string(raw) == "null":
 				d.fail(f, probNull)
-			} else {
+			default:
 				n, p := strictjson.ParseUint(raw, math.MaxInt64)
 				d.check(f, p)
-				if f == hbRAMBudget {
+				switch f {
+				case hbRAMBudget:
 					d.n.RAM.BudgetMiB = int64(n)
-				} else {
+				case hbRAMUsed:
 					d.n.RAM.UsedMiB = int64(n)
+				default:
+					d.n.RAM.FleetHelpersMiB = int64(n)
 				}
 			}
 		}
@@ -425,6 +437,10 @@ func AppendHeartbeat(dst []byte, h *Heartbeat) []byte {
 	dst = strconv.AppendInt(dst, h.RAM.BudgetMiB, 10)
 	dst = append(dst, `,"used_mib":`...)
 	dst = strconv.AppendInt(dst, h.RAM.UsedMiB, 10)
+	if h.RAM.FleetHelpersMiB != 0 {
+		dst = append(dst, `,"fleet_helpers_mib":`...)
+		dst = strconv.AppendInt(dst, h.RAM.FleetHelpersMiB, 10)
+	}
 	dst = append(dst, '}')
 	if p := h.Progress; p != nil && !math.IsNaN(*p) && !math.IsInf(*p, 0) {
 		dst = append(dst, `,"progress":`...)

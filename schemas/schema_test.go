@@ -48,6 +48,10 @@ var allMessages = []msgCase{
 	{nameTargetSpec, reflect.TypeFor[TargetSpec](), dec(DecodeTargetSpec)},
 	{nameTaskState, reflect.TypeFor[TaskState](), dec(DecodeTaskState)},
 	{nameSelectorStatus, reflect.TypeFor[SelectorStatus](), dec(DecodeSelectorStatus)},
+	{nameAllocRequest, reflect.TypeFor[AllocRequest](), dec(DecodeAllocRequest)},
+	{nameAllocReply, reflect.TypeFor[AllocReply](), dec(DecodeAllocReply)},
+	{nameHelperRequest, reflect.TypeFor[HelperRequest](), dec(DecodeHelperRequest)},
+	{nameHelperReply, reflect.TypeFor[HelperReply](), dec(DecodeHelperReply)},
 }
 
 // schemaURL is where a message's schema is registered with the compiler:

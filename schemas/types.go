@@ -56,7 +56,8 @@ const MaxMessageBytes = 64 << 10
 const MaxNameBytes = 256
 
 // Reply error codes. A LaunchReply carries insufficient_ram, unknown_type,
-// invalid or draining; a KillReply or PsReply carries invalid or failed.
+// invalid or draining; a KillReply or PsReply carries invalid or failed. The
+// memory-manager replies' codes are in alloc.go.
 const (
 	CodeInsufficientRAM = "insufficient_ram"
 	CodeUnknownType     = "unknown_type"
@@ -141,6 +142,10 @@ type LaunchReply struct {
 type HeartbeatRAM struct {
 	BudgetMiB int64 `json:"budget_mib"`
 	UsedMiB   int64 `json:"used_mib"`
+	// FleetHelpersMiB is the helper RAM granted to the task on hosts
+	// anywhere in the fleet (the memory-manager protocol), outside its
+	// budget on its own host. 0 (omitted) from workers that do not know it.
+	FleetHelpersMiB int64 `json:"fleet_helpers_mib,omitempty"`
 }
 
 // Heartbeat is published by a running task (or its worker) on
@@ -266,8 +271,11 @@ type HostStatus struct {
 	// Memory says how the worker measures and limits its tasks' RAM:
 	// cgroup2, cgroup1, proc (a /proc walk, no limit enforced) or sim.
 	// Empty from workers that do not say.
-	Memory string    `json:"memory,omitempty"`
-	SentAt time.Time `json:"sent_at"`
+	Memory string `json:"memory,omitempty"`
+	// Helpers are the fleet helpers the host runs for tasks on any host
+	// (the memory-manager protocol). Their RAM is part of RAM.UsedMiB.
+	Helpers []HelperStatus `json:"helpers,omitempty"`
+	SentAt  time.Time      `json:"sent_at"`
 }
 
 // Phase is one lifecycle phase of a declared target.
@@ -353,6 +361,9 @@ type TargetStatus struct {
 	FullMiB        int64  `json:"full_mib,omitempty"`
 	HeartbeatAgeMS int64  `json:"heartbeat_age_ms"`
 	Reason         string `json:"reason,omitempty"`
+	// Helpers are the fleet helpers its task holds (the memory-manager
+	// protocol), starting or running, on any host.
+	Helpers []HelperGrant `json:"helpers,omitempty"`
 }
 
 // HostStatusLine is one host's line in SelectorStatus.
@@ -367,6 +378,11 @@ type HostStatusLine struct {
 	Lost        bool   `json:"lost,omitempty"`
 	Draining    bool   `json:"draining,omitempty"`
 	Avoided     bool   `json:"avoided,omitempty"`
+	// HelpersMiB is the RAM of the fleet helpers booked on the host (part
+	// of ReservedMiB); NoHelpers says its worker does not run fleet
+	// helpers (a helper request found no responders).
+	HelpersMiB int64 `json:"helpers_mib,omitempty"`
+	NoHelpers  bool  `json:"no_helpers,omitempty"`
 }
 
 // Counters are the selector's cumulative counts since it started.
@@ -431,3 +447,89 @@ const (
 	RoleLeader  = "leader"
 	RoleStandby = "standby"
 )
+
+// The memory-manager protocol: a running task may ask the selector for helper
+// RAM anywhere in the fleet. The selector books it in its ledger, starts the
+// helpers through their hosts' workers (tasks.helper.<host>) and answers with
+// the grants. Helpers belong to their task: they carry its epoch, and they
+// are stopped when it ends.
+
+// Helper request operations (HelperRequest.Op).
+const (
+	HelperStart = "start"
+	HelperStop  = "stop"
+)
+
+// AllocRequest asks the selector, on tasks.alloc (request/reply), for more
+// helper RAM for a running task, or gives some back. The task's own worker
+// sends it on the task's behalf.
+type AllocRequest struct {
+	V      int    `json:"v"`
+	TaskID string `json:"task_id"`
+	Epoch  uint64 `json:"epoch"`
+	Target string `json:"target"`
+	// Host is the task's (its wrapper's) host.
+	Host string `json:"host"`
+	// MiB is the helper RAM wanted beyond what the task holds; MinMiB the
+	// least worth having: a grant below it is a refusal. Both may be 0 in a
+	// request that only releases.
+	MiB    int64 `json:"mib"`
+	MinMiB int64 `json:"min_mib"`
+	// Release names helpers (by HelperID) the task gives back.
+	Release []string `json:"release,omitempty"`
+}
+
+// HelperGrant is helper RAM granted to a task on one host.
+type HelperGrant struct {
+	HelperID string `json:"helper_id"`
+	Host     string `json:"host"`
+	MiB      int64  `json:"mib"`
+}
+
+// AllocReply answers an AllocRequest with the grants made (their sum is
+// between the request's MinMiB and MiB), or an error: insufficient_ram (the
+// fleet has no room for the helpers: the task could not allocate RAM for
+// them), unknown_task, or over_budget.
+//
+// Held lists every grant the task holds after the call, new ones included,
+// so that a request for 0 MiB tells a task which of its helpers still stand
+// (a helper on a host that was lost is gone from it).
+type AllocReply struct {
+	V      int           `json:"v"`
+	TaskID string        `json:"task_id"`
+	Grants []HelperGrant `json:"grants,omitempty"`
+	Held   []HelperGrant `json:"held,omitempty"`
+	Error  *ReplyError   `json:"error,omitempty"`
+}
+
+// HelperRequest asks a worker, on tasks.helper.<host>, to start or stop one
+// helper of a task that may run on another host (TaskHost).
+type HelperRequest struct {
+	V        int    `json:"v"`
+	Op       string `json:"op"`
+	HelperID string `json:"helper_id"`
+	TaskID   string `json:"task_id"`
+	Epoch    uint64 `json:"epoch"`
+	Target   string `json:"target"`
+	Type     string `json:"type"`
+	TaskHost string `json:"task_host"`
+	MiB      int64  `json:"mib"`
+}
+
+// HelperReply answers a HelperRequest: whether the helper runs after it.
+// A worker that could not act sets Error, and Running says nothing then.
+type HelperReply struct {
+	V        int         `json:"v"`
+	HelperID string      `json:"helper_id"`
+	Running  bool        `json:"running"`
+	Error    *ReplyError `json:"error,omitempty"`
+}
+
+// HelperStatus is one fleet helper as its host lists it in HostStatus.
+type HelperStatus struct {
+	HelperID string `json:"helper_id"`
+	TaskID   string `json:"task_id"`
+	Epoch    uint64 `json:"epoch"`
+	Target   string `json:"target"`
+	MiB      int64  `json:"mib"`
+}

@@ -251,6 +251,7 @@ func (m *Heartbeat) validate() error {
 	c.positiveU("seq", m.Seq)
 	c.mib("ram.budget_mib", m.RAM.BudgetMiB)
 	c.mib("ram.used_mib", m.RAM.UsedMiB)
+	c.mib("ram.fleet_helpers_mib", m.RAM.FleetHelpersMiB)
 	if m.Progress != nil {
 		c.finite("progress", *m.Progress)
 		c.atMost("progress", *m.Progress, 1)
@@ -429,6 +430,7 @@ func (m HostStatus) Validate() error {
 		c.fail("memory", "longer than 64 bytes")
 	}
 	c.text("memory", m.Memory)
+	c.helperStatuses(m.Helpers)
 	c.time("sent_at", m.SentAt)
 	return c.result()
 }
@@ -554,6 +556,7 @@ func (m SelectorStatus) Validate() error {
 		s.mib("full_mib", t.FullMiB)
 		s.nonNeg("heartbeat_age_ms", t.HeartbeatAgeMS)
 		s.text("reason", t.Reason)
+		s.grants("helpers", t.Helpers)
 		c.merge(s)
 		if c.err != nil {
 			break
@@ -568,6 +571,7 @@ func (m SelectorStatus) Validate() error {
 		s.mib("reserved_mib", h.ReservedMiB)
 		s.mib("free_mib", h.FreeMiB)
 		s.nonNeg("tasks", int64(h.Tasks))
+		s.mib("helpers_mib", h.HelpersMiB)
 		c.merge(s)
 		if c.err != nil {
 			break

@@ -144,6 +144,36 @@ type Malformed struct{ Source string }
 // ShutdownRequested stops all further launches; in-flight work still settles.
 type ShutdownRequested struct{}
 
+// AllocRequested carries a task's request for helper RAM anywhere in the
+// fleet (or its release of some). The engine answers it with one
+// CmdAllocReply carrying the same ID, once the helpers it grants have been
+// started (or could not be).
+type AllocRequested struct {
+	ID  uint64 // the edge's handle on the request, echoed in CmdAllocReply
+	Req *schemas.AllocRequest
+}
+
+// HelperReplied carries a worker's answer to a CmdHelper; Req is the request
+// the edge sent.
+type HelperReplied struct {
+	Host  string
+	Req   *schemas.HelperRequest
+	Reply schemas.HelperReply
+}
+
+// HelperUnanswered reports that a CmdHelper got no reply: it timed out (the
+// worker may have acted), or NATS had no responders for the host's helper
+// subject (a worker that does not run fleet helpers, or no worker at all).
+type HelperUnanswered struct {
+	Host         string
+	Req          *schemas.HelperRequest
+	NoResponders bool
+}
+
+func (*AllocRequested) isEvent()   {}
+func (*HelperReplied) isEvent()    {}
+func (*HelperUnanswered) isEvent() {}
+
 func (*TargetUpserted) isEvent()     {}
 func (*TargetDeleted) isEvent()      {}
 func (*HeartbeatReceived) isEvent()  {}
@@ -183,6 +213,11 @@ const (
 	CmdPersist
 	// CmdDelete: delete Target's key from the tasks bucket.
 	CmdDelete
+	// CmdAllocReply: answer the AllocRequested event AllocID with Alloc.
+	CmdAllocReply
+	// CmdHelper: send Helper to tasks.helper.<Host>, then feed back
+	// HelperReplied or HelperUnanswered.
+	CmdHelper
 )
 
 func (k CommandKind) String() string {
@@ -197,6 +232,10 @@ func (k CommandKind) String() string {
 		return "persist"
 	case CmdDelete:
 		return "delete"
+	case CmdAllocReply:
+		return "alloc_reply"
+	case CmdHelper:
+		return "helper"
 	}
 	return "unknown"
 }
@@ -212,6 +251,10 @@ type Command struct {
 	Kill   *schemas.KillRequest   // CmdKill
 	Ps     *schemas.PsRequest     // CmdPs
 	State  *schemas.TaskState     // CmdPersist
+	// AllocID and Alloc answer an AllocRequested event (CmdAllocReply).
+	AllocID uint64
+	Alloc   *schemas.AllocReply
+	Helper  *schemas.HelperRequest // CmdHelper
 	// Fence marks a CmdKill of a task that is not its target's (an
 	// impostor found through a heartbeat, a ps reply or a late launch
 	// reply). Such kills follow what other parties publish, so a flood of
@@ -239,6 +282,22 @@ type Config struct {
 	RestartDelayReset  time.Duration // healthy run that resets the crash delay [10m]
 	MaxSkips           int           // pending targets passed over per decision when the best does not fit [64]
 	LaunchSentReported bool          // the edge feeds LaunchSent; launch timeouts count from it
+	// LaunchAtMinimum places every task with its minimum budget (wrapper
+	// plus helpers_min_mib) on its host, the best fit for that size; the
+	// task gets the rest of its full size as fleet helpers from the
+	// memory manager. Off, a task gets its full size on one host when
+	// one holds it [false].
+	LaunchAtMinimum bool
+	// HelperGrainMiB is the unit of fleet helper grants: each grant is a
+	// whole number of grains, so that helpers made of fixed-size threads
+	// (1792 MiB in the hacking model) waste none of it [0: 1 MiB].
+	HelperGrainMiB int64
+	// Horizon is how far ahead, from the engine's start, the hacking
+	// targets are planned: the engine focuses the fleet's RAM on the
+	// target that brings the most income by then, its preparation
+	// included (see focus.go). 0 plans nothing: every target ranks by its
+	// estimate's priority [0].
+	Horizon time.Duration
 	// MaxStepGap is the longest the edge lets pass between two steps: its
 	// ticker steps the engine every tick. A longer gap means the selector
 	// itself was not running (a long GC pause, a stopped VM or process):

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/taskselector/taskselector/schemas"
 	"github.com/taskselector/taskselector/workload"
 )
 
@@ -109,6 +110,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("selector: BackoffJitter must be a fraction in [0, 1), got %v", c.BackoffJitter)
 	case c.MaxPendingLaunches < 1:
 		return fmt.Errorf("selector: MaxPendingLaunches must be at least 1, got %d", c.MaxPendingLaunches)
+	case c.Horizon < 0:
+		return fmt.Errorf("selector: Horizon must not be negative, got %v", c.Horizon)
+	case c.HelperGrainMiB < 0 || c.HelperGrainMiB > schemas.MaxMiB:
+		return fmt.Errorf("selector: HelperGrainMiB must be from 0 to %d, got %d", schemas.MaxMiB, c.HelperGrainMiB)
 	case c.HostHeadroomMiB < 0:
 		return fmt.Errorf("selector: HostHeadroomMiB must not be negative, got %d", c.HostHeadroomMiB)
 	case c.MaxSkips < 0:

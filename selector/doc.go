@@ -29,6 +29,10 @@
 //   - health.go: ticks, the silence of tasks and hosts, lost hosts and the
 //     disruption modes.
 //   - status.go: the status shown to operators.
+//   - helpers.go, helperstate.go: the memory manager: helper RAM granted
+//     to tasks anywhere in the fleet, and the helpers' states.
+//   - focus.go: with a planning horizon, the hacking target the fleet's
+//     RAM goes to, and the preemption of the others for it.
 //
 // # Task states
 //
@@ -80,8 +84,8 @@
 //     leaving.
 //   - stale: no heartbeat within HeartbeatStale.
 //   - kill: a kill is sent (the target was deleted, the phase was done by an
-//     earlier task, or a ps found a suspect task running), or sent again
-//     after ReplyTimeout.
+//     earlier task, a ps found a suspect task running, or the task is
+//     preempted for the focus target), or sent again after ReplyTimeout.
 //   - close: the task ends: its done or failed event came, its kill was
 //     confirmed, a ps found it gone, its launch was refused or never sent,
 //     or its host was lost. Its RAM is freed, its epoch closed and its target
@@ -92,4 +96,82 @@
 // it holds a pending-launch slot, whether this engine placed it, whether its
 // launch has left the edge, and whether a ps or kill of it is outstanding,
 // went unanswered, or found it finished with its done event still to come.
+//
+// # The memory manager
+//
+// The engine is the fleet's memory manager: a running task may ask it for
+// helper RAM on any host (AllocRequested, from tasks.alloc). The rules:
+//
+//   - Who may ask: the target's current task, by its id, epoch, target and
+//     host, while it runs (launched or active) and is not being stopped.
+//     Anything else is answered unknown_task.
+//   - The budget: a task may hold, on its own host and in fleet helpers
+//     together, its phase's full size as estimated (wrapper plus
+//     helpers_full_mib). A request whose least useful size (min_mib) is
+//     above what that leaves is answered over_budget; a larger one is cut
+//     to it.
+//   - Where: hosts that may take a new task (seen, not stale, lost or
+//     draining) and run fleet helpers, against the same ledger as
+//     placement: on the host with the least RAM free that holds the whole
+//     request, or else on the roomiest hosts, in as few pieces as may be.
+//     Helpers count in their host's ledger, so every later placement and
+//     grant sees them.
+//   - The answer: each piece is a helper, booked at once and started
+//     through its host's worker (CmdHelper start); the request is
+//     answered (CmdAllocReply) once every start is answered, with the
+//     pieces that started. A start that fails or finds no responders is
+//     refunded; one that times out may have run, so it is stopped. Fewer
+//     than min_mib MiB started, or none at all, is a refusal: what did
+//     start is stopped, the reply is insufficient_ram, and the global
+//     backoff takes one step (the task could not allocate RAM for its
+//     helpers). So is a request the free RAM cannot cover at once.
+//   - Release: helpers a request names in release leave the task at once
+//     (they are no longer in its budget nor in held) and are stopped;
+//     their RAM stays booked on their host until the stop is confirmed.
+//   - Fencing: a helper carries its task's epoch. When the task closes,
+//     for whatever reason, its helpers are stopped, and stops are sent
+//     again every ReplyTimeout until confirmed, as kills are. A host that
+//     is lost takes its helpers out of the ledger and out of held: they
+//     no longer work for their task; should the host come back running
+//     them, its status shows them as orphans, and they are stopped.
+//   - v1 workers: a helper request that finds no responders marks its host
+//     as running no fleet helpers; nothing is granted there until the
+//     host comes back from being lost or lists helpers in its status.
+//   - Restarts: grants are not persisted. What runs is what hosts say in
+//     HostStatus.Helpers, and their RAM is part of the used RAM they
+//     report, so until a helper is booked its RAM counts as foreign use and
+//     is never granted twice. The first status of each host after a start
+//     books its helpers of their target's current task (same id and epoch)
+//     to that task; any helper the engine does not hold (on a later
+//     status, or of another task or epoch) is an orphan and is stopped. A
+//     request that was being answered when the selector stopped gets no
+//     reply; the task asks again, and a helper started meanwhile is
+//     learned from the next status or stopped as an orphan.
+//
+// A helper's state changes only along this table ("-": not in the ledger):
+//
+//	from                        helper event  to
+//	-                           grant         starting
+//	starting                    started       running
+//	starting, stopping          start-failed  -
+//	-                           learn         running
+//	-                           orphan        stopping
+//	any                         stop          stopping
+//	stopping                    stopped       -
+//	any                         lost          -
+//
+// The helper events:
+//
+//   - grant: RAM is granted to a task, booked, and the start sent.
+//   - started: the start's reply says the helper runs.
+//   - start-failed: the start's reply says it does not run, or nobody
+//     listens on the host's helper subject; its RAM is refunded.
+//   - learn: a host's first status since the engine started lists it for
+//     its target's current task.
+//   - orphan: a host status lists a helper that no task of the engine
+//     holds.
+//   - stop: its task released it or closed, or its start timed out; the
+//     stop is sent (once the start is answered, if that is still out).
+//   - stopped: its stop is confirmed (or finds no responders).
+//   - lost: its host is lost.
 package selector

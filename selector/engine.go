@@ -67,6 +67,14 @@ type Engine struct {
 	// and trigger. No decision reads it: the tests check it against
 	// taskTransitions.
 	transitions [numTaskStates][numTaskTriggers]uint64
+	// helpers are the fleet helpers in the ledger, by id; helperMoves
+	// counts their transitions as transitions counts the tasks'.
+	helpers map[string]*helper
+	// focus is the hacking target the fleet's RAM goes to (Config.Horizon),
+	// chosen again no sooner than focusAt.
+	focus       *target
+	focusAt     time.Time
+	helperMoves [numHelperStates][numHelperTriggers]uint64
 	out         []Command
 	skipped     []*target
 	elig        []hostFree // scratch for feasible
@@ -111,6 +119,7 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 		lossTokensAt:  now,
 		nextPrune:     now.Add(pruneEvery),
 		fenced:        make(map[string]time.Time),
+		helpers:       make(map[string]*helper),
 		counters: schemas.Counters{
 			Failures:          map[string]uint64{},
 			MalformedMessages: map[string]uint64{},
@@ -301,6 +310,12 @@ func (e *Engine) Step(now time.Time, ev Event) []Command {
 		e.counters.MalformedMessages[ev.Source]++
 	case *ShutdownRequested:
 		e.shutdown = true
+	case *AllocRequested:
+		e.allocRequested(now, ev)
+	case *HelperReplied:
+		e.helperReplied(now, ev)
+	case *HelperUnanswered:
+		e.helperUnanswered(now, ev)
 	default:
 		panic(fmt.Sprintf("selector: unknown event %T", ev))
 	}

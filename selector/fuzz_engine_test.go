@@ -128,6 +128,8 @@ type engineFuzz struct {
 	past     []Event // heartbeats, statuses and events fed, for replays
 	nextPID  int64
 	seq      int
+	helpers  []*schemas.HelperRequest // every helper start the engine sent
+	allocID  uint64
 	steps    int
 	log      []string
 }
@@ -146,6 +148,7 @@ func newEngineFuzz(t *testing.T, data []byte) *engineFuzz {
 	cfg.MaxPendingLaunches = 1 + int(flags%3)
 	cfg.HostHeadroomMiB = int64(flags>>2&3) * 64
 	cfg.LaunchSentReported = flags&16 != 0
+	cfg.LaunchAtMinimum = cfg.Seed&1 != 0 // tasks then ask the memory manager for the rest
 	if flags&32 != 0 {
 		cfg.MaxStepGap = time.Second
 	}
@@ -344,9 +347,12 @@ func (z *engineFuzz) carryOut(c Command) {
 			r.seq = z.seq
 		}
 		z.reqs = append(z.reqs, r)
-	case CmdKill, CmdPs:
+	case CmdKill, CmdPs, CmdHelper:
 		z.seq++
 		z.reqs = append(z.reqs, &fzRequest{cmd: c, gen: z.gen, sentAt: z.now, seq: z.seq})
+		if c.Kind == CmdHelper && c.Helper.Op == schemas.HelperStart {
+			z.helpers = append(z.helpers, c.Helper)
+		}
 	}
 }
 
@@ -533,6 +539,15 @@ func (z *engineFuzz) exec(r *fzRequest) Event {
 			}
 		}
 		return &KillReplied{Host: c.Host, Reply: schemas.KillReply{V: schemas.Version, TaskID: c.Kill.TaskID, PID: c.Kill.PID}}
+	case CmdHelper:
+		rep := schemas.HelperReply{V: schemas.Version, HelperID: c.Helper.HelperID, Running: c.Helper.Op == schemas.HelperStart}
+		switch z.byte() % 8 {
+		case 5:
+			rep.Running = !rep.Running
+		case 6:
+			rep.Error = &schemas.ReplyError{Code: "failed", Message: "cannot"}
+		}
+		return &HelperReplied{Host: c.Host, Req: c.Helper, Reply: rep}
 	}
 	rep := schemas.PsReply{V: schemas.Version, Host: c.Host, Tasks: []schemas.PsTask{}}
 	for _, l := range z.launches {
@@ -889,6 +904,12 @@ func (z *engineFuzz) run() {
 				z.feed(&ShutdownRequested{})
 			case 1:
 				z.feed(&StoreConflict{Target: z.pick(fzTargets), Err: "cas"})
+			case 2, 3:
+				z.feed(z.alloc())
+			case 4:
+				z.feed(z.evilHelper())
+			case 5:
+				z.feed(z.helperStatus())
 			default:
 				z.feed(&Malformed{Source: z.pick([]string{"heartbeat", "event", "ps_reply"})})
 			}
@@ -943,7 +964,72 @@ func fuzzEngineSeeds() [][]byte {
 		{0, 0, 4, 4, fzEvilStatus, 0, 3, 5, 0, fzEvilHB, 1, 0, 0, 3, 5, 1, 2, fzEvilEvent, 0, 0, 0, 1,
 			fzEvilPs, 0, 1, fzEvilKill, 1, 0, fzEvilLaunch, 0, 0, 3, fzUpsert, 0, 4, fzDelete, 1, fzBus, fzBus,
 			fzDropped, 0, fzOther, 5, round, round},
+		// Tasks placed at their minimum ask for helper RAM, release some,
+		// hear replies late or not at all, and hosts list helpers of every
+		// kind; a restart learns or stops them.
+		{0, 1, 0, 0, round, fzOther, 2, 0, 0, 7, 200, 1, 0, round, fzOther, 3, 1, 0, 2, 9, 2, 4, 0, fzExec, 0,
+			fzOther, 4, 1, 1, 0, fzOther, 5, 2, 3, 1, 0, 0, 0, 5, round, fzRestart, round, fzOther, 5, 1, 1, 0, 0, 0,
+			fzOther, 2, 0, 0, 7, 100, 7, 50, 0, 0, fzDrop, 0, 1, round, jump, 4, round},
 		// The selector pauses (MaxStepGap) and the bus goes away.
 		{32, 1, 0, 0, jump, 0, fzBus, jump, 2, fzBus, round, round},
 	}
+}
+
+// alloc is a helper RAM request of a task the fuzzer knows of (or not), for
+// any figures, releasing helpers of any task now and then.
+func (z *engineFuzz) alloc() Event {
+	id, l := z.taskID()
+	target, host, epoch, _ := z.ident(l)
+	z.allocID++
+	req := &schemas.AllocRequest{V: schemas.Version, TaskID: id, Epoch: epoch, Target: target, Host: host, MiB: z.mib(), MinMiB: z.mib()}
+	if z.byte()%2 == 0 {
+		req.MinMiB = min(req.MinMiB, req.MiB/2)
+	}
+	if len(z.helpers) > 0 && z.byte()%3 == 0 {
+		req.Release = append(req.Release, z.helpers[z.intn(len(z.helpers))].HelperID, "no-such-helper")
+	}
+	return &AllocRequested{ID: z.allocID, Req: req}
+}
+
+// evilHelper is a helper reply or its absence for a helper request the
+// engine sent (a late one, a repeated one, or one from another host), or
+// for none.
+func (z *engineFuzz) evilHelper() Event {
+	req := &schemas.HelperRequest{V: schemas.Version, Op: schemas.HelperStart, HelperID: "no-such-helper"}
+	if len(z.helpers) > 0 {
+		r := *z.helpers[z.intn(len(z.helpers))]
+		req = &r
+	}
+	if z.byte()%2 == 0 {
+		req.Op = schemas.HelperStop
+	}
+	host := z.pick(z.hosts)
+	switch z.byte() % 3 {
+	case 0:
+		return &HelperUnanswered{Host: host, Req: req, NoResponders: z.byte()%2 == 0}
+	case 1:
+		return &HelperReplied{Host: host, Req: req, Reply: schemas.HelperReply{V: schemas.Version, HelperID: req.HelperID,
+			Running: z.byte()%2 == 0}}
+	}
+	return &HelperReplied{Host: host, Req: nil}
+}
+
+// helperStatus is a host status that lists helpers: ones the engine started,
+// made-up ones, and ones of any task and epoch, of any size.
+func (z *engineFuzz) helperStatus() Event {
+	host := z.pick(z.hosts)
+	var hs []schemas.HelperStatus
+	for range z.intn(4) {
+		x := schemas.HelperStatus{HelperID: "made-up-" + strconv.Itoa(z.intn(4)), MiB: z.mib()}
+		if len(z.helpers) > 0 && z.byte()%2 == 0 {
+			r := z.helpers[z.intn(len(z.helpers))]
+			x = schemas.HelperStatus{HelperID: r.HelperID, TaskID: r.TaskID, Epoch: r.Epoch, Target: r.Target, MiB: r.MiB}
+		}
+		if id, l := z.taskID(); l != nil && z.byte()%2 == 0 {
+			x.TaskID, x.Epoch, x.Target = id, l.req.Epoch, l.req.Target
+		}
+		hs = append(hs, x)
+	}
+	return &HostStatusReceived{Status: &schemas.HostStatus{V: schemas.Version, Host: host,
+		RAM: schemas.HostRAM{TotalMiB: 1000 + int64(z.intn(4))*500, UsedMiB: z.mib()}, Helpers: hs, SentAt: z.now}}
 }

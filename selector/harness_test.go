@@ -38,6 +38,10 @@ type harness struct {
 
 	hostRAM map[string][2]int64 // total, used of every host a status was sent for
 	silent  map[string]bool     // hosts that send no status in refresh
+
+	helperNames map[string]string // real helper id -> stable name task#epoch/hN
+	helperReqs  map[string]*schemas.HelperRequest
+	helperSeq   map[string]int // per stable task name: helpers named so far
 }
 
 // launched is what the harness knows of a task the engine launched.
@@ -63,6 +67,10 @@ func newHarness(tb testing.TB, cfg Config) *harness {
 		check:   true,
 		hostRAM: map[string][2]int64{},
 		silent:  map[string]bool{},
+
+		helperNames: map[string]string{},
+		helperReqs:  map[string]*schemas.HelperRequest{},
+		helperSeq:   map[string]int{},
 	}
 }
 
@@ -154,7 +162,36 @@ func (h *harness) observe(c Command) {
 		h.learn(l.TaskID, l.Target, l.Epoch, c.Host, l.Type, l.RAM.WrapperMiB, l.RAM.HelpersMiB, 0)
 	case CmdPs:
 		h.lastPs[c.Host] = slices.Clone(c.Ps.PIDs)
+	case CmdHelper:
+		h.helperName(c.Helper.HelperID, c.Helper.TaskID)
+		r := *c.Helper
+		h.helperReqs[c.Helper.HelperID] = &r
 	}
+}
+
+// helperName gives helper id of task taskID a stable name: the task's,
+// then /h and its number among that task's helpers.
+func (h *harness) helperName(id, taskID string) string {
+	if n, ok := h.helperNames[id]; ok {
+		return n
+	}
+	task := h.stable(taskID)
+	h.helperSeq[task]++
+	n := task + "/h" + strconv.Itoa(h.helperSeq[task])
+	h.helperNames[id] = n
+	return n
+}
+
+// helperID returns the real id of the helper with stable name name.
+func (h *harness) helperID(name string) string {
+	h.tb.Helper()
+	for id, n := range h.helperNames {
+		if n == name {
+			return id
+		}
+	}
+	h.tb.Fatalf("no helper %s", name)
+	return ""
 }
 
 // task returns what the harness knows of a task by its stable name.
@@ -309,8 +346,30 @@ func (h *harness) formatOne(c Command) string {
 		return line + fmt.Sprintf(" task=%s state=%s host=%s pid=%d budget=%d", h.stable(r.TaskID), r.State, r.Host, r.PID, r.BudgetMiB)
 	case CmdDelete:
 		return "delete " + c.Target
+	case CmdHelper:
+		x := c.Helper
+		return fmt.Sprintf("helper %s %s %s task=%s epoch=%d mib=%d", x.Op, c.Host, h.helperNames[x.HelperID], h.stable(x.TaskID), x.Epoch, x.MiB)
+	case CmdAllocReply:
+		r := c.Alloc
+		line := fmt.Sprintf("alloc_reply %d", c.AllocID)
+		if r.Error != nil {
+			line += " error=" + r.Error.Code
+		}
+		return line + " grants=" + h.grants(r.Grants) + " held=" + h.grants(r.Held)
 	}
 	return "unknown command"
+}
+
+// grants renders grants as stable-name@host:MiB, comma-separated, or -.
+func (h *harness) grants(gs []schemas.HelperGrant) string {
+	if len(gs) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(gs))
+	for i, g := range gs {
+		parts[i] = fmt.Sprintf("%s@%s:%d", h.helperNames[g.HelperID], g.Host, g.MiB)
+	}
+	return strings.Join(parts, ",")
 }
 
 // only returns the commands of one kind.

@@ -71,6 +71,10 @@ func (e *Engine) inputDropped(now time.Time, ev *InputDropped) {
 func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
 	h := e.hostNamed(now, st.Host)
 	back := h.lost || !h.seen
+	first := !h.seen
+	if back || len(st.Helpers) > 0 {
+		h.noHelpers = false // a worker that came back, or one that runs helpers
+	}
 	h.seen = true
 	h.lastStatus = now
 	h.total = clampMiB(st.RAM.TotalMiB)
@@ -78,7 +82,7 @@ func (e *Engine) hostStatus(now time.Time, st *schemas.HostStatus) {
 	h.draining = st.Draining
 	h.avoided = false
 	h.lost = false
-	var owned int64
+	owned := e.helperStatus(now, h, st, first)
 	for _, id := range st.Tasks {
 		if k := e.byID[id]; k != nil && k.host == h {
 			owned += k.used
@@ -184,6 +188,7 @@ func (e *Engine) tick(now time.Time) {
 			}
 		}
 	}
+	e.tickHelpers(now)
 	e.checkHosts(now)
 	for _, h := range e.hostSeq {
 		if h.lost && len(h.tasks) > 0 {
@@ -352,6 +357,7 @@ func (e *Engine) loseHost(now time.Time, h *host) {
 	h.lost = true
 	h.lostAt = now
 	e.counters.HostsLost++
+	e.loseHelpers(h)
 	e.closeLost(now, h)
 }
 
@@ -429,6 +435,7 @@ func (e *Engine) NextDeadline() time.Time {
 			}
 		}
 	}
+	e.helperDeadline(at)
 	near := e.cfg.HostStale - e.cfg.HostStale/4
 	for _, h := range e.hostSeq {
 		if h.lost {

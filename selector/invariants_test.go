@@ -124,6 +124,9 @@ func (e *Engine) checkInvariants() error {
 			return fmt.Errorf("host %s: reserved %d, its tasks hold %d", h.name, h.reserved, s.reserved)
 		}
 	}
+	if err := e.checkHelpers(); err != nil {
+		return err
+	}
 	if err := e.pending.check(); err != nil {
 		return fmt.Errorf("pending queue: %w", err)
 	}
@@ -183,11 +186,97 @@ func (e *Engine) checkInvariants() error {
 	return checkTransitions(e)
 }
 
+// checkHelpers verifies the memory manager's books: every helper is in the
+// ledger of its host and, while it belongs to a task, in that task's list;
+// the task is live and is its target's; no helper outlives its task (one
+// that belongs to none is stopping) and none stands on a lost host; each
+// host's helper RAM sums its helpers; and a task holds no more than its
+// phase's full size allows, unless its helpers were learned after a
+// restart.
+func (e *Engine) checkHelpers() error {
+	n := 0
+	for _, h := range e.hostSeq {
+		var sum int64
+		for i, x := range h.helpers {
+			n++
+			sum += x.mib
+			switch {
+			case x.hidx != i || x.host != h:
+				return fmt.Errorf("helper %s: at %d on %s, records %d on %v", x.id, i, h.name, x.hidx, x.host.name)
+			case e.helpers[x.id] != x:
+				return fmt.Errorf("helper %s: not in the index", x.id)
+			case !liveHelperStates.has(x.state):
+				return fmt.Errorf("helper %s: state %d in the ledger", x.id, x.state)
+			case !inMiB(x.mib):
+				return fmt.Errorf("helper %s: %d MiB", x.id, x.mib)
+			case h.lost:
+				return fmt.Errorf("helper %s on lost host %s", x.id, h.name)
+			case x.owner == nil && x.state != helperStopping:
+				return fmt.Errorf("helper %s belongs to no task and is not stopping (%s)", x.id, helperStateNames[x.state])
+			case x.owner != nil && x.state == helperStopping:
+				return fmt.Errorf("helper %s is stopping and still belongs to task %s", x.id, x.owner.id)
+			case x.alloc != nil && (x.state != helperStarting || x.alloc.done):
+				return fmt.Errorf("helper %s waits in a request, in state %s", x.id, helperStateNames[x.state])
+			}
+			if k := x.owner; k != nil {
+				switch {
+				case e.byID[k.id] != k || !liveStates.has(k.state) || k.t.task != k:
+					return fmt.Errorf("helper %s outlives its task %s", x.id, k.id)
+				case k.id != x.taskID || k.epoch != x.epoch:
+					return fmt.Errorf("helper %s of %s#%d is held by task %s#%d", x.id, x.taskID, x.epoch, k.id, k.epoch)
+				case x.oidx >= len(k.helpers) || k.helpers[x.oidx] != x:
+					return fmt.Errorf("helper %s: not at its index in task %s", x.id, k.id)
+				}
+			}
+		}
+		if sum != h.helperMiB {
+			return fmt.Errorf("host %s: helpers book %d MiB, they hold %d", h.name, h.helperMiB, sum)
+		}
+	}
+	if n != len(e.helpers) {
+		return fmt.Errorf("hosts list %d helpers, the index %d", n, len(e.helpers))
+	}
+	for _, k := range e.tasks {
+		for _, x := range k.helpers {
+			if x.owner != k || e.helpers[x.id] != x {
+				return fmt.Errorf("task %s lists helper %s, which is not its", k.id, x.id)
+			}
+		}
+		for _, a := range k.allocs {
+			if a.done || a.k != k || a.waiting <= 0 {
+				return fmt.Errorf("task %s: request %d done=%v waiting=%d", k.id, a.id, a.done, a.waiting)
+			}
+		}
+	}
+	return checkHelperTransitions(e)
+}
+
+// checkHelperTransitions fails if e made a helper transition that
+// helperTransitions does not declare, and records those it made.
+func checkHelperTransitions(e *Engine) error {
+	transitionsMade.Lock()
+	defer transitionsMade.Unlock()
+	for from := range numHelperStates {
+		for by := range numHelperTriggers {
+			if e.helperMoves[from][by] == 0 {
+				continue
+			}
+			if !helperTransitions[by].from.has(from) {
+				return fmt.Errorf("undeclared helper transition: from %s on %s (%d times)",
+					helperStateNames[from], helperTriggerNames[by], e.helperMoves[from][by])
+			}
+			transitionsMade.helpers[from][by] = true
+		}
+	}
+	return nil
+}
+
 // transitionsMade is every task state transition (from-state, trigger) that
 // an engine checked by checkInvariants has made, across engines and tests.
 var transitionsMade struct {
 	sync.Mutex
-	made [numTaskStates][numTaskTriggers]bool
+	made    [numTaskStates][numTaskTriggers]bool
+	helpers [numHelperStates][numHelperTriggers]bool
 }
 
 // checkTransitions fails if e made a task state transition that
@@ -229,7 +318,7 @@ func checkCommands(e *Engine, cmds []Command) error {
 		}
 		var msg schemas.Message
 		fields := 0
-		for _, set := range []bool{c.Launch != nil, c.Kill != nil, c.Ps != nil, c.State != nil} {
+		for _, set := range []bool{c.Launch != nil, c.Kill != nil, c.Ps != nil, c.State != nil, c.Alloc != nil, c.Helper != nil} {
 			if set {
 				fields++
 			}
@@ -263,6 +352,39 @@ func checkCommands(e *Engine, cmds []Command) error {
 			if fields != 0 || c.Target == "" || c.Host != "" {
 				return fmt.Errorf("malformed delete: %s", b)
 			}
+		case CmdAllocReply:
+			if c.Alloc == nil || fields != 1 || c.Host != "" {
+				return fmt.Errorf("malformed alloc reply: %s", b)
+			}
+			var sum int64
+			for _, g := range c.Alloc.Grants {
+				sum += g.MiB
+				if g.MiB <= 0 || g.Host == "" || g.HelperID == "" {
+					return fmt.Errorf("alloc reply with a bad grant: %s", b)
+				}
+			}
+			if c.Alloc.Error != nil && sum > 0 {
+				return fmt.Errorf("alloc reply with both grants and an error: %s", b)
+			}
+		case CmdHelper:
+			x := c.Helper
+			if x == nil || fields != 1 || c.Host == "" || x.HelperID == "" || (x.Op != schemas.HelperStart && x.Op != schemas.HelperStop) {
+				return fmt.Errorf("malformed helper request: %s", b)
+			}
+			if x.Op == schemas.HelperStart {
+				h := e.helpers[x.HelperID]
+				switch {
+				case h == nil || h.owner == nil || h.host.name != c.Host || h.state != helperStarting:
+					return fmt.Errorf("start of helper %s, which is not a starting helper of a task on %s: %s", x.HelperID, c.Host, b)
+				case h.owner.id != x.TaskID || h.owner.epoch != x.Epoch || x.MiB != h.mib || x.MiB <= 0:
+					return fmt.Errorf("start of helper %s does not carry its task's id, epoch and size: %s", x.HelperID, b)
+				case h.host.reserved+h.host.helperMiB+h.host.foreign() > h.host.total-e.cfg.HostHeadroomMiB:
+					return fmt.Errorf("start of helper %s over capacity on %s: reserves %d + helpers %d + foreign %d > %d - headroom %d",
+						x.HelperID, c.Host, h.host.reserved, h.host.helperMiB, h.host.foreign(), h.host.total, e.cfg.HostHeadroomMiB)
+				case h.host.lost || h.host.noHelpers:
+					return fmt.Errorf("start of helper %s on a host that may not take one: %s", x.HelperID, b)
+				}
+			}
 		default:
 			return fmt.Errorf("unknown command kind %d", c.Kind)
 		}
@@ -285,9 +407,9 @@ func checkCommands(e *Engine, cmds []Command) error {
 			return fmt.Errorf("launch %s asks %d MiB, its task books %d", r.TaskID, r.RAM.WrapperMiB+r.RAM.HelpersMiB, k.budget)
 		case k.host.lost:
 			return fmt.Errorf("launch %s on lost host %s", r.TaskID, c.Host)
-		case k.host.reserved+k.host.foreign() > k.host.total-e.cfg.HostHeadroomMiB:
-			return fmt.Errorf("launch %s over capacity: host %s reserves %d + foreign %d > %d - headroom %d",
-				r.TaskID, c.Host, k.host.reserved, k.host.foreign(), k.host.total, e.cfg.HostHeadroomMiB)
+		case k.host.reserved+k.host.helperMiB+k.host.foreign() > k.host.total-e.cfg.HostHeadroomMiB:
+			return fmt.Errorf("launch %s over capacity: host %s reserves %d + helpers %d + foreign %d > %d - headroom %d",
+				r.TaskID, c.Host, k.host.reserved, k.host.helperMiB, k.host.foreign(), k.host.total, e.cfg.HostHeadroomMiB)
 		}
 	}
 	return nil

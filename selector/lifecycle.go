@@ -394,6 +394,8 @@ func silentReason(w suspicion) string {
 		return "phase already done"
 	case suspectRecovered:
 		return "no heartbeat since restart"
+	case suspectPreempted:
+		return "preempted for the focus target"
 	}
 	return "heartbeat stale"
 }
@@ -476,7 +478,7 @@ func goneCause(k *task) (closeCause, string) {
 // killedCause is how a task killed for its silence is closed.
 func killedCause(k *task) (closeCause, string) {
 	switch k.why {
-	case suspectDeleted, suspectSuperseded:
+	case suspectDeleted, suspectSuperseded, suspectPreempted:
 		return closeRequeue, ""
 	case suspectLaunch:
 		return closeCrash, FailSilent
@@ -493,6 +495,7 @@ func (e *Engine) close(now time.Time, k *task, cause closeCause, fail string) {
 		e.counters.Failures[fail]++
 	}
 	e.transition(k, onClose)
+	e.closeHelpers(now, k)
 	e.detach(k)
 	if cause != closeDone && !t.deleted {
 		e.counters.Requeues++

@@ -11,6 +11,10 @@ func (e *Engine) canLaunch(now time.Time) bool {
 
 // schedule launches as many pending targets as the gates and RAM allow.
 func (e *Engine) schedule(now time.Time) {
+	e.refocus(now)
+	if e.connected && !e.shutdown {
+		e.preempt(now)
+	}
 	for e.pending.len() > 0 && e.canLaunch(now) {
 		if !e.launchOne(now) {
 			return
@@ -102,7 +106,15 @@ func (e *Engine) launchOne(now time.Time) bool {
 	launched := false
 	for e.pending.len() > 0 && len(e.skipped) <= e.cfg.MaxSkips {
 		t := e.pending.pop()
-		h, budget, ok := place(cands, most, t.est.MinMiB(), t.est.FullMiB())
+		if e.heldBack(t) {
+			e.skipped = append(e.skipped, t)
+			continue
+		}
+		full := t.est.FullMiB()
+		if e.cfg.LaunchAtMinimum {
+			full = t.est.MinMiB()
+		}
+		h, budget, ok := place(cands, most, t.est.MinMiB(), full)
 		if !ok {
 			e.skipped = append(e.skipped, t)
 			continue

@@ -140,10 +140,13 @@ type wFaults struct {
 	refuse                   float64 // a launch is refused with unknown_type (the target is blocked)
 	finish                   bool    // tasks end (done or failed) on their own
 	host                     bool    // transient host, bus, store and selector faults, and target churn
+	// alloc is the chance per heartbeat that a task asks for fleet helper
+	// RAM (releasing some of what it holds, now and then).
+	alloc float64
 }
 
 var chaosFaults = wFaults{msgLoss: 0.01, msgLate: 0.02, msgDup: 0.02, replyLoss: 0.01, eventLoss: 0.01,
-	silent: 0.08, crash: 0.1, helpers: 0.04, refuse: 0.01, finish: true, host: true}
+	silent: 0.08, crash: 0.1, helpers: 0.04, refuse: 0.01, finish: true, host: true, alloc: 0.15}
 
 // wProc is a process that a simulated worker runs.
 type wProc struct {
@@ -154,6 +157,15 @@ type wProc struct {
 	silent          bool
 	host            *wHost
 	started         time.Time
+	grants          []string  // the fleet helpers it holds, as its last alloc reply said
+	allocAt         time.Time // when its outstanding alloc request left (zero: none)
+}
+
+// wHelper is a fleet helper a worker runs for a task on any host.
+type wHelper struct {
+	id, taskID, target string
+	epoch              uint64
+	mib                int64
 }
 
 // wHost is a simulated host and its worker agent.
@@ -175,6 +187,8 @@ type wHost struct {
 	outbox       []*schemas.TaskEvent
 	lastIn       time.Time // requests reach the worker in the order they were sent
 	life         int       // bumps when it dies: the dead worker's requests are void
+	helpers      map[string]*wHelper
+	v1           bool // its worker does not run fleet helpers: nobody listens on its helper subject
 }
 
 // free is the RAM a launch may take, as the worker agent counts it.
@@ -182,6 +196,9 @@ func (h *wHost) free() int64 {
 	used := h.foreign
 	for _, p := range h.procs {
 		used += max(p.budget, p.used)
+	}
+	for _, x := range h.helpers {
+		used += x.mib
 	}
 	return h.total - used
 }
@@ -311,6 +328,10 @@ type world struct {
 	steps, starts int
 	faults        map[string]int // how often each fault struck, for the log
 	log           []string
+
+	allocs   map[uint64]*wProc // outstanding alloc requests, by the edge's id
+	allocSeq uint64
+	granted  int // helpers started, for the log
 }
 
 func newWorld(tb testing.TB, rng *rand.Rand, seed uint64) *world {
@@ -322,12 +343,15 @@ func newWorld(tb testing.TB, rng *rand.Rand, seed uint64) *world {
 	cfg.RestartDelayReset = time.Minute
 	cfg.MaxPendingLaunches = 1 + rng.IntN(3)
 	cfg.HostHeadroomMiB = int64(rng.IntN(3)) * 32
+	// Half the worlds launch tasks at their minimum size, so that they
+	// ask the memory manager for the rest of their helpers.
+	cfg.LaunchAtMinimum = seed%2 == 0
 	w := &world{
 		tb: tb, rng: rng, cfg: cfg, f: chaosFaults, now: t0, tick: wTick, fenceAfter: wFenceAfter,
 		byName: map[string]*wHost{}, specs: map[string]schemas.TargetSpec{},
 		stored: map[string]schemas.TaskState{}, dropUntil: map[string]time.Time{}, dropReport: map[string]bool{},
 		stalls: map[string]*wStall{}, struck: map[string]bool{}, restored: map[string]bool{},
-		faults: map[string]int{},
+		faults: map[string]int{}, allocs: map[uint64]*wProc{},
 	}
 	// h0 alone holds every target at full size with room to spare, so
 	// that any other host may be struck for good.
@@ -337,7 +361,8 @@ func newWorld(tb testing.TB, rng *rand.Rand, seed uint64) *world {
 		if i == 0 {
 			total = 2600
 		}
-		h := &wHost{name: "h" + strconv.Itoa(i), total: total, procs: map[string]*wProc{}, ended: map[string]int64{}, nextPID: 100}
+		h := &wHost{name: "h" + strconv.Itoa(i), total: total, procs: map[string]*wProc{}, ended: map[string]int64{}, nextPID: 100,
+			helpers: map[string]*wHelper{}, v1: i == 2 && seed%3 == 0}
 		w.hosts = append(w.hosts, h)
 		w.byName[h.name] = h
 	}
@@ -373,6 +398,7 @@ func (w *world) randomSpec() schemas.TargetSpec {
 			HelpersMinMiB: mn, HelpersFullMiB: mn + int64(w.rng.IntN(90)), WorkS: 1,
 		})
 	}
+
 	phases[len(phases)-1].Repeat = w.rng.IntN(4) != 0
 	spec := declared(phases...)
 	v := 0.5 + w.rng.Float64()
@@ -529,8 +555,13 @@ func (w *world) checkPlaced() {
 				placed += k.budget
 			}
 		}
+		for _, x := range h.helpers {
+			if x.state == helperStarting {
+				placed += x.mib // granted by this engine
+			}
+		}
 		if wh := w.byName[h.name]; wh != nil && placed > wh.total-w.cfg.HostHeadroomMiB {
-			w.fail("host %s: placed budgets %d exceed its %d MiB minus headroom", h.name, placed, wh.total)
+			w.fail("host %s: placed budgets and granted helpers %d exceed its %d MiB minus headroom", h.name, placed, wh.total)
 		}
 	}
 }
@@ -610,6 +641,8 @@ func unansweredEvent(c Command, noResponders bool) Event {
 		return &LaunchUnanswered{Host: c.Host, Target: c.Target, TaskID: c.Launch.TaskID, NoResponders: noResponders}
 	case CmdKill:
 		return &KillUnanswered{Host: c.Host, TaskID: c.Kill.TaskID, NoResponders: noResponders}
+	case CmdHelper:
+		return &HelperUnanswered{Host: c.Host, Req: c.Helper, NoResponders: noResponders}
 	}
 	return &PsUnanswered{Host: c.Host, NoResponders: noResponders}
 }
@@ -618,7 +651,11 @@ func unansweredEvent(c Command, noResponders bool) Event {
 // back to the engine that sent it, a reply or, after ReplyTimeout (or at once
 // without responders), its absence.
 func (w *world) send(c Command) {
-	if c.Kind != CmdLaunch && c.Kind != CmdKill && c.Kind != CmdPs {
+	if c.Kind == CmdAllocReply {
+		w.allocReplied(c)
+		return
+	}
+	if c.Kind != CmdLaunch && c.Kind != CmdKill && c.Kind != CmdPs && c.Kind != CmdHelper {
 		return
 	}
 	if c.Kind == CmdLaunch {
@@ -649,7 +686,7 @@ func (w *world) send(c Command) {
 // stalls, else in the order the requests were sent.
 func (w *world) toWorker(c Command, feed func(Event)) {
 	h := w.byName[c.Host]
-	if h == nil || h.dead || (h.cut && !w.now.Before(h.serverDropAt)) {
+	if h == nil || h.dead || (h.cut && !w.now.Before(h.serverDropAt)) || (c.Kind == CmdHelper && h.v1) {
 		w.at(time.Millisecond, func() { feed(unansweredEvent(c, true)) })
 		return
 	}
@@ -685,6 +722,8 @@ func (w *world) handle(h *wHost, c Command, feed func(Event)) {
 	case CmdPs:
 		pids := slices.Clone(c.Ps.PIDs)
 		reply = &PsReplied{Host: h.name, PIDs: pids, Reply: w.workerPs(h, pids)}
+	case CmdHelper:
+		reply = &HelperReplied{Host: h.name, Req: c.Helper, Reply: w.workerHelper(h, c.Helper)}
 	}
 	if w.chance(w.f.replyLoss) {
 		return
@@ -945,10 +984,17 @@ func (w *world) beat(h *wHost) {
 		used += p.used
 		if !p.silent {
 			w.heartbeat(p)
+			w.maybeAlloc(p)
 		}
 	}
+	var helpers []schemas.HelperStatus
+	for _, id := range slices.Sorted(maps.Keys(h.helpers)) {
+		x := h.helpers[id]
+		used += x.mib
+		helpers = append(helpers, schemas.HelperStatus{HelperID: x.id, TaskID: x.taskID, Epoch: x.epoch, Target: x.target, MiB: x.mib})
+	}
 	st := &schemas.HostStatus{V: schemas.Version, Host: h.name, RAM: schemas.HostRAM{TotalMiB: h.total, UsedMiB: min(used, h.total)},
-		Tasks: ids, SentAt: w.now}
+		Tasks: ids, SentAt: w.now, Helpers: helpers}
 	w.publish(h, InputHostStatuses, func() { w.step(&HostStatusReceived{Status: st}, nil) })
 }
 
@@ -977,6 +1023,7 @@ func (w *world) probe(h *wHost) {
 			w.stop(p)
 			w.emitEvent(h, p, schemas.EventFailed, schemas.ReasonFenced)
 		}
+		clear(h.helpers) // the fence stops the host's fleet helpers too
 	}
 }
 
@@ -991,6 +1038,7 @@ func (w *world) die(h *wHost, forever bool, back time.Duration) {
 	h.life++
 	clear(h.procs)
 	clear(h.ended)
+	clear(h.helpers)
 	h.inbox, h.held, h.outbox = nil, nil, nil
 	if forever {
 		return
@@ -1521,8 +1569,9 @@ func (w *world) run(plan wPlan) {
 	w.unblock() // refusals that were still on their way at calmDown
 	w.runUntil(w.now.Add(plan.calm))
 	w.checkSettled()
-	w.tb.Logf("%d steps, %d processes started, faults %v, %d hosts struck for good, %d targets restored within %v; last engine's counters %+v",
-		w.steps, w.starts, w.faults, n, len(w.restored), bound, w.e.Status(w.now).Counters)
+	w.checkHelpersSettled()
+	w.tb.Logf("%d steps, %d processes started, %d helpers granted, faults %v, %d hosts struck for good, %d targets restored within %v; last engine's counters %+v",
+		w.steps, w.starts, w.granted, w.faults, n, len(w.restored), bound, w.e.Status(w.now).Counters)
 }
 
 // ----- randomness from a fuzzer's bytes -----

@@ -53,6 +53,9 @@ type task struct {
 
 	idx     int // index in Engine.tasks
 	hostIdx int // index in host.tasks
+
+	helpers []*helper   // its fleet helpers that are starting or running
+	allocs  []*allocReq // its helper RAM requests still waiting on starts
 }
 
 // accounted is the RAM a task holds in the ledger: the larger of its budget
@@ -105,6 +108,15 @@ type host struct {
 	seq        int       // index in Engine.hostSeq
 	strayPsAt  time.Time // last ps sent because a status named an unknown task
 	tasks      []*task
+	// helpers are the fleet helpers booked on the host, of tasks on any
+	// host, and helperMiB their RAM: part of the ledger.
+	helpers   []*helper
+	helperMiB int64
+	// noHelpers: a helper request found no responders: the host's worker
+	// does not run fleet helpers (a v1 worker). No helper is granted
+	// there until the host comes back from being lost or its status
+	// lists helpers.
+	noHelpers bool
 }
 
 // foreign is the RAM in use on h that none of the engine's tasks accounts for.
@@ -115,7 +127,7 @@ func (h *host) foreign() int64 { return h.foreignMiB }
 
 // free is the RAM a new task may take on h.
 func (h *host) free(headroom int64) int64 {
-	return h.total - headroom - h.reserved - h.foreign()
+	return h.total - headroom - h.reserved - h.helperMiB - h.foreign()
 }
 
 // taskHot is the part of a task a tick reads for every task, kept in one

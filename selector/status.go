@@ -80,13 +80,15 @@ func (e *Engine) Status(now time.Time) schemas.SelectorStatus {
 			Host:        h.name,
 			TotalMiB:    h.total,
 			UsedMiB:     h.used,
-			ReservedMiB: clampMiB(h.reserved), // sums of bounded figures: bounded for display
+			ReservedMiB: clampMiB(h.reserved + h.helperMiB), // sums of bounded figures: bounded for display
 			FreeMiB:     clampMiB(h.free(e.cfg.HostHeadroomMiB)),
 			Tasks:       len(h.tasks),
 			Stale:       e.hostsHeard(now).Sub(h.lastStatus) >= e.cfg.HostStale,
 			Lost:        h.lost,
 			Draining:    h.draining,
 			Avoided:     h.avoided,
+			HelpersMiB:  clampMiB(h.helperMiB),
+			NoHelpers:   h.noHelpers,
 		})
 	}
 	slices.SortFunc(st.Hosts, func(a, b schemas.HostStatusLine) int { return strings.Compare(a.Host, b.Host) })
@@ -159,6 +161,7 @@ func (e *Engine) targetStatus(now time.Time, t *target) schemas.TargetStatus {
 	case t.task != nil:
 		k := t.task
 		ts.TaskID, ts.PID, ts.Host, ts.BudgetMiB = k.id, k.pid, k.host.name, k.budget
+		ts.Helpers = holdings(k)
 		if !k.lastHB.IsZero() {
 			ts.HeartbeatAgeMS = now.Sub(k.lastHB).Milliseconds()
 		} else {
@@ -199,6 +202,8 @@ func suspectReason(k *task) string {
 		r = "target deleted"
 	case suspectSuperseded:
 		r = "its phase was done by an earlier task"
+	case suspectPreempted:
+		r = "preempted: its RAM goes to the focus target"
 	}
 	if k.state == taskKilling {
 		return r + "; killing"

@@ -96,4 +96,8 @@ const (
 	// phase this task runs, and the target moved on: the task must stop
 	// before the target's next phase is launched.
 	suspectSuperseded
+	// suspectPreempted: a hacking task of a target the engine does not
+	// focus on, killed so that the focus target gets its RAM (see
+	// focus.go); requeued without penalty.
+	suspectPreempted
 )

@@ -32,6 +32,88 @@ var triggerNames = [numTaskTriggers]string{
 	onClose:         "close",
 }
 
+// helperStateNames and helperTriggerNames name the helper states and events
+// as the package doc's helper table does.
+var helperStateNames = [numHelperStates]string{
+	helperNone:     "-",
+	helperStarting: "starting",
+	helperRunning:  "running",
+	helperStopping: "stopping",
+}
+
+var helperTriggerNames = [numHelperTriggers]string{
+	hOnGrant:       "grant",
+	hOnStarted:     "started",
+	hOnStartFailed: "start-failed",
+	hOnLearn:       "learn",
+	hOnOrphan:      "orphan",
+	hOnStop:        "stop",
+	hOnStopped:     "stopped",
+	hOnLost:        "lost",
+}
+
+// helperRow renders the row of the package doc's helper table for by.
+func helperRow(by helperTrigger) string {
+	tr := helperTransitions[by]
+	from := "any"
+	if tr.from != liveHelperStates {
+		var names []string
+		for st := range numHelperStates {
+			if tr.from.has(st) {
+				names = append(names, helperStateNames[st])
+			}
+		}
+		from = strings.Join(names, ", ")
+	}
+	return from + " | " + helperTriggerNames[by] + " | " + helperStateNames[tr.to]
+}
+
+// docTable returns the rows of the table in the package doc whose header is
+// header, with columns joined by " | ".
+func docTable(t *testing.T, header ...string) []string {
+	t.Helper()
+	src, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc []string
+	in := false
+	for line := range strings.Lines(string(src)) {
+		line = strings.TrimRight(line, "\n")
+		cols := strings.Fields(strings.TrimPrefix(line, "//\t"))
+		switch {
+		case !in && strings.HasPrefix(line, "//\t") && slices.Equal(cols, header):
+			in = true
+		case in && !strings.HasPrefix(line, "//\t"):
+			in = false
+		case in:
+			// Columns are separated by two spaces or more.
+			var parts []string
+			for p := range strings.SplitSeq(strings.TrimPrefix(line, "//\t"), "  ") {
+				if p = strings.TrimSpace(p); p != "" {
+					parts = append(parts, p)
+				}
+			}
+			doc = append(doc, strings.Join(parts, " | "))
+		}
+	}
+	return doc
+}
+
+// TestHelperTableInDoc checks that the helper table in the package doc is
+// helperTransitions, row for row.
+func TestHelperTableInDoc(t *testing.T) {
+	doc := docTable(t, "from", "helper", "event", "to")
+	var code []string
+	for by := range numHelperTriggers {
+		code = append(code, helperRow(by))
+	}
+	if !slices.Equal(doc, code) {
+		t.Errorf("the package doc's helper table:\n  %s\nhelperTransitions:\n  %s",
+			strings.Join(doc, "\n  "), strings.Join(code, "\n  "))
+	}
+}
+
 // transitionRow renders the row of the package doc's table for trigger by.
 func transitionRow(by taskTrigger) string {
 	tr := taskTransitions[by]

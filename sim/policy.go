@@ -33,6 +33,16 @@ func NewPolicy(name string, cfg Config, world World) (Policy, error) {
 		sc := selector.DefaultConfig()
 		sc.Seed = cfg.Seed
 		sc.Workload = cfg.Params
+		for _, t := range world.Targets {
+			if t.Spec.Profile == schemas.ProfileHacking {
+				// Hacking helpers are threads of a fixed size:
+				// grants in whole threads waste none.
+				sc.HelperGrainMiB = max(cfg.Params.GrowThreadMiB, cfg.Params.WeakenThreadMiB, cfg.Params.HackThreadMiB)
+				// Plan the hacking targets for the run's length.
+				sc.Horizon = cfg.Duration
+				break
+			}
+		}
 		return NewSelector(sc, world)
 	case PolicyNaive:
 		return NewNaive(cfg.Params, world.Targets), nil

@@ -17,6 +17,7 @@ const (
 	kPolicy                    // an event reaches the policy
 	kTimeout                   // a request's reply deadline
 	kMeasure                   // stranded check and timeline sample
+	kAlloc                     // the policy's answer to a helper RAM request reaches its task
 )
 
 // item is one entry of the event queue.
@@ -29,6 +30,8 @@ type item struct {
 	req  *request
 	ev   selector.Event
 	idx  int
+
+	alloc *selector.Command // kAlloc: the CmdAllocReply
 }
 
 // queue is a min-heap of items by (at, seq).

@@ -25,6 +25,7 @@ type Result struct {
 	Income          float64 // money earned (hacking)
 	IncomeLateHalf  float64 // money earned in the second half of the run
 	PhasesCompleted uint64  // done events (declared: phases; hacking: till and sow)
+	PhasesLateHalf  uint64  // of those, the ones in the second half of the run
 
 	UsefulMiBs float64 // helper MiB-seconds of work that counted
 	WastedMiBs float64 // helper MiB-seconds of work that was lost
@@ -98,6 +99,7 @@ func (s *Sim) measure() {
 	if !s.halfSeen && s.now >= s.end/2 {
 		s.halfSeen = true
 		s.halfMark = s.earned
+		s.halfPhases = s.res.PhasesCompleted
 	}
 	if si := int64(s.cfg.SampleInterval); si > 0 && s.now%si == 0 {
 		s.sample()
@@ -108,6 +110,9 @@ func (s *Sim) sample() {
 	sm := Sample{At: time.Duration(s.now), Running: map[string]int{}}
 	for _, h := range s.hosts {
 		sm.FreeMiB += max(h.free(), 0)
+		for _, x := range h.helpers {
+			sm.HelpersMiB += x.mib // fleet helpers hold helper RAM too
+		}
 		for _, p := range h.procs {
 			s.advance(p)
 			sm.WrapperMiB += p.wrapper
@@ -160,6 +165,7 @@ func (s *Sim) finish() {
 	s.res.Income = s.earned
 	if s.halfSeen {
 		s.res.IncomeLateHalf = s.earned - s.halfMark
+		s.res.PhasesLateHalf = s.res.PhasesCompleted - s.halfPhases
 	}
 	s.res.TimeToLast = -1
 	var latest int64

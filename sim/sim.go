@@ -24,6 +24,7 @@ type request struct {
 	launch   *schemas.LaunchRequest
 	kill     *schemas.KillRequest
 	ps       *schemas.PsRequest
+	helper   *schemas.HelperRequest
 	answered bool // its reply was delivered or it timed out
 }
 
@@ -33,9 +34,10 @@ type hostState struct {
 	capacity int64
 	foreign  int64
 	used     int64 // RAM really held by tasks (wrappers + helpers)
-	booked   int64 // Σ max(budget, used) over its tasks: admission
+	booked   int64 // Σ max(budget, used) over its tasks, and its fleet helpers: admission
 	procs    []*proc
 	nextPID  int64
+	helpers  []*simHelper // fleet helpers it runs, for tasks on any host
 }
 
 // free is the RAM really free on h.
@@ -78,6 +80,18 @@ type proc struct {
 	lastAdv  int64   // virtual ns of the last Advance
 	earned   float64 // run.Earned() already counted
 	helperMs float64 // helper MiB-seconds so far
+
+	// Fleet helpers (the memory-manager protocol): fleet is the helper
+	// RAM the task uses on other hosts' helpers, known the ones its last
+	// alloc reply listed, and askAt when its last request left (-1:
+	// none out).
+	fleet   int64
+	known   []string
+	askAt   int64
+	askedAt int64 // when it last asked (-1: never)
+	// waiting: its helpers wait for the answer to its first request
+	// before they begin (the first round is planned with what it gets).
+	waiting bool
 }
 
 // Sim is one simulation run. Build it with New and run it with Run.
@@ -104,12 +118,19 @@ type Sim struct {
 
 	store map[string]schemas.TaskState // what the policy persisted
 
+	procByID map[string]*proc        // live tasks by id
+	allocs   map[uint64]*proc        // helper RAM requests out, by id
+	allocSeq uint64                  // the last request id
+	helperOf map[string][]*simHelper // running fleet helpers by task id
+
 	res      Result
 	earned   float64
 	halfMark float64 // income earned by half time
-	halfSeen bool
-	lastFail uint64
-	lastInc  float64
+	// halfPhases is the phases completed by half time.
+	halfPhases uint64
+	halfSeen   bool
+	lastFail   uint64
+	lastInc    float64
 
 	// Hook, when set, is called with every event the policy gets and the
 	// commands it returned (tests).
@@ -137,6 +158,9 @@ func New(cfg Config, world World, policy Policy) (*Sim, error) {
 		rngCrash: rand.New(rand.NewPCG(cfg.Seed, 0xc2a54)),
 		rngLat:   rand.New(rand.NewPCG(cfg.Seed, 0x1a7e)),
 		store:    make(map[string]schemas.TaskState),
+		procByID: make(map[string]*proc),
+		allocs:   make(map[uint64]*proc),
+		helperOf: make(map[string][]*simHelper),
 	}
 	for i, h := range world.Hosts {
 		if h.Name == "" || s.hostByNm[h.Name] != nil {
@@ -295,6 +319,8 @@ func (s *Sim) handle(it *item) {
 	case kMeasure:
 		s.measure()
 		s.push(s.now+int64(time.Second), kMeasure)
+	case kAlloc:
+		s.allocReplied(it.alloc)
 	}
 }
 
@@ -320,9 +346,15 @@ func (s *Sim) command(c *selector.Command) {
 	case selector.CmdDelete:
 		delete(s.store, c.Target)
 		return
+	case selector.CmdAllocReply:
+		// The reply travels back to the task that asked.
+		it := s.push(s.now+s.latency(), kAlloc)
+		cc := *c
+		it.alloc = &cc
+		return
 	}
 	h := s.hostByNm[c.Host]
-	r := &request{kind: c.Kind, host: h, target: c.Target, launch: c.Launch, kill: c.Kill, ps: c.Ps}
+	r := &request{kind: c.Kind, host: h, target: c.Target, launch: c.Launch, kill: c.Kill, ps: c.Ps, helper: c.Helper}
 	if c.Kind == selector.CmdLaunch {
 		s.res.Launches++
 	}
@@ -349,6 +381,8 @@ func (s *Sim) unanswered(r *request, noResponders bool) selector.Event {
 			TaskID: r.launch.TaskID, NoResponders: noResponders}
 	case selector.CmdKill:
 		return &selector.KillUnanswered{Host: hostName(r.host), TaskID: r.kill.TaskID, NoResponders: noResponders}
+	case selector.CmdHelper:
+		return &selector.HelperUnanswered{Host: hostName(r.host), Req: r.helper, NoResponders: noResponders}
 	default:
 		return &selector.PsUnanswered{Host: hostName(r.host), NoResponders: noResponders}
 	}

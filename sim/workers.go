@@ -19,6 +19,9 @@ func (s *Sim) status(h *hostState) {
 	for _, p := range h.procs {
 		st.Tasks = append(st.Tasks, p.id)
 	}
+	for _, x := range h.helpers {
+		st.Helpers = append(st.Helpers, schemas.HelperStatus{HelperID: x.id, TaskID: x.taskID, Epoch: x.epoch, Target: x.target, MiB: x.mib})
+	}
 	s.toPolicy(&selector.HostStatusReceived{Status: st}, nil, true)
 }
 
@@ -30,6 +33,8 @@ func (s *Sim) atWorker(r *request) {
 		s.workerKill(r)
 	case selector.CmdPs:
 		s.workerPs(r)
+	case selector.CmdHelper:
+		s.workerHelper(r)
 	}
 }
 
@@ -89,7 +94,8 @@ func (s *Sim) workerLaunch(r *request) {
 	h.nextPID++
 	p := &proc{id: req.TaskID, epoch: req.Epoch, pid: h.nextPID, host: h, t: t, typ: req.Type,
 		wrapper: held, asked: wrapper, budget: wrapper + helpers, helpers: ask, used: held, run: run, alive: true,
-		lastAdv: s.now}
+		lastAdv: s.now, askAt: -1, askedAt: -1}
+	s.procByID[p.id] = p
 	p.dup = t.live > 0
 	if p.dup {
 		s.res.DuplicateTasks++
@@ -145,6 +151,8 @@ func (s *Sim) helpers(p *proc) {
 	p.started = true
 	p.lastAdv = s.now
 	s.setUsed(p, p.wrapper+want)
+	s.askFleet(p)
+	p.waiting = p.askAt == s.now
 }
 
 // advance lets p's run catch up with now and books what it did.
@@ -152,8 +160,15 @@ func (s *Sim) advance(p *proc) {
 	if !p.started || s.now <= p.lastAdv {
 		return
 	}
+	if p.waiting {
+		if s.now-p.askAt < askTimeout {
+			p.lastAdv = s.now // no work before its helpers begin
+			return
+		}
+		p.waiting = false // no answer: it begins with what it has
+	}
 	dt := s.now - p.lastAdv
-	p.helperMs += float64(p.used-p.wrapper) * float64(dt) / 1e9
+	p.helperMs += float64(p.used-p.wrapper+p.fleet) * float64(dt) / 1e9
 	p.lastAdv = s.now
 	p.run.Advance(time.Duration(dt))
 	if e := p.run.Earned(); e != p.earned {
@@ -190,6 +205,7 @@ func (s *Sim) beat(p *proc) {
 			return
 		}
 		s.setUsed(p, p.wrapper+want)
+		s.askFleet(p)
 	}
 	s.heartbeat(p)
 	it := s.push(s.now+int64(s.cfg.HeartbeatInterval), kBeat)
@@ -200,7 +216,7 @@ func (s *Sim) heartbeat(p *proc) {
 	p.seq++
 	prog := p.run.Progress()
 	hb := &schemas.Heartbeat{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, PID: p.pid, Host: p.host.name,
-		Target: p.t.name, Type: p.typ, Seq: p.seq, RAM: schemas.HeartbeatRAM{BudgetMiB: p.budget, UsedMiB: p.used},
+		Target: p.t.name, Type: p.typ, Seq: p.seq, RAM: schemas.HeartbeatRAM{BudgetMiB: p.budget, UsedMiB: p.used, FleetHelpersMiB: p.fleet},
 		Progress: &prog, SentAt: s.wall()}
 	s.toPolicy(&selector.HeartbeatReceived{Heartbeat: hb}, nil, true)
 }
@@ -220,6 +236,7 @@ func (s *Sim) crash(p *proc) {
 func (s *Sim) end1(p *proc, kind, reason string, report bool) {
 	s.advance(p)
 	p.alive = false
+	delete(s.procByID, p.id)
 	h := p.host
 	h.booked -= max(p.budget, p.used)
 	h.used -= p.used

@@ -27,8 +27,14 @@
 //	                          {"done": false, "reason": "..."}        → {"ok": true}
 //	POST /v1/helpers/request  {"mib": 64}                             → {"granted_mib": 128}
 //	POST /v1/helpers/release  {"mib": 64}                             → {"granted_mib": 64}
+//	POST /v1/helpers/fleet    {"mib": 4096, "min_mib": 1024}          → {"fleet_mib": 4096, "grants": [...], "held": [...]}
 //
-// granted_mib is the task's helper RAM granted in total after the call. A
+// granted_mib is the task's helper RAM granted in total after the call, out
+// of its own host's helper budget. /v1/helpers/fleet (added with the
+// memory-manager protocol; the other endpoints are unchanged, so old clients
+// keep working) asks the selector, through the agent and tasks.alloc, for
+// helper RAM on other hosts beyond that budget; fleet.go has the details. An
+// agent that cannot ask answers it 404, as an older agent does. A
 // finish says the task is done (with metrics) or failed (with a reason such as
 // helpers_unavailable); the task exits right after it.
 //

@@ -19,6 +19,7 @@ var fuzzSeeds = []string{
 	`{"done":false,"reason":"a\u0000b"}`, `{"done":"true"}`, `{"mib":1}`, `{"mib":1099511627776}`, `{"mib":1099511627777}`,
 	`{"mib":-1}`, `{"mib":1.0}`, `{"mib":"1"}`, `{"mib":1}{"mib":1}`, `{"mib":1,"mib":2}`, `{"MIB":3}`,
 	`{"progress":0.5,"metrics":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":1}}}}}}}}}`, "{\"progress\":0.5,\"metrics\":{\"\xff\":1}}",
+	`{"mib":0}`, `{"mib":10,"min_mib":3}`, `{"mib":10,"min_mib":11}`, `{"mib":3,"min_mib":-1}`, `{"min_mib":1}`, `{"mib":1,"min_mib":null}`,
 }
 
 // FuzzDecoders feeds arbitrary bodies to every request decoder: none may
@@ -59,6 +60,14 @@ func FuzzDecoders(f *testing.F) {
 		} else if !errors.Is(err, ErrMalformed) {
 			t.Fatalf("error not wrapping ErrMalformed: %v", err)
 		}
+		if r, err := DecodeFleet(data); err == nil {
+			if r.MiB < 0 || r.MiB > 1<<40 || r.MinMiB < 0 || r.MinMiB > r.MiB {
+				t.Fatalf("fleet request %+v accepted", r)
+			}
+			roundTrip(t, r, DecodeFleet)
+		} else if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("error not wrapping ErrMalformed: %v", err)
+		}
 	})
 }
 
@@ -84,6 +93,9 @@ func (nopBackend) Progress(string, float64, map[string]any) error { return nil }
 func (nopBackend) Finish(string, Result) error                    { return nil }
 func (nopBackend) RequestHelpers(string, int64) (int64, error)    { return 1, nil }
 func (nopBackend) ReleaseHelpers(string, int64) (int64, error)    { return 0, nil }
+func (nopBackend) RequestFleetHelpers(string, int64, int64) (FleetReply, error) {
+	return FleetReply{}, nil
+}
 
 // FuzzHandler sends arbitrary bodies to every endpoint of a real Server's
 // handler: each is answered 200 or a JSON error with a 4xx status, never a
@@ -102,7 +114,7 @@ func FuzzHandler(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer s.Close()
-	paths := []string{PathProgress, PathFinish, PathHelpersRequest, PathHelpersRelease}
+	paths := []string{PathProgress, PathFinish, PathHelpersRequest, PathHelpersRelease, PathHelpersFleet}
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		req := httptest.NewRequestWithContext(context.Background(), http.MethodPost, "http://x"+paths[int(which)%len(paths)], strings.NewReader(string(body)))
 		req.Header.Set(HeaderTaskID, "t")

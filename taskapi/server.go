@@ -129,6 +129,7 @@ func NewServer(socketPath string, b Backend, auth func(taskID, token string) boo
 	mux.HandleFunc(PathFinish, s.handleFinish)
 	mux.HandleFunc(PathHelpersRequest, s.handleHelpersRequest)
 	mux.HandleFunc(PathHelpersRelease, s.handleHelpersRelease)
+	mux.HandleFunc(PathHelpersFleet, s.handleHelpersFleet)
 	mux.HandleFunc("/", s.handleNotFound)
 	s.srv = &http.Server{
 		Handler:           s.recoverer(mux),

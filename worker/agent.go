@@ -70,6 +70,17 @@ type Config struct {
 	// (see CheckFenceMargin), so that a host it declares lost has stopped its
 	// tasks by then.
 	FenceAfter time.Duration
+	// NoHelpers leaves the helper endpoint out even when the executor runs
+	// fleet helpers: the agent then answers helper requests as a v1 worker
+	// does (no responders), and asks for no fleet helper RAM.
+	NoHelpers bool
+	// AllocRetry is the first wait before a task's refused request for
+	// fleet helper RAM is asked again; each refusal in a row doubles it, up
+	// to 16 × AllocRetry [2s]. A task that holds fleet helpers asks again
+	// for 0 MiB every 4 × AllocRetry, to learn which still stand.
+	AllocRetry time.Duration
+	// AllocTimeout bounds one alloc request [10s].
+	AllocTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -111,6 +122,12 @@ func (c *Config) withDefaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.AllocRetry <= 0 {
+		c.AllocRetry = 2 * time.Second
+	}
+	if c.AllocTimeout <= 0 {
+		c.AllocTimeout = 10 * time.Second
+	}
 	if c.FenceAfter < 0 {
 		return fmt.Errorf("worker: fence time must not be negative (0 turns fencing off), got %v", c.FenceAfter)
 	}
@@ -126,7 +143,7 @@ type Stats struct {
 	Fences          uint64            // times the agent fenced itself (cut off from NATS for Config.FenceAfter)
 	FencedTasks     uint64            // tasks the agent stopped because it was fenced
 	Fenced          bool              // fenced now: tasks stopped, launches refused until NATS answers again
-	Malformed       map[string]uint64 // undecodable requests by kind: launch, kill, ps
+	Malformed       map[string]uint64 // undecodable requests by kind: launch, kill, ps, helper
 	HeartbeatsSent  uint64
 	EventsQueued    uint64
 	EventsPublished uint64
@@ -134,6 +151,11 @@ type Stats struct {
 	PublishFailures uint64 // failed JetStream publish attempts (retried)
 	OutboxLen       int    // events awaiting an ack
 	Running         int    // tasks running now
+	// Fleet helpers run on this host for tasks anywhere (helpers.go).
+	HelperStarts, HelperStops, HelpersRefused uint64
+	Helpers                                   int // running now
+	// Alloc requests sent for this host's tasks, and those refused (fleet.go).
+	Allocs, AllocRefusals uint64
 }
 
 // pendingHB is a heartbeat encoded by tick, waiting to be published.
@@ -182,8 +204,19 @@ type Agent struct {
 	fences, fencedTasks                         atomic.Uint64
 	refusedMu                                   sync.Mutex
 	refused                                     map[string]uint64
-	malformed                                   [3]atomic.Uint64
-	malformedLog                                [3]ratelog.Limiter
+	malformed                                   [kinds]atomic.Uint64
+	malformedLog                                [kinds]ratelog.Limiter
+
+	// Fleet helpers this host runs (helpers.go), by helper_id, and the
+	// newest epoch of a helper start seen per target.
+	helpers                                  map[string]*helperEntry
+	helperEpoch                              map[string]uint64
+	helperStarts, helperStops, helperRefused atomic.Uint64
+	// Fleet helper RAM of this host's tasks (fleet.go).
+	allocs, allocRefusals atomic.Uint64
+	fleetWG               sync.WaitGroup // alloc requests in flight
+	fleetCtx              context.Context
+	stopFleet             context.CancelFunc // ends the alloc requests in flight (shutdown)
 }
 
 // New builds an agent for cfg.Host that runs its tasks with exec. It does
@@ -215,6 +248,13 @@ func New(nc *nats.Conn, cfg Config, exec Executor, log *slog.Logger) (*Agent, er
 		ended:   newEndedCache(cfg.EndedMemory),
 		ready:   make(chan struct{}),
 		refused: make(map[string]uint64),
+
+		helpers:     make(map[string]*helperEntry),
+		helperEpoch: make(map[string]uint64),
+	}
+	a.fleetCtx, a.stopFleet = context.WithCancel(context.Background())
+	if u, ok := exec.(AllocatorUser); ok && !cfg.NoHelpers {
+		u.SetAllocator(a.allocFor)
 	}
 	for i := range a.malformedLog {
 		a.malformedLog[i].Every, a.malformedLog[i].Now = malformedLogEvery, cfg.Now
@@ -286,6 +326,7 @@ loop:
 	a.Drain()
 	if a.cfg.KillOnShutdown {
 		a.killAll()
+		a.stopAllHelpers("worker shutdown")
 	}
 	a.publishHostStatus()
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), a.cfg.FlushTimeout)
@@ -303,6 +344,8 @@ loop:
 	}
 	stopOut()
 	<-outDone
+	a.stopFleet()
+	a.fleetWG.Wait()
 	if err := a.exec.Close(); err != nil {
 		a.log.Warn("closing executor", "err", err)
 	}
@@ -347,6 +390,11 @@ func (a *Agent) Stats() Stats {
 		EventsDropped:   a.out.dropped.Load(),
 		PublishFailures: a.out.failures.Load(),
 		OutboxLen:       a.out.len(),
+		HelperStarts:    a.helperStarts.Load(),
+		HelperStops:     a.helperStops.Load(),
+		HelpersRefused:  a.helperRefused.Load(),
+		Allocs:          a.allocs.Load(),
+		AllocRefusals:   a.allocRefusals.Load(),
 		Refused:         map[string]uint64{},
 		Malformed:       map[string]uint64{},
 	}
@@ -362,6 +410,7 @@ func (a *Agent) Stats() Stats {
 	}
 	a.mu.Lock()
 	st.Running = len(a.tasks)
+	st.Helpers = len(a.helpers)
 	a.mu.Unlock()
 	return st
 }
@@ -388,6 +437,7 @@ func (a *Agent) tick() {
 	}
 	a.tickBuf, a.tickHBs = buf, hbs
 	a.publishHostStatus()
+	a.fleetTick()
 }
 
 // heartbeatLocked publishes one heartbeat for e unless the task is silent.
@@ -427,6 +477,9 @@ func (a *Agent) appendHeartbeatLocked(dst []byte, e *entry) (_ []byte, ok bool) 
 		RAM:    schemas.HeartbeatRAM{BudgetMiB: e.spec.BudgetMiB(), UsedMiB: s.UsedMiB},
 		SentAt: a.cfg.Now().UTC(),
 	}
+	if e.fleet != nil {
+		h.RAM.FleetHelpersMiB = e.fleet.held
+	}
 	if s.HasProgress {
 		a.progress = min(max(s.Progress, 0), 1)
 		h.Progress = &a.progress
@@ -450,6 +503,7 @@ func (a *Agent) publishHostStatus() {
 	for id := range a.tasks {
 		st.Tasks = append(st.Tasks, id)
 	}
+	st.Helpers, _ = a.helperStatusesLocked()
 	a.mu.Unlock()
 	sort.Strings(st.Tasks)
 	b, err := schemas.Marshal(&st)
@@ -462,11 +516,12 @@ func (a *Agent) publishHostStatus() {
 	}
 }
 
-// freeLocked is the RAM a launch may still take: capacity minus every task
-// counted at the larger of its budget and its use, minus RAM used by
-// anything else on the host.
+// freeLocked is the RAM a launch or a helper start may still take: capacity
+// minus every task counted at the larger of its budget and its use, minus the
+// fleet helpers, minus RAM used by anything else on the host.
 func (a *Agent) freeLocked() int64 {
-	var committed, tasksUsed int64
+	helpers := a.helpersMiBLocked()
+	committed, tasksUsed := helpers, helpers
 	for _, e := range a.tasks {
 		used := e.task.Sample().UsedMiB
 		tasksUsed += used

@@ -74,6 +74,25 @@
 //     has then stopped its tasks, provided the selector's host-stale time is
 //     at least FenceAfter + 2 × HeartbeatInterval (CheckFenceMargin);
 //     fence.go gives the reasoning.
+//   - Fleet helpers (the memory-manager protocol). With an executor that
+//     runs them (HelperExecutor: the sim executor), the agent serves
+//     tasks.helper.<host>: the selector starts and stops there helpers of
+//     tasks that run on any host. Starts are idempotent by helper_id,
+//     fenced by epoch per target, admitted against the host's RAM like
+//     launches (helpers count in the free RAM both ways), and refused
+//     draining while the agent drains or is fenced. Helpers are listed in
+//     HostStatus.Helpers and stopped when the agent fences itself and at
+//     shutdown with KillOnShutdown. An agent whose executor runs none, or
+//     with Config.NoHelpers, does not serve the subject: the selector gets
+//     no responders, as from a v1 worker. helpers.go has the rules.
+//   - Fleet helper RAM for this host's tasks. A task that implements
+//     FleetHelperTask (the sim executor's tasks do) and wants more helper
+//     RAM than its local budget makes the agent ask the selector on
+//     tasks.alloc, with a backoff after refusals (Config.AllocRetry); what
+//     it holds goes back to the task and into its heartbeats
+//     (ram.fleet_helpers_mib). The agent never releases a task's fleet
+//     helpers: the selector stops them when the task ends. fleet.go has the
+//     rules.
 //
 // # Launch args of the sim executor
 //
@@ -104,4 +123,11 @@
 // per host and worker process. Faults (Faults, SIM_* variables in
 // SimEnvVars) make tasks crash, hang or fail to get helpers, at random with a
 // seed or for named targets, and let foreign processes hold host RAM.
+//
+// The sim executor runs fleet helpers: a helper holds its RAM in the host's
+// pool until stopped. Its tasks ask for fleet helper RAM when their local
+// helper budget is below their phase's full need (FleetWant: the
+// difference), and their model works with what they hold: local budget
+// plus fleet helpers (workload.Run.SetHelpers), the local pool holding only
+// the local part.
 package worker

@@ -267,6 +267,7 @@ func (a *Agent) checkFence(period time.Duration) time.Duration {
 // the fence and recorded its task after this ran, or a task whose stop
 // failed, is stopped at the next check.
 func (a *Agent) stopFenced() {
+	a.stopAllHelpers("host fenced")
 	for _, e := range a.entries() {
 		stopped, err := a.stop(e, schemas.ReasonFenced)
 		if err != nil || !stopped {

@@ -19,9 +19,11 @@ const (
 	kindLaunch = iota
 	kindKill
 	kindPs
+	kindHelper
+	kinds
 )
 
-var kindNames = [3]string{"launch", "kill", "ps"}
+var kindNames = [kinds]string{"launch", "kill", "ps", "helper"}
 
 // handleLaunch is the launch endpoint's handler. The fence barrier (see
 // fence.go) comes on the same subject, without a reply subject.
@@ -151,6 +153,7 @@ func (a *Agent) launch(req *schemas.LaunchRequest) (_ schemas.LaunchReply, kille
 		pid:       task.PID(),
 		startedAt: startedAt,
 		hbSubject: a.subj.Heartbeat(a.cfg.Host, spec.Target),
+		fleet:     a.newFleetState(task),
 	}
 	a.launches.Add(1)
 	if st.exit != nil {

@@ -82,8 +82,9 @@ func serviceErrorDescription(re *schemas.ReplyError) string {
 	return desc
 }
 
-// startService adds the agent's micro service and its three endpoints on
-// the agent's connection.
+// startService adds the agent's micro service and its endpoints on the
+// agent's connection: launch, kill and ps, and helper when the executor runs
+// fleet helpers (see helpers.go).
 func (a *Agent) startService() (micro.Service, error) {
 	svc, err := micro.AddService(a.nc, micro.Config{
 		Name:        protocol.WorkerService,
@@ -99,14 +100,19 @@ func (a *Agent) startService() (micro.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: add micro service %s: %w", protocol.WorkerService, err)
 	}
-	for _, ep := range []struct {
+	type endpoint struct {
 		name, subject string
 		h             micro.HandlerFunc
-	}{
+	}
+	eps := []endpoint{
 		{protocol.EndpointLaunch, a.subj.Launch(a.cfg.Host), a.handleLaunch},
 		{protocol.EndpointKill, a.subj.Kill(a.cfg.Host), a.handleKill},
 		{protocol.EndpointPs, a.subj.Ps(a.cfg.Host), a.handlePs},
-	} {
+	}
+	if _, ok := a.exec.(HelperExecutor); ok && !a.cfg.NoHelpers {
+		eps = append(eps, endpoint{protocol.EndpointHelper, a.subj.Helper(a.cfg.Host), a.handleHelper})
+	}
+	for _, ep := range eps {
 		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
 			err = fmt.Errorf("worker: add endpoint %s on %s: %w", ep.name, ep.subject, err)
 			if serr := svc.Stop(); serr != nil {

@@ -292,7 +292,8 @@ func TestErrorRepliesCarryServiceHeaders(t *testing.T) {
 }
 
 // TestServiceInfoAndStop: the agent's service names its host, serves its
-// three subjects without a queue group, and is gone once Run returns.
+// four subjects (the sim executor runs fleet helpers) without a queue group,
+// and is gone once Run returns.
 func TestServiceInfoAndStop(t *testing.T) {
 	h := newHarness(t, harnessOpts{cfg: Config{Host: "odd host.1"}})
 	msg := h.requestMsg("$SRV.INFO."+protocol.WorkerService, nil)
@@ -308,6 +309,7 @@ func TestServiceInfoAndStop(t *testing.T) {
 		protocol.EndpointLaunch: h.subj.Launch(h.cfg.Host),
 		protocol.EndpointKill:   h.subj.Kill(h.cfg.Host),
 		protocol.EndpointPs:     h.subj.Ps(h.cfg.Host),
+		protocol.EndpointHelper: h.subj.Helper(h.cfg.Host),
 	}
 	if len(info.Endpoints) != len(want) {
 		t.Fatalf("endpoints %+v", info.Endpoints)

@@ -131,6 +131,10 @@ type simTask struct {
 	age         time.Duration
 	startedAt   time.Duration // executor game time at Start
 
+	// Fleet helper RAM (fleet.go): the phase's full helper need, and what
+	// the task holds on other hosts.
+	fullMiB, fleetHeld int64
+
 	crash, hang, helpersFail bool
 	hung                     bool
 }
@@ -443,6 +447,7 @@ func (s *Sim) Start(spec *LaunchSpec, hooks Hooks) (Task, error) {
 		hooks:       hooks,
 		wrapperHeld: spec.RAM.WrapperMiB,
 		startedAt:   s.gameTime,
+		fullMiB:     s.fullHelpersMiB(spec),
 	}
 	s.nextPID++
 	f := &s.cfg.Faults

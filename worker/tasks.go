@@ -17,6 +17,7 @@ type entry struct {
 	seq       uint64
 	startedAt time.Time // taken before the executor started it
 	hbSubject string
+	fleet     *fleetState // fleet helper RAM (fleet.go); nil when the task asks for none
 }
 
 // TaskSpan is one task's life on an agent, as the agent saw it: Start is

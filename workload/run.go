@@ -55,6 +55,8 @@ type Run struct {
 	// declared
 	duration float64
 	used     int64
+	full     int64   // the phase's helpers_full_mib
+	workS    float64 // the phase's work_s
 
 	// till and sow
 	roundLen  float64
@@ -72,6 +74,11 @@ type Run struct {
 	perBatch float64 // expected money per batch
 	batches  float64
 	earned   float64
+	// A harvest that gained helper RAM (SetHelpers) completes batches at
+	// its old rate until its new batches have run one cycle: the rate
+	// and per-batch money from nextAt (game seconds) on.
+	nextRate, nextPerBatch, nextAt float64
+	hasNext                        bool
 }
 
 // NewRun starts the simulation of a task of the given phase for a target,
@@ -95,6 +102,7 @@ func (p Params) NewRun(spec *schemas.TargetSpec, phase string, helpersMiB int64)
 		}
 		r.kind = kindDeclared
 		r.duration = ph.WorkS
+		r.full, r.workS = ph.HelpersFullMiB, ph.WorkS
 		if full := ph.HelpersFullMiB; full > 0 {
 			r.used = min(helpersMiB, full)
 			r.duration = ph.WorkS * float64(full) / float64(r.used)
@@ -175,7 +183,14 @@ func (r *Run) startRound() {
 	switch r.kind {
 	case kindTill:
 		r.curW = max(min(r.afford, p.TillThreads(r.m)), 1)
+		if r.afford == 0 {
+			r.curW = 0 // no helper RAM (see SetHelpers): the round does nothing
+		}
 	case kindSow:
+		if r.afford == 0 {
+			r.curG, r.curW = 0, 0
+			return
+		}
 		need, err := p.growThreads(growMultiplier(r.m.Money, r.m.MaxMoney), r.m.GrowthLogPerThread)
 		if err != nil {
 			need = 0 // zero growth: money never changes, nothing to plan
@@ -218,7 +233,7 @@ func (r *Run) skipRounds(s *float64) {
 	var n float64
 	switch r.kind {
 	case kindTill:
-		if r.curW != r.afford {
+		if r.curW != r.afford || r.afford == 0 {
 			return
 		}
 		per := p.WeakenPerThread * float64(r.afford)
@@ -230,7 +245,7 @@ func (r *Run) skipRounds(s *float64) {
 		m.Security -= n * per
 	case kindSow:
 		k := m.GrowthLogPerThread
-		if r.curG != r.afford || k == 0 || m.Money >= m.MaxMoney {
+		if r.curG != r.afford || r.afford == 0 || k == 0 || m.Money >= m.MaxMoney {
 			return
 		}
 		// Money follows x' = a*x + a*g with a = e^(k*g), so
@@ -270,15 +285,23 @@ func (r *Run) Advance(dt time.Duration) {
 	s := dt.Seconds()
 	switch r.kind {
 	case kindDeclared:
+		if r.full > 0 && r.used == 0 {
+			return // no helper RAM left (see SetHelpers)
+		}
 		if r.elapsed+s >= r.duration {
 			r.elapsed, r.done = r.duration, true
 		} else {
 			r.elapsed += s
 		}
 	case kindHarvest:
-		r.elapsed += s
-		r.batches += r.rate * s
-		r.earned = math.Min(r.earned+r.rate*s*r.perBatch, math.MaxFloat64)
+		if r.hasNext && r.elapsed+s >= r.nextAt {
+			// The new batches land from nextAt on.
+			d := math.Max(r.nextAt-r.elapsed, 0)
+			r.harvestFor(d)
+			s -= d
+			r.rate, r.perBatch, r.hasNext = r.nextRate, r.nextPerBatch, false
+		}
+		r.harvestFor(s)
 	default:
 		for {
 			left := r.roundLen - r.roundPos

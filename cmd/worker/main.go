@@ -13,6 +13,8 @@
 //	WORKER_KILL_ON_SHUTDOWN    [false]
 //	WORKER_FLUSH_TIMEOUT       [5s]
 //	WORKER_FENCE_AFTER         [8s]; 0 turns self-fencing off
+//	WORKER_FLEET_HELPERS       [true]; false: run no fleet helpers, ask for none
+//	WORKER_ALLOC_RETRY         [2s]; the first wait after a refused fleet helper request
 //	WORKER_LOG_LEVEL           [info]
 //
 // and the NATS credentials shared by every binary (see internal/natsconn):
@@ -71,6 +73,8 @@ type config struct {
 	KillOnShutdown    bool          `envconfig:"WORKER_KILL_ON_SHUTDOWN" default:"false"`
 	FlushTimeout      time.Duration `envconfig:"WORKER_FLUSH_TIMEOUT" default:"5s"`
 	FenceAfter        time.Duration `envconfig:"WORKER_FENCE_AFTER" default:"8s"`
+	FleetHelpers      bool          `envconfig:"WORKER_FLEET_HELPERS" default:"true"`
+	AllocRetry        time.Duration `envconfig:"WORKER_ALLOC_RETRY" default:"2s"`
 	LogLevel          string        `envconfig:"WORKER_LOG_LEVEL" default:"info"`
 }
 
@@ -97,6 +101,8 @@ var vars = []worker.EnvVar{
 	{Name: "WORKER_KILL_ON_SHUTDOWN", Form: "a boolean (true or false)", Default: "false"},
 	{Name: "WORKER_FLUSH_TIMEOUT", Form: "a positive Go duration such as 5s", Default: "5s"},
 	{Name: "WORKER_FENCE_AFTER", Form: "a Go duration such as 8s, or 0 to turn self-fencing off", Default: "8s"},
+	{Name: "WORKER_FLEET_HELPERS", Form: "a boolean (true or false): serve fleet helpers and ask for fleet helper RAM (the memory-manager protocol)", Default: "true"},
+	{Name: "WORKER_ALLOC_RETRY", Form: "a positive Go duration such as 2s", Default: "2s"},
 	{Name: "WORKER_LOG_LEVEL", Form: "one of debug, info, warn, error", Default: "info"},
 }
 
@@ -145,6 +151,8 @@ func loadConfig() (config, error) {
 		return c, bad("WORKER_FLUSH_TIMEOUT", c.FlushTimeout.String())
 	case c.FenceAfter < 0:
 		return c, bad("WORKER_FENCE_AFTER", c.FenceAfter.String())
+	case c.AllocRetry <= 0:
+		return c, bad("WORKER_ALLOC_RETRY", c.AllocRetry.String())
 	case !validPrefix(c.Prefix):
 		return c, bad("WORKER_SUBJECT_PREFIX", c.Prefix)
 	case strings.TrimSpace(c.NATSURL) == "":
@@ -294,6 +302,8 @@ func run(ctx context.Context, logOut io.Writer) error {
 		KillOnShutdown:    cfg.KillOnShutdown,
 		FlushTimeout:      cfg.FlushTimeout,
 		FenceAfter:        cfg.FenceAfter,
+		NoHelpers:         !cfg.FleetHelpers,
+		AllocRetry:        cfg.AllocRetry,
 	}, exec, log)
 	if err != nil {
 		_ = exec.Close()

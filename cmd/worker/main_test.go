@@ -17,7 +17,8 @@ import (
 func setEnv(t *testing.T, kv map[string]string) {
 	t.Helper()
 	for _, k := range []string{"WORKER_HOST", "WORKER_RAM_MIB", "NATS_URL", "WORKER_HEARTBEAT_INTERVAL", "WORKER_EXECUTOR",
-		"WORKER_SUBJECT_PREFIX", "WORKER_KILL_ON_SHUTDOWN", "WORKER_FLUSH_TIMEOUT", "WORKER_FENCE_AFTER", "WORKER_LOG_LEVEL", "SIM_SPEED"} {
+		"WORKER_SUBJECT_PREFIX", "WORKER_KILL_ON_SHUTDOWN", "WORKER_FLUSH_TIMEOUT", "WORKER_FENCE_AFTER", "WORKER_LOG_LEVEL", "SIM_SPEED",
+		"WORKER_FLEET_HELPERS", "WORKER_ALLOC_RETRY"} {
 		t.Setenv(k, "") // restored after the test
 		os.Unsetenv(k)
 	}
@@ -46,6 +47,9 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"WORKER_LOG_LEVEL", "loud", `WORKER_LOG_LEVEL: want one of debug, info, warn, error, got "loud"`},
 		{"WORKER_FENCE_AFTER", "-1s", `WORKER_FENCE_AFTER: want a Go duration such as 8s, or 0 to turn self-fencing off, got "-1s"`},
 		{"WORKER_FENCE_AFTER", "soon", `WORKER_FENCE_AFTER: want a Go duration such as 8s, or 0 to turn self-fencing off, got "soon"`},
+		{"WORKER_FLEET_HELPERS", "sometimes", `WORKER_FLEET_HELPERS: want a boolean (true or false): serve fleet helpers`},
+		{"WORKER_ALLOC_RETRY", "0s", `WORKER_ALLOC_RETRY: want a positive Go duration such as 2s, got "0s"`},
+		{"WORKER_ALLOC_RETRY", "later", `WORKER_ALLOC_RETRY: want a positive Go duration such as 2s, got "later"`},
 	}
 	for _, c := range cases {
 		env := map[string]string{}

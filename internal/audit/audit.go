@@ -10,7 +10,9 @@
 //   - every desired target has a task, or is pending with a stated reason;
 //   - the reservations on each host equal what its live tasks hold;
 //   - no acknowledged event is lost, and no finished phase runs again;
-//   - no fenced process lives past one kill round trip.
+//   - no fenced process lives past one kill round trip;
+//   - fleet helpers run only while their task does, and count in every RAM
+//     check (helpers.go).
 //
 // It is shared by the chaos tests in integration/ and by cmd/soak.
 //
@@ -36,6 +38,10 @@ type Config struct {
 	// reached its reachable host [2s]: one kill round trip plus slack for
 	// a loaded machine.
 	KillBound time.Duration
+	// HelperBound is how long a fleet helper may outlive its task [10s]:
+	// the selector must learn that the task ended (at worst from its
+	// silence: a stale heartbeat and a ps round trip) and stop the helper.
+	HelperBound time.Duration
 	// Now is the clock [time.Now].
 	Now func() time.Time
 }
@@ -79,12 +85,16 @@ type Auditor struct {
 	unreachable map[string]time.Time         // hosts cut off from the bus, since when
 	violations  []string
 	events      int
+	helpers     []*HelperProc // every fleet helper seen, in start order
 }
 
 // New returns an auditor.
 func New(cfg Config) *Auditor {
 	if cfg.KillBound <= 0 {
 		cfg.KillBound = 2 * time.Second
+	}
+	if cfg.HelperBound <= 0 {
+		cfg.HelperBound = 10 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -110,6 +120,7 @@ func (a *Auditor) Violations() []string {
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
 	out := slices.Clone(a.violations)
+	out = append(out, a.helperViolations(now)...)
 	for _, k := range a.kills {
 		if _, cut := a.unreachable[k.host]; cut {
 			continue
@@ -301,9 +312,14 @@ func (a *Auditor) hostClosed(host string, at time.Time) {
 	}
 }
 
-// Wrap returns ex with every process start and end recorded as host's.
+// Wrap returns ex with every process start and end recorded as host's, and
+// every fleet helper's when ex runs them (it is then a HelperExecutor too).
 func (a *Auditor) Wrap(host string, ex worker.Executor) worker.Executor {
-	return &executor{a: a, host: host, inner: ex}
+	x := &executor{a: a, host: host, inner: ex}
+	if hx, ok := ex.(worker.HelperExecutor); ok {
+		return &helperExecutor{executor: x, hx: hx}
+	}
+	return x
 }
 
 type executor struct {
@@ -331,7 +347,7 @@ func (x *executor) Start(spec *worker.LaunchSpec, hooks worker.Hooks) (worker.Ta
 	hooks.Exited = func(_ worker.Task, ex worker.Exit) {
 		x.a.ended(p, x.a.cfg.Now())
 		if exited != nil {
-			exited(outer, ex)
+			exited(outer.self, ex)
 		}
 	}
 	t, err := x.inner.Start(spec, hooks)
@@ -340,21 +356,24 @@ func (x *executor) Start(spec *worker.LaunchSpec, hooks worker.Hooks) (worker.Ta
 		return nil, err
 	}
 	outer.Task = t
+	outer.self = wrapTask(outer, t)
 	x.a.started(p)
-	return outer, nil
+	return outer.self, nil
 }
 
 // Close stops the executor; its processes die with it.
 func (x *executor) Close() error {
 	err := x.inner.Close()
 	x.a.hostClosed(x.host, x.a.cfg.Now())
+	x.a.helperHostClosed(x.host, x.a.cfg.Now())
 	return err
 }
 
 type task struct {
 	worker.Task
-	p *Proc
-	a *Auditor
+	p    *Proc
+	a    *Auditor
+	self worker.Task // what Start returned: t, or its fleet helper wrapper
 }
 
 // Kill records the end once the process is gone (recorded after, so that

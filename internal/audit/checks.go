@@ -35,7 +35,7 @@ func (a *Auditor) CheckSettled(st *schemas.SelectorStatus, desired []string) []s
 			}
 		}
 	}
-	held := map[string]int64{}
+	held := a.liveHelperMiB()
 	for _, p := range a.live {
 		held[p.Host] += p.BudgetMiB
 	}
@@ -47,7 +47,7 @@ func (a *Auditor) CheckSettled(st *schemas.SelectorStatus, desired []string) []s
 			continue
 		}
 		if h.ReservedMiB != held[h.Host] {
-			out = append(out, fmt.Sprintf("host %q: %d MiB reserved, its live processes hold %d MiB", h.Host, h.ReservedMiB, held[h.Host]))
+			out = append(out, fmt.Sprintf("host %q: %d MiB reserved, its live processes and helpers hold %d MiB", h.Host, h.ReservedMiB, held[h.Host]))
 		}
 	}
 	return out
@@ -75,20 +75,20 @@ func (a *Auditor) CheckDoneApplied(st *schemas.SelectorStatus) []string {
 	return out
 }
 
-// CheckCapacity reports every host whose live processes hold, by their
-// budgets, more RAM than ramMiB gives it (hosts missing from ramMiB are not
-// judged): the selector overcommitted it.
+// CheckCapacity reports every host whose live processes (by their budgets)
+// and fleet helpers hold more RAM than ramMiB gives it (hosts missing from
+// ramMiB are not judged): the selector overcommitted it.
 func (a *Auditor) CheckCapacity(ramMiB map[string]int64) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	held := map[string]int64{}
+	held := a.liveHelperMiB()
 	for _, p := range a.live {
 		held[p.Host] += p.BudgetMiB
 	}
 	var out []string
 	for host, total := range ramMiB {
 		if held[host] > total {
-			out = append(out, fmt.Sprintf("host %q: live processes hold %d MiB of its %d MiB", host, held[host], total))
+			out = append(out, fmt.Sprintf("host %q: live processes and helpers hold %d MiB of its %d MiB", host, held[host], total))
 		}
 	}
 	sort.Strings(out)

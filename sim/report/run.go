@@ -64,6 +64,9 @@ type Record struct {
 	IncomePerS         *float64          `json:"income_per_s,omitempty"`
 	IncomeLateHalfPerS *float64          `json:"income_late_half_per_s,omitempty"`
 	PhasesPerH         *float64          `json:"phases_per_h,omitempty"`
+	// PhasesLateHalfPerH is the rate of completed phases in the run's
+	// second half (fleet), to compare with the first half's.
+	PhasesLateHalfPerH *float64 `json:"phases_late_half_per_h,omitempty"`
 	FailedLaunchesPerH *float64          `json:"failed_launches_per_h"`
 	FailureCauses      map[string]uint64 `json:"failure_causes"`
 	UsefulRAMFraction  *float64          `json:"useful_ram_fraction"`
@@ -255,6 +258,7 @@ func record(wl string, ram float64, pct *float64, policy string, cfg sim.Config,
 		rec.IncomeLateHalfPerS = f64(r.IncomeLateHalf / (r.Duration.Seconds() / 2))
 	} else {
 		rec.PhasesPerH = f64(r.PhasesPerHour())
+		rec.PhasesLateHalfPerH = f64(float64(r.PhasesLateHalf) / (r.Duration.Hours() / 2))
 	}
 	if r.TimeToLast >= 0 {
 		rec.TimeToLastPhaseS = f64(r.TimeToLast.Seconds())

@@ -91,6 +91,8 @@ type Executor struct {
 	memMu   sync.Mutex
 	memAt   time.Time
 	memInfo meminfo
+
+	alloc allocator // the agent's, for fleet helper RAM (fleet.go)
 }
 
 // New loads the tasks file, sets up the state directory and memory groups,
