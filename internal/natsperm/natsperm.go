@@ -41,20 +41,21 @@ type Permissions struct {
 
 // Worker returns the permissions of host's worker agent under prefix.
 func Worker(prefix, host string) Permissions {
-	p, h := protocol.NewSubjects(prefix).Prefix, protocol.EncodeName(host)
+	s := protocol.NewSubjects(prefix)
+	p, h := s.Prefix, protocol.EncodeName(host)
 	return Permissions{
 		Publish: []string{
 			p + ".heartbeat." + h + ".>",
 			p + ".host." + h,
 			p + ".event." + h + ".>",
 			p + ".launch." + h, // the fence barrier
-			p + ".alloc",
+			s.Alloc(),
 		},
 		Subscribe: []string{
 			p + ".launch." + h,
 			p + ".kill." + h,
 			p + ".ps." + h,
-			p + ".helper." + h,
+			s.Helper(host),
 			protocol.WorkerInbox(host) + ".>",
 			"$SRV.>",
 		},
@@ -64,7 +65,8 @@ func Worker(prefix, host string) Permissions {
 
 // Selector returns the selector's permissions under prefix.
 func Selector(prefix string) Permissions {
-	p := protocol.NewSubjects(prefix).Prefix
+	s := protocol.NewSubjects(prefix)
+	p := s.Prefix
 	return Permissions{
 		Publish: []string{
 			p + ".launch.>",
@@ -79,8 +81,8 @@ func Selector(prefix string) Permissions {
 		Subscribe: []string{
 			p + ".heartbeat.>",
 			p + ".host.*",
-			p + ".selector.status",
-			p + ".alloc",
+			s.Status(),
+			s.Alloc(),
 			"_INBOX.>",
 			"$SRV.>",
 		},
