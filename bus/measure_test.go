@@ -191,6 +191,10 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 		bareConn.Close()
 		return res, fmt.Errorf("bus: ingest: flush: %w", err)
 	}
+	if err := awaitInterest(ctx, pub, bareConn); err != nil {
+		bareConn.Close()
+		return res, err
+	}
 	o.BeforePhase("bare")
 	res.BareRate, err = publish(bareCount.Load, func() int { n, _ := bareSub.Dropped(); return n })
 	o.AfterPhase("bare")
@@ -211,6 +215,9 @@ func measureHeartbeatIngest(ctx context.Context, o ingestOptions) (ingestResult,
 		return res, err
 	}
 	defer stopSvc()
+	if err := awaitInterest(ctx, pub, svcConn); err != nil {
+		return res, err
+	}
 	o.BeforePhase("service")
 	res.ServiceRate, err = publish(svc.HeartbeatsHandled, svc.heartbeatsDropped)
 	o.AfterPhase("service")
@@ -448,4 +455,33 @@ func (s *SelectorService) heartbeatsDropped() int {
 	}
 	n, _ := sub.Dropped()
 	return n
+}
+
+// awaitInterest returns once pub's server knows of every subscription sub
+// made so far: on a cluster, interest crosses routes asynchronously, and a
+// heartbeat published before it arrives is dropped. sub answers a probe
+// subscribed last; interest travels in order on a route, so once pub's
+// request reaches it, every earlier subscription is known too.
+func awaitInterest(ctx context.Context, pub, sub *nats.Conn) error {
+	probe := "bench.interest." + nats.NewInbox()
+	s, err := sub.Subscribe(probe, func(m *nats.Msg) { _ = m.Respond(nil) })
+	if err != nil {
+		return fmt.Errorf("bus: ingest: probe: %w", err)
+	}
+	defer func() { _ = s.Unsubscribe() }()
+	if err := sub.Flush(); err != nil {
+		return fmt.Errorf("bus: ingest: probe: %w", err)
+	}
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		_, err := pub.RequestWithContext(rctx, probe, nil)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("bus: ingest: probe: %w", ctx.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
