@@ -114,7 +114,7 @@ func (s *SelectorService) startLeader(ctx context.Context) (jetstream.ConsumeCon
 	}
 	s.malformed[SourceTargets].n.Add(s.targets.Malformed())
 	s.lead.stopTargets, s.lead.targetsDone = s.runTargets(s.onTargetChange)
-	svc, err := s.startStatusService()
+	svc, err := s.startStatusService(false)
 	if err != nil {
 		s.stopStandby()
 		return nil, err

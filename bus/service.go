@@ -530,13 +530,18 @@ func (s *SelectorService) build(ctx context.Context, specs map[string]schemas.Ta
 	// known hosts, for instance) rather than at the first tick.
 	s.step(&s.tickEv, nil)
 	s.mu.Lock()
-	running := s.statusSvc != nil
+	standbySvc := s.statusSvc
 	s.mu.Unlock()
-	if running {
-		// A standby answers already.
+	if standbySvc != nil {
+		// A standby answers status already; as the leader it books helper
+		// RAM too.
+		if err := s.addAllocEndpoint(standbySvc); err != nil {
+			consume.Stop()
+			return fail(err)
+		}
 		return consume, nil
 	}
-	statusSvc, err := s.startStatusService()
+	statusSvc, err := s.startStatusService(true)
 	if err != nil {
 		consume.Stop()
 		return fail(err)

@@ -71,8 +71,12 @@ func (s *SelectorService) mergeCounters(st *schemas.SelectorStatus, subs []*nats
 // presence, like a status answer, means the selector listens; Run stops it
 // last.
 
-// startStatusService adds the micro service that answers status requests.
-func (s *SelectorService) startStatusService() (micro.Service, error) {
+// startStatusService adds the micro service that answers status requests,
+// and helper RAM requests with withAlloc. A standby serves status only: the
+// alloc endpoint is in a queue group, and a standby in it would take its
+// share of the requests only to answer them unavailable. It is added at
+// takeover.
+func (s *SelectorService) startStatusService(withAlloc bool) (micro.Service, error) {
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:               protocol.SelectorService,
 		Version:            protocol.ServiceVersion,
@@ -87,7 +91,7 @@ func (s *SelectorService) startStatusService() (micro.Service, error) {
 	err = svc.AddEndpoint(protocol.EndpointStatus, micro.HandlerFunc(s.handleStatus), micro.WithEndpointSubject(subject))
 	if err != nil {
 		err = fmt.Errorf("bus: add endpoint %s on %s: %w", protocol.EndpointStatus, subject, err)
-	} else {
+	} else if withAlloc {
 		err = s.addAllocEndpoint(svc)
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
 	"github.com/taskselector/taskselector/internal/natstest"
+	"github.com/taskselector/taskselector/protocol"
 )
 
 func testConfig(t *testing.T, natsURL string) config {
@@ -191,6 +196,15 @@ func TestRunTwoSelectors(t *testing.T) {
 		t.Fatalf("leader metrics lack taskselector_leader 1 and one takeover")
 	}
 
+	// Only the leader serves tasks.alloc (a queue group): a standby in it
+	// would take its share of the requests only to refuse them.
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitAllocServers(t, nc, 2, 1)
+
 	stopped := time.Now()
 	a.cancel()
 	if err := <-a.done; err != nil && !errors.Is(err, context.Canceled) {
@@ -199,4 +213,53 @@ func TestRunTwoSelectors(t *testing.T) {
 	a.done <- nil
 	waitCode(b.base+"/readyz", http.StatusOK)
 	t.Logf("standby ready %v after the leader's graceful stop", time.Since(stopped).Round(time.Millisecond))
+	waitAllocServers(t, nc, 1, 1)
+}
+
+// waitAllocServers waits until $SRV.INFO finds instances instances of the
+// selector's micro service, withAlloc of them listing the alloc endpoint.
+func waitAllocServers(t *testing.T, nc *nats.Conn, instances, withAlloc int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, alloc := allocServers(t, nc)
+		if n == instances && alloc == withAlloc {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d selector instances, %d serving alloc; want %d and %d", n, alloc, instances, withAlloc)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// allocServers asks every instance of the selector's micro service for its
+// info, and counts the instances and those serving the alloc endpoint.
+func allocServers(t *testing.T, nc *nats.Conn) (instances, withAlloc int) {
+	t.Helper()
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest("$SRV.INFO."+protocol.SelectorService, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := sub.NextMsg(300 * time.Millisecond)
+		if err != nil {
+			return instances, withAlloc
+		}
+		var info micro.Info
+		if err := json.Unmarshal(msg.Data, &info); err != nil {
+			t.Fatalf("decode $SRV.INFO reply: %v", err)
+		}
+		instances++
+		for _, ep := range info.Endpoints {
+			if ep.Name == protocol.EndpointAlloc {
+				withAlloc++
+			}
+		}
+	}
 }
