@@ -19,12 +19,14 @@ func TestChaosFleetHelpers(t *testing.T) {
 	cfg := engineConfig()
 	cfg.LaunchAtMinimum = true // tasks at their minimum, the rest as fleet helpers
 	opts := chaosWorkerOpts{allocRetry: grantAllocRetry}
-	w.startAuditedWorker("small", 2*chaosMinMiB+8, opts)
+	// small holds both tasks at their minimum and nothing more, so that no
+	// helper lands there. Both are declared at once: a task that runs asks
+	// for helpers at once, and could take the room of one still pending.
+	w.startAuditedWorker("small", 2*chaosMinMiB, opts)
 	w.startSelector(serviceConfig(cfg))
-	for _, name := range []string{"a", "b"} {
-		w.declare(name, chaosSpec(0, 0))
-		w.settle(20*time.Second, w.allActive(name))
-	}
+	w.declare("a", chaosSpec(0, 0))
+	w.declare("b", chaosSpec(0, 0))
+	w.settle(20*time.Second, w.allActive("a", "b"))
 	st := w.mustStatus()
 	for _, ts := range st.Targets {
 		if ts.Host != "small" || ts.BudgetMiB >= ts.FullMiB {
