@@ -57,16 +57,16 @@ func DefaultPlan(quick bool) Plan {
 // Record is one run's measures as the JSON output carries them. Fields that
 // do not apply (the bound's failures, for instance) are null.
 type Record struct {
-	Workload           string            `json:"workload"`
-	RAMGiB             float64           `json:"ram_gib"`
-	RAMPct             *float64          `json:"ram_pct,omitempty"` // fleet: % of full demand
-	Policy             string            `json:"policy"`
-	IncomePerS         *float64          `json:"income_per_s,omitempty"`
-	IncomeLateHalfPerS *float64          `json:"income_late_half_per_s,omitempty"`
-	PhasesPerH         *float64          `json:"phases_per_h,omitempty"`
+	Workload           string   `json:"workload"`
+	RAMGiB             float64  `json:"ram_gib"`
+	RAMPct             *float64 `json:"ram_pct,omitempty"` // fleet: % of full demand
+	Policy             string   `json:"policy"`
+	IncomePerS         *float64 `json:"income_per_s,omitempty"`
+	IncomeLateHalfPerS *float64 `json:"income_late_half_per_s,omitempty"`
+	PhasesPerH         *float64 `json:"phases_per_h,omitempty"`
 	// PhasesLateHalfPerH is the rate of completed phases in the run's
 	// second half (fleet), to compare with the first half's.
-	PhasesLateHalfPerH *float64 `json:"phases_late_half_per_h,omitempty"`
+	PhasesLateHalfPerH *float64          `json:"phases_late_half_per_h,omitempty"`
 	FailedLaunchesPerH *float64          `json:"failed_launches_per_h"`
 	FailureCauses      map[string]uint64 `json:"failure_causes"`
 	UsefulRAMFraction  *float64          `json:"useful_ram_fraction"`
