@@ -16,8 +16,8 @@ import (
 // task's budget bounds it, and it is stopped when the task closes. See the
 // package doc for the rules and the helper state table.
 
-// FailAllocRefused counts helper RAM requests refused for want of RAM (the
-// plan's "could not allocate RAM for its helpers").
+// FailAllocRefused counts helper RAM requests refused for want of RAM, every
+// one of them, whether it took a backoff step or not (see refuseAlloc).
 const FailAllocRefused = "alloc_refused"
 
 // Error codes of an AllocReply besides insufficient_ram (the same strings
@@ -148,14 +148,35 @@ func (e *Engine) allocRequested(now time.Time, ev *AllocRequested) {
 	}
 }
 
-// refuseAlloc answers a request with insufficient_ram and takes one step of
-// the global backoff: the task could not allocate RAM for its helpers.
+// refuseAlloc answers a request with insufficient_ram and counts it. It takes
+// one step of the global backoff only when the task needed the RAM to run
+// (see belowMin): that is the plan's launch that could not allocate RAM for
+// its helpers. A top-up of a task that already holds its phase's minimum is
+// refused without a step: the task runs on, so nothing failed, and a full
+// fleet would otherwise hold every new launch back on its tasks' top-ups.
 func (e *Engine) refuseAlloc(now time.Time, id uint64, k *task, msg string) {
 	e.counters.Failures[FailAllocRefused]++
-	e.backoff.raise(now)
+	if e.belowMin(k) {
+		e.backoff.raise(now)
+	}
 	r := allocError(k.id, schemas.CodeInsufficientRAM, msg)
 	r.Held = holdings(k)
 	e.replyAlloc(id, r)
+}
+
+// belowMin reports whether task k holds less than its phase's minimum size
+// (wrapper plus helpers_min_mib, as estimated) on its own host (its budget)
+// and in fleet helpers together: the least it can run with. A task placed
+// with at least that is below it only when its phase's estimate has grown
+// since, or when fleet helpers it held were lost. A task whose target has
+// left the task's phase (or is blocked, or has no spec) is not: it has no
+// minimum to reach.
+func (e *Engine) belowMin(k *task) bool {
+	t := k.t
+	if !t.hasSpec || t.blocked != "" || t.phase != k.typ {
+		return false
+	}
+	return k.budget+e.held(k) < t.est.MinMiB()
 }
 
 // planGrants picks where want MiB of helpers (a whole number of grains, see
