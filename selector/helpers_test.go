@@ -161,10 +161,40 @@ func TestAllocTopUpRefusalIsCountedWithoutABackoffStep(t *testing.T) {
 	if st := h.e.Status(h.now); st.Backoff.Level != 0 || st.Counters.Failures[FailAllocRefused] != 2 {
 		t.Fatalf("second top-up refusal: %+v %v", st.Backoff, st.Counters.Failures)
 	}
-	// A new target launches at once: nothing gates it.
-	cmds := append(h.declare("b", simple(10, 10, 50)), h.tick()...)
-	if !slices.ContainsFunc(cmds, func(c Command) bool { return c.Kind == CmdLaunch }) {
-		t.Fatalf("b is not launched: %v", h.format(cmds))
+}
+
+// launchesOf reports whether cmds launch a task of target name.
+func launchesOf(cmds []Command, name string) bool {
+	return slices.ContainsFunc(cmds, func(c Command) bool { return c.Kind == CmdLaunch && c.Launch.Target == name })
+}
+
+func TestAllocRefusedTopUpComesBeforeNewLaunches(t *testing.T) {
+	h := grantHarness(t, 40, 80) // h2 has 60 free, h3 20
+	h.expect(h.alloc(1, "a#1", 90, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
+	// b needs 20 MiB: it would fit on h2, but a#1 asked for 90 MiB, more
+	// than the 80 free. It waits, with no backoff.
+	if cmds := append(h.declare("b", simple(10, 10, 50)), h.run(10*time.Second, "a#1")...); launchesOf(cmds, "b") {
+		t.Fatalf("b launched into the RAM a#1 asked for: %v", h.format(cmds))
+	}
+	if st := h.e.Status(h.now); st.Backoff.Level != 0 {
+		t.Fatalf("a top-up refusal gates launches through the backoff: %+v", st.Backoff)
+	}
+	// a#1 asks for less and gets it: its RAM is met, and b launches.
+	h.expect(h.alloc(2, "a#1", 60, 60), "helper start h2 a#1/h1 task=a#1 epoch=1 mib=60")
+	if cmds := h.helperReply("a#1/h1", true); !launchesOf(cmds, "b") {
+		t.Fatalf("b not launched once a#1 was granted: %v", h.format(cmds))
+	}
+}
+
+func TestAllocUnmetHoldsLaunchesBackOnlyForAWhile(t *testing.T) {
+	h := grantHarness(t, 40, 80)
+	h.expect(h.alloc(1, "a#1", 90, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
+	if cmds := append(h.declare("b", simple(10, 10, 50)), h.run(unmetFor-2*time.Second, "a#1")...); launchesOf(cmds, "b") {
+		t.Fatalf("b launched within unmetFor: %v", h.format(cmds))
+	}
+	// a#1 does not ask again: its refused request stops holding RAM back.
+	if cmds := h.run(3*time.Second, "a#1"); !launchesOf(cmds, "b") {
+		t.Fatalf("b not launched after unmetFor: %v", h.format(cmds))
 	}
 }
 
