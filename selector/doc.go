@@ -122,9 +122,24 @@
 //     pieces that started. A start that fails or finds no responders is
 //     refunded; one that times out may have run, so it is stopped. Fewer
 //     than min_mib MiB started, or none at all, is a refusal: what did
-//     start is stopped, the reply is insufficient_ram, and the global
-//     backoff takes one step (the task could not allocate RAM for its
-//     helpers). So is a request the free RAM cannot cover at once.
+//     start is stopped and the reply is insufficient_ram. So is a request
+//     the free RAM cannot cover at once. Every refusal is counted
+//     (Failures["alloc_refused"]); the global backoff takes one step only
+//     when the task needed the RAM to run: its budget and fleet helpers
+//     together are below its phase's minimum (wrapper plus
+//     helpers_min_mib, as estimated), so it could not allocate RAM for
+//     its helpers. A task placed with its minimum is below it only when
+//     its phase's estimate has grown or fleet helpers it held were lost.
+//     A top-up of a task at or above its minimum fails nothing (the task
+//     runs on), and takes no step.
+//   - Top-ups before new tasks: a refused request (cut to the task's
+//     budget) is the task's unmet helper RAM until a request of it is
+//     granted, it closes, or unmetFor (a minute) passes without a new
+//     refusal. While tasks have unmet RAM, a new task is launched only if
+//     the RAM free for helpers, less all of it, still holds the new
+//     task's minimum: the RAM that frees goes to the tasks that run, up
+//     to their phase's full size, rather than to one more wrapper at its
+//     minimum. Unmet RAM is not persisted.
 //   - Release: helpers a request names in release leave the task at once
 //     (they are no longer in its budget nor in held) and are stopped;
 //     their RAM stays booked on their host until the stop is confirmed.

@@ -20,7 +20,8 @@ type Snapshot struct {
 // Engine is the decision engine. It is not safe for concurrent use: the edge
 // serializes every call.
 type Engine struct {
-	cfg Config
+	unmet map[*task]struct{} // running tasks with unmet helper RAM (task.unmet)
+	cfg   Config
 
 	targets map[string]*target
 	hosts   map[string]*host
@@ -99,6 +100,7 @@ func New(cfg Config, now time.Time, snap Snapshot) (*Engine, error) {
 		targets:      make(map[string]*target, len(snap.Targets)),
 		hosts:        make(map[string]*host),
 		byID:         make(map[string]*task, len(snap.Tasks)),
+		unmet:        make(map[*task]struct{}),
 		tombs:        make(map[string]tomb),
 		pending:      newPendingQueue(),
 		delayed:      newDelayQueue(),

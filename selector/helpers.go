@@ -16,8 +16,8 @@ import (
 // task's budget bounds it, and it is stopped when the task closes. See the
 // package doc for the rules and the helper state table.
 
-// FailAllocRefused counts helper RAM requests refused for want of RAM (the
-// plan's "could not allocate RAM for its helpers").
+// FailAllocRefused counts helper RAM requests refused for want of RAM, every
+// one of them, whether it took a backoff step or not (see refuseAlloc).
 const FailAllocRefused = "alloc_refused"
 
 // Error codes of an AllocReply besides insufficient_ram (the same strings
@@ -134,10 +134,10 @@ func (e *Engine) allocRequested(now time.Time, ev *AllocRequested) {
 		sum += g.free
 	}
 	if sum == 0 || sum < lo {
-		e.refuseAlloc(now, ev.ID, k, "the fleet has "+strconv.FormatInt(sum, 10)+" MiB free for helpers")
+		e.refuseAlloc(now, ev.ID, k, want, "the fleet has "+strconv.FormatInt(sum, 10)+" MiB free for helpers")
 		return
 	}
-	a := &allocReq{id: ev.ID, k: k, min: lo, waiting: len(plan)}
+	a := &allocReq{id: ev.ID, k: k, min: lo, want: want, waiting: len(plan)}
 	k.allocs = append(k.allocs, a)
 	for _, g := range plan {
 		x := e.newHelper(k, g.h, g.free)
@@ -148,14 +148,81 @@ func (e *Engine) allocRequested(now time.Time, ev *AllocRequested) {
 	}
 }
 
-// refuseAlloc answers a request with insufficient_ram and takes one step of
-// the global backoff: the task could not allocate RAM for its helpers.
-func (e *Engine) refuseAlloc(now time.Time, id uint64, k *task, msg string) {
+// refuseAlloc answers a request with insufficient_ram and counts it. It takes
+// one step of the global backoff only when the task needed the RAM to run
+// (see belowMin): that is the plan's launch that could not allocate RAM for
+// its helpers. A top-up of a task that already holds its phase's minimum is
+// refused without a step: the task runs on, so nothing failed, and a full
+// fleet would otherwise hold every new launch back on its tasks' top-ups.
+func (e *Engine) refuseAlloc(now time.Time, id uint64, k *task, want int64, msg string) {
 	e.counters.Failures[FailAllocRefused]++
-	e.backoff.raise(now)
+	e.setUnmet(now, k, want)
+	if e.belowMin(k) {
+		e.backoff.raise(now)
+	}
 	r := allocError(k.id, schemas.CodeInsufficientRAM, msg)
 	r.Held = holdings(k)
 	e.replyAlloc(id, r)
+}
+
+// belowMin reports whether task k holds less than its phase's minimum size
+// (wrapper plus helpers_min_mib, as estimated) on its own host (its budget)
+// and in fleet helpers together: the least it can run with. A task placed
+// with at least that is below it only when its phase's estimate has grown
+// since, or when fleet helpers it held were lost. A task whose target has
+// left the task's phase (or is blocked, or has no spec) is not: it has no
+// minimum to reach.
+func (e *Engine) belowMin(k *task) bool {
+	t := k.t
+	if !t.hasSpec || t.blocked != "" || t.phase != k.typ {
+		return false
+	}
+	return k.budget+e.held(k) < t.est.MinMiB()
+}
+
+// unmetFor is how long a refused request holds back new launches: a task
+// that still wants more asks again well within it (the worker waits at most
+// 32 s between requests), one that no longer does stops holding RAM back.
+const unmetFor = time.Minute
+
+// setUnmet records that task k's helper RAM request for mib went unmet at
+// now (0: it was met, or the task closed).
+func (e *Engine) setUnmet(now time.Time, k *task, mib int64) {
+	k.unmet, k.unmetAt = mib, now
+	if mib > 0 {
+		e.unmet[k] = struct{}{}
+	} else {
+		delete(e.unmet, k)
+	}
+}
+
+// reserved reports whether a new launch needing lo MiB must wait because
+// the RAM free for helpers is wanted by running tasks whose requests were
+// refused within unmetFor: running tasks' top-ups come before new tasks, so
+// that the RAM that frees goes to the tasks that run, up to their phase's
+// full size, rather than to one more wrapper.
+func (e *Engine) reserved(now time.Time, cands []hostFree, lo int64) bool {
+	if len(e.unmet) == 0 {
+		return false
+	}
+	var want int64
+	for k := range e.unmet {
+		if now.Sub(k.unmetAt) >= unmetFor {
+			e.setUnmet(now, k, 0)
+			continue
+		}
+		want += k.unmet
+	}
+	if want == 0 {
+		return false
+	}
+	var free int64
+	for _, c := range cands {
+		if !c.h.noHelpers {
+			free += c.free
+		}
+	}
+	return free-want < lo
 }
 
 // planGrants picks where want MiB of helpers (a whole number of grains, see
@@ -332,9 +399,10 @@ func (e *Engine) finishAlloc(now time.Time, a *allocReq) {
 		for _, x := range got {
 			e.stopHelper(now, x)
 		}
-		e.refuseAlloc(now, a.id, k, "the helpers granted could not be started")
+		e.refuseAlloc(now, a.id, k, a.want, "the helpers granted could not be started")
 		return
 	}
+	e.setUnmet(now, k, 0)
 	r := &schemas.AllocReply{V: schemas.Version, TaskID: k.id, Held: holdings(k)}
 	for _, x := range got {
 		r.Grants = append(r.Grants, schemas.HelperGrant{HelperID: x.id, Host: x.host.name, MiB: x.mib})
@@ -345,6 +413,7 @@ func (e *Engine) finishAlloc(now time.Time, a *allocReq) {
 // closeHelpers stops every helper of k, which is closing, and answers its
 // requests still waiting with unknown_task.
 func (e *Engine) closeHelpers(now time.Time, k *task) {
+	e.setUnmet(now, k, 0)
 	for _, a := range k.allocs {
 		a.done = true
 		e.replyAlloc(a.id, allocError(k.id, codeUnknownTask, "the task ended"))

@@ -102,8 +102,14 @@ func TestAllocPartialGrantOverSeveralHosts(t *testing.T) {
 	}
 }
 
-func TestAllocRefusalTakesABackoffStep(t *testing.T) {
+func TestAllocRefusalBelowMinimumTakesABackoffStep(t *testing.T) {
 	h := grantHarness(t, 40, 80) // 80 free in all
+	// The phase's minimum grows to 160 MiB (wrapper 10, helpers 150): a#1,
+	// with its 100 MiB budget, now needs 60 MiB of fleet helpers to run.
+	h.declare("a", simple(10, 150, 190))
+	if st := h.e.Status(h.now); st.Backoff.Level != 0 {
+		t.Fatalf("backoff before any refusal: %+v", st.Backoff)
+	}
 	h.expect(h.alloc(1, "a#1", 100, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
 	st := h.e.Status(h.now)
 	if st.Backoff.Level != 1 || !st.Backoff.NextLaunchAt.After(h.now) || st.Counters.Failures[FailAllocRefused] != 1 {
@@ -127,6 +133,68 @@ func TestAllocRefusalTakesABackoffStep(t *testing.T) {
 	h.expect(h.helperReply("a#1/h1", false))
 	if hl := h.hostLine("h2"); hl.HelpersMiB != 0 {
 		t.Fatalf("stopped helper still booked: %+v", hl)
+	}
+	// 60 MiB granted: a#1 holds its minimum, 100 + 60. Its next refusal
+	// is a top-up's: counted, and no step.
+	h.grant(3, 60, "h2", "a#1/h3")
+	h.expect(h.alloc(4, "a#1", 40, 30), "alloc_reply 4 error=insufficient_ram grants=- held=a#1/h3@h2:60")
+	if st := h.e.Status(h.now); st.Backoff.Level != 2 || st.Counters.Failures[FailAllocRefused] != 3 {
+		t.Fatalf("a refusal at the minimum: %+v %v", st.Backoff, st.Counters.Failures)
+	}
+}
+
+func TestAllocTopUpRefusalIsCountedWithoutABackoffStep(t *testing.T) {
+	h := grantHarness(t, 40, 80) // 80 free in all; a#1 holds 100, its minimum is 20
+	h.expect(h.alloc(1, "a#1", 100, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
+	st := h.e.Status(h.now)
+	if st.Backoff.Level != 0 || st.Backoff.NextLaunchAt.After(h.now) || st.Counters.Failures[FailAllocRefused] != 1 {
+		t.Fatalf("top-up refusal: backoff %+v failures %v", st.Backoff, st.Counters.Failures)
+	}
+	// Too little starts: also a top-up's refusal.
+	h.expect(h.alloc(2, "a#1", 80, 70),
+		"helper start h2 a#1/h1 task=a#1 epoch=1 mib=60",
+		"helper start h3 a#1/h2 task=a#1 epoch=1 mib=20")
+	h.expect(h.helperReply("a#1/h2", false))
+	h.expect(h.helperReply("a#1/h1", true),
+		"helper stop h2 a#1/h1 task=a#1 epoch=1 mib=60",
+		"alloc_reply 2 error=insufficient_ram grants=- held=-")
+	if st := h.e.Status(h.now); st.Backoff.Level != 0 || st.Counters.Failures[FailAllocRefused] != 2 {
+		t.Fatalf("second top-up refusal: %+v %v", st.Backoff, st.Counters.Failures)
+	}
+}
+
+// launchesOf reports whether cmds launch a task of target name.
+func launchesOf(cmds []Command, name string) bool {
+	return slices.ContainsFunc(cmds, func(c Command) bool { return c.Kind == CmdLaunch && c.Launch.Target == name })
+}
+
+func TestAllocRefusedTopUpComesBeforeNewLaunches(t *testing.T) {
+	h := grantHarness(t, 40, 80) // h2 has 60 free, h3 20
+	h.expect(h.alloc(1, "a#1", 90, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
+	// b needs 20 MiB: it would fit on h2, but a#1 asked for 90 MiB, more
+	// than the 80 free. It waits, with no backoff.
+	if cmds := append(h.declare("b", simple(10, 10, 50)), h.run(10*time.Second, "a#1")...); launchesOf(cmds, "b") {
+		t.Fatalf("b launched into the RAM a#1 asked for: %v", h.format(cmds))
+	}
+	if st := h.e.Status(h.now); st.Backoff.Level != 0 {
+		t.Fatalf("a top-up refusal gates launches through the backoff: %+v", st.Backoff)
+	}
+	// a#1 asks for less and gets it: its RAM is met, and b launches.
+	h.expect(h.alloc(2, "a#1", 60, 60), "helper start h2 a#1/h1 task=a#1 epoch=1 mib=60")
+	if cmds := h.helperReply("a#1/h1", true); !launchesOf(cmds, "b") {
+		t.Fatalf("b not launched once a#1 was granted: %v", h.format(cmds))
+	}
+}
+
+func TestAllocUnmetHoldsLaunchesBackOnlyForAWhile(t *testing.T) {
+	h := grantHarness(t, 40, 80)
+	h.expect(h.alloc(1, "a#1", 90, 90), "alloc_reply 1 error=insufficient_ram grants=- held=-")
+	if cmds := append(h.declare("b", simple(10, 10, 50)), h.run(unmetFor-2*time.Second, "a#1")...); launchesOf(cmds, "b") {
+		t.Fatalf("b launched within unmetFor: %v", h.format(cmds))
+	}
+	// a#1 does not ask again: its refused request stops holding RAM back.
+	if cmds := h.run(3*time.Second, "a#1"); !launchesOf(cmds, "b") {
+		t.Fatalf("b not launched after unmetFor: %v", h.format(cmds))
 	}
 }
 

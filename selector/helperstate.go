@@ -97,7 +97,8 @@ type allocReq struct {
 	id      uint64
 	k       *task
 	min     int64
-	waiting int // starts not answered yet
+	want    int64 // the MiB granted (the request, cut to the budget)
+	waiting int   // starts not answered yet
 	grants  []*helper
 	done    bool // answered
 }

@@ -115,6 +115,9 @@ func (e *Engine) launchOne(now time.Time) bool {
 			full = t.est.MinMiB()
 		}
 		h, budget, ok := place(cands, most, t.est.MinMiB(), full)
+		if ok && e.reserved(now, cands, t.est.MinMiB()) {
+			ok = false
+		}
 		if !ok {
 			e.skipped = append(e.skipped, t)
 			continue

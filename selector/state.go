@@ -22,6 +22,8 @@ func clampMiB(v int64) int64 { return min(max(v, 0), schemas.MaxMiB) }
 // task is one launch of a target, from the launch (or the record or
 // heartbeat it was taken over from) until it is closed.
 type task struct {
+	unmet   int64     // helper RAM its last refused request asked for (0: none; see reserved)
+	unmetAt time.Time // when that request was refused
 	id      string
 	epoch   uint64
 	t       *target

@@ -13,9 +13,12 @@ import (
 //   - A task whose helpers start asks the policy (AllocRequested) for
 //     the helper RAM its phase needs beyond its own budget: the threads the
 //     phase needs for the target as it truly is (the phase's full helpers
-//     now), less what it holds, in whole threads. It asks again at most
-//     every askEvery while it holds less than that, one request at a time,
-//     and gives a request up after askTimeout without a reply. Its first
+//     now), less what it holds, in whole threads, while it holds less than
+//     that. It has one request out at a time, and gives one up after
+//     askTimeout without a reply. As the real worker does, it waits
+//     allocRetry after a grant before it asks again, and after a refusal
+//     (an error, or no reply) a wait that doubles with each refusal in a
+//     row, from allocRetry up to allocRetryMax. Its first
 //     request is answered before its helpers begin (they begin anyway after
 //     askTimeout), so that its first round runs with what it gets.
 //   - A worker runs a helper when the host has room for it, as it admits a
@@ -30,8 +33,9 @@ import (
 //     stays taken, and they do no work.
 
 const (
-	askEvery   = int64(30e9) // virtual ns between a task's requests while it wants more
-	askTimeout = int64(5e9)  // a request without a reply by then is given up
+	askTimeout    = int64(5e9)      // a request without a reply by then is given up
+	allocRetry    = int64(2e9)      // the worker's WORKER_ALLOC_RETRY default
+	allocRetryMax = 16 * allocRetry // the longest wait after refusals in a row
 )
 
 // simHelper is a fleet helper a simulated worker runs.
@@ -65,10 +69,13 @@ func (s *Sim) askFleet(p *proc) {
 	if !p.alive || !p.started || p.dup {
 		return
 	}
-	if p.askAt >= 0 && s.now-p.askAt < askTimeout {
-		return // one request at a time
+	if p.askAt >= 0 {
+		if s.now-p.askAt < askTimeout {
+			return // one request at a time
+		}
+		refused(p, p.askAt+askTimeout) // no reply
 	}
-	if p.askedAt >= 0 && s.now-p.askedAt < askEvery {
+	if s.now < p.askNext {
 		return
 	}
 	grain := s.threadMiB(p.t)
@@ -80,10 +87,19 @@ func (s *Sim) askFleet(p *proc) {
 	s.allocSeq++
 	id := s.allocSeq
 	s.allocs[id] = p
-	p.askAt, p.askedAt = s.now, s.now
+	p.askAt = s.now
 	req := &schemas.AllocRequest{V: schemas.Version, TaskID: p.id, Epoch: p.epoch, Target: p.t.name, Host: p.host.name,
 		MiB: lack, MinMiB: grain}
 	s.toPolicy(&selector.AllocRequested{ID: id, Req: req}, nil, true)
+}
+
+// refused ends p's request, refused at now (or unanswered by then): its next
+// waits twice as long as the last one did, from allocRetry up to
+// allocRetryMax.
+func refused(p *proc, now int64) {
+	p.askAt = -1
+	p.askWait = min(max(2*p.askWait, allocRetry), allocRetryMax)
+	p.askNext = now + p.askWait
 }
 
 // allocReplied hands the policy's answer to the task that asked: it now
@@ -94,7 +110,13 @@ func (s *Sim) allocReplied(c *selector.Command) {
 		return
 	}
 	delete(s.allocs, c.AllocID)
-	p.askAt = -1
+	if p.askAt >= 0 {
+		if c.Alloc == nil || c.Alloc.Error != nil {
+			refused(p, s.now)
+		} else {
+			p.askAt, p.askWait, p.askNext = -1, 0, s.now+allocRetry
+		}
+	}
 	if !p.alive || c.Alloc == nil {
 		return
 	}

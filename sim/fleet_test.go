@@ -170,3 +170,59 @@ func TestPhasesLateHalf(t *testing.T) {
 		t.Fatalf("%d phases, %d in the second half", r.PhasesCompleted, r.PhasesLateHalf)
 	}
 }
+
+// TestFleetAsksBackOffAsTheWorkerDoes: a task that lacks helper RAM asks
+// again allocRetry after a grant, and after refusals in a row waits twice as
+// long each time, up to allocRetryMax, as the real worker's agent does. Big
+// has room for one thread: the first request is granted, every later one is
+// refused.
+func TestFleetAsksBackOffAsTheWorkerDoes(t *testing.T) {
+	const grain = 1792
+	w, _ := tillWorld(grain)
+	sc := selector.DefaultConfig()
+	sc.Seed = 1
+	sc.LaunchAtMinimum = true
+	sc.HelperGrainMiB = grain
+	eng, err := NewSelector(sc, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := shortCfg(4 * time.Minute)
+	s, err := New(cfg, w, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked []time.Time
+	var replies []string
+	s.Hook = func(now time.Time, ev selector.Event, cmds []selector.Command) {
+		if _, ok := ev.(*selector.AllocRequested); ok {
+			asked = append(asked, now)
+		}
+		for _, c := range cmds {
+			if c.Kind == selector.CmdAllocReply {
+				code := "granted"
+				if c.Alloc.Error != nil {
+					code = c.Alloc.Error.Code
+				}
+				replies = append(replies, code)
+			}
+		}
+	}
+	if _, err := s.Run(); err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{2, 2, 4, 8, 16, 32, 32, 32}
+	if len(asked) < len(want)+1 || len(replies) < len(want)+1 {
+		t.Fatalf("%d requests, replies %v", len(asked), replies)
+	}
+	if replies[0] != "granted" || replies[1] != schemas.CodeInsufficientRAM {
+		t.Fatalf("replies %v", replies)
+	}
+	slack := cfg.HeartbeatInterval + time.Second // it asks at its heartbeats
+	for i, w := range want {
+		w *= time.Second
+		if gap := asked[i+1].Sub(asked[i]); gap < w || gap > w+slack {
+			t.Fatalf("request %d came %v after the one before, want %v (+ up to %v); requests at %v", i+1, gap, w, slack, asked)
+		}
+	}
+}

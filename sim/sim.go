@@ -88,7 +88,8 @@ type proc struct {
 	fleet   int64
 	known   []string
 	askAt   int64
-	askedAt int64 // when it last asked (-1: never)
+	askNext int64 // no request before then (virtual ns)
+	askWait int64 // the wait after the last refusal in a row (0: none)
 	// waiting: its helpers wait for the answer to its first request
 	// before they begin (the first round is planned with what it gets).
 	waiting bool

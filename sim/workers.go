@@ -94,7 +94,7 @@ func (s *Sim) workerLaunch(r *request) {
 	h.nextPID++
 	p := &proc{id: req.TaskID, epoch: req.Epoch, pid: h.nextPID, host: h, t: t, typ: req.Type,
 		wrapper: held, asked: wrapper, budget: wrapper + helpers, helpers: ask, used: held, run: run, alive: true,
-		lastAdv: s.now, askAt: -1, askedAt: -1}
+		lastAdv: s.now, askAt: -1}
 	s.procByID[p.id] = p
 	p.dup = t.live > 0
 	if p.dup {
