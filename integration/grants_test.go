@@ -156,16 +156,33 @@ func TestGrantHelperRAMOnAnotherHost(t *testing.T) {
 }
 
 // TestGrantRefusedTakesABackoffStep: with no room anywhere for the helpers,
-// the request is refused (insufficient_ram), counted, and the global
-// backoff takes a step, visible in status; once a host with room appears,
-// the task's next request is granted.
+// the request is refused (insufficient_ram) and counted. A top-up beyond
+// the task's minimum takes no backoff step; once the phase's minimum is
+// raised above what the task holds, the refusal of the RAM it needs to run
+// takes one, visible in status. Once a host with room appears, the task's
+// next request is granted.
 func TestGrantRefusedTakesABackoffStep(t *testing.T) {
 	e := newEnv(t, false)
 	sp := e.startSpy()
 	cfg := engineConfig()
 	cfg.BackoffBase, cfg.BackoffMax = 2*time.Second, 4*time.Second // a level that lasts long enough to be seen
 	home, ts := e.startSmallTask(cfg, nil)
+	// A top-up beyond the task's minimum is refused without a backoff
+	// step: the task runs on, so nothing failed.
 	st := e.waitStatus(10*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
+		return st.Counters.Failures[selector.FailAllocRefused] >= 1,
+			fmt.Sprintf("failures %v, backoff %+v", st.Counters.Failures, st.Backoff)
+	})
+	if st.Backoff.Level != 0 {
+		t.Errorf("a top-up refusal stepped the backoff: %+v", st.Backoff)
+	}
+	// The operator raises the phase's minimum above what the task holds:
+	// its next request is one it needs to run, and its refusal is the
+	// plan's launch that could not allocate RAM for its helpers.
+	spec := grantSpec()
+	spec.Phases[0].HelpersMinMiB = 64
+	e.putTarget("t", spec)
+	st = e.waitStatus(20*time.Second, func(st *schemas.SelectorStatus) (bool, string) {
 		return st.Counters.Failures[selector.FailAllocRefused] >= 1 && st.Backoff.Level >= 1,
 			fmt.Sprintf("failures %v, backoff %+v", st.Counters.Failures, st.Backoff)
 	})
