@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -50,21 +49,7 @@ func (e *env) startGrantWorker(host string, ramMiB int64, o grantWorkerOpts) *wo
 	if err != nil {
 		e.t.Fatalf("worker %s: %v", host, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &workerProc{host: host, agent: agent, sim: sim, nc: nc, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		defer ex.Close() // with an auditor, it records the end of the host's processes and helpers
-		p.done <- agent.Run(ctx)
-	}()
-	e.t.Cleanup(func() { p.stop(e.t) })
-	select {
-	case <-agent.Ready():
-	case err := <-p.done:
-		e.t.Fatalf("worker %s stopped before it was ready: %v", host, err)
-	case <-time.After(20 * time.Second):
-		e.t.Fatalf("worker %s not ready within 20s", host)
-	}
-	return p
+	return e.runAgent(host, agent, ex, sim, nc)
 }
 
 // grantSpec is a declared target whose task runs for good: its wrapper

@@ -399,10 +399,17 @@ func (e *env) startWorker(host string, ramMiB int64, speed float64, faults worke
 	if err != nil {
 		e.t.Fatalf("worker %s: %v", host, err)
 	}
+	return e.runAgent(host, agent, sim, sim, nc)
+}
+
+// runAgent runs agent (whose executor ex wraps sim, or is sim) until the
+// test ends, closing ex once Run returns, and waits until it is ready.
+func (e *env) runAgent(host string, agent *worker.Agent, ex worker.Executor, sim *worker.Sim, nc *nats.Conn) *workerProc {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &workerProc{host: host, agent: agent, sim: sim, nc: nc, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		defer sim.Close()
+		defer ex.Close() // with an auditor's wrapper, it records the end of the host's processes and helpers
 		p.done <- agent.Run(ctx)
 	}()
 	e.t.Cleanup(func() { p.stop(e.t) })
