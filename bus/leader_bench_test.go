@@ -95,17 +95,6 @@ func (p *leasedSvc) leads() bool {
 	}
 }
 
-func waitUntil(tb testing.TB, d time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // BenchmarkFailover measures the failover time, from the leader's death
 // (SIGKILL in process) to the next launch a worker receives, over b.N
 // failovers (run it with -benchtime=20x), on a 3-node cluster at replicas 3
@@ -143,7 +132,7 @@ func BenchmarkFailover(b *testing.B) {
 		Phases: []schemas.Phase{{Type: "work", WrapperMiB: 1, HelpersMinMiB: 1, HelpersFullMiB: 2, WorkS: 1e7, Repeat: true}}})
 
 	sels := []*leasedSvc{startLeasedSvc(b, c.URLs(), "sel-0", cfg)}
-	waitUntil(b, 60*time.Second, "a first leader", sels[0].leads)
+	waitFor(b, 60*time.Second, "a first leader", sels[0].leads)
 	js, err := jetstream.New(wnc)
 	if err != nil {
 		b.Fatal(err)
@@ -155,7 +144,7 @@ func BenchmarkFailover(b *testing.B) {
 		b.Fatal(err)
 	}
 	sels = append(sels, startLeasedSvc(b, c.URLs(), "sel-1", cfg))
-	waitUntil(b, 60*time.Second, "a standby", func() bool { return sels[1].current().Standby() })
+	waitFor(b, 60*time.Second, "a standby", func() bool { return sels[1].current().Standby() })
 	ttl := LeaseConfig{}.withDefaults().TTL
 	grace := eng.WithDefaults().RecoveryGrace
 
@@ -177,9 +166,9 @@ func BenchmarkFailover(b *testing.B) {
 			b.Fatalf("declare %s: %v", target, err)
 		}
 		cancel()
-		waitUntil(b, 60*time.Second, "the standby to lead", standby.leads)
+		waitFor(b, 60*time.Second, "the standby to lead", standby.leads)
 		toReady = append(toReady, time.Since(killed))
-		waitUntil(b, 60*time.Second, "the next launch", func() bool {
+		waitFor(b, 60*time.Second, "the next launch", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			_, ok := launched[target]
@@ -189,7 +178,7 @@ func BenchmarkFailover(b *testing.B) {
 		toLaunch = append(toLaunch, launched[target].Sub(killed))
 		mu.Unlock()
 		next := startLeasedSvc(b, c.URLs(), "sel-"+strconv.Itoa(i+2), cfg)
-		waitUntil(b, 60*time.Second, "a new standby", func() bool { return next.current().Standby() })
+		waitFor(b, 60*time.Second, "a new standby", func() bool { return next.current().Standby() })
 		sels = append(sels[:0], standby, next)
 	}
 	b.StopTimer()
@@ -293,14 +282,14 @@ func measureTakeover(b *testing.B, n int) (cold, warm time.Duration) {
 	started := time.Now()
 	cfg.StartedAt = started
 	a := startLeasedSvc(b, srv.ClientURL(), "sel-a", cfg)
-	waitUntil(b, 5*time.Minute, "the first leader", a.leads)
+	waitFor(b, 5*time.Minute, "the first leader", a.leads)
 	cold = a.current().RestartToReady()
 	cfg.StartedAt = time.Time{}
 	s := startLeasedSvc(b, srv.ClientURL(), "sel-b", cfg)
-	waitUntil(b, 5*time.Minute, "the standby", func() bool { return s.current().Standby() })
+	waitFor(b, 5*time.Minute, "the standby", func() bool { return s.current().Standby() })
 	a.cancel() // a graceful stop: the lease is released
 	<-a.done
-	waitUntil(b, 5*time.Minute, "the takeover", s.leads)
+	waitFor(b, 5*time.Minute, "the takeover", s.leads)
 	svc := s.current()
 	if st := svc.Status(); len(st.Targets) != n {
 		b.Fatalf("standby took over with %d targets, want %d", len(st.Targets), n)
